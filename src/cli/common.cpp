@@ -1,0 +1,47 @@
+#include "cli/common.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace adafocus::cli {
+
+void ConfigArgs::add_to(CLI::App& app) {
+  app.add_option("-c,--config", file, "YAML preset over the built-in defaults (configs/*.yaml)");
+  app.add_option("overrides", overrides, "dotted key=value overrides, e.g. model.width_mult=0.5");
+  app.add_flag("--print-config", print, "print the resolved configuration as YAML and exit");
+}
+
+Config ConfigArgs::load(const std::vector<std::pair<std::string, std::string>>& flags) const {
+  Config config = Config::defaults();
+  if (!file.empty()) config.merge_file(file);
+  for (const auto& [key, value] : flags) config.set(key, value, "command-line flag");
+  for (const auto& assignment : overrides) config.set(assignment);
+  return config;
+}
+
+nn::BackboneOptions backbone_options(const Config& config, int64_t num_classes) {
+  return nn::BackboneOptions(config.get_string("model.arch"))
+      .width_mult(config.get_float("model.width_mult"))
+      .num_classes(num_classes > 0 ? num_classes : config.get_int("model.num_classes"))
+      .tsm_segments(config.get_int("model.tsm_segments"))
+      .shift_div(config.get_int("model.shift_div"));
+}
+
+void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width(header.size());
+  for (size_t c = 0; c < header.size(); ++c) {
+    width[c] = header[c].size();
+    for (const auto& row : rows) width[c] = std::max(width[c], c < row.size() ? row[c].size() : 0);
+  }
+  auto line = [&](const std::vector<std::string>& cells) {
+    std::string s;
+    for (size_t c = 0; c < header.size(); ++c)
+      s += fmt::format("{:<{}}", c < cells.size() ? cells[c] : "", width[c] + (c + 1 < header.size() ? 2 : 0));
+    fmt::print("{}\n", s.erase(s.find_last_not_of(' ') + 1));
+  };
+  line(header);
+  for (const auto& row : rows) line(row);
+}
+
+}  // namespace adafocus::cli

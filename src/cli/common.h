@@ -1,0 +1,52 @@
+// What the subcommands share: global options, config loading, model building and plain-text tables.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "nn/backbone.h"
+
+namespace adafocus::cli {
+
+/// Global options, applied before any subcommand runs.
+struct Runtime {
+  int threads = 0;      // intra-op threads
+  std::string device;   // "cpu" or "cuda"
+  torch::Device torch_device() const { return torch::Device(device); }
+};
+
+/// A registered subcommand and what it runs once the command line is parsed.
+struct Command {
+  CLI::App* app;
+  std::function<void()> run;
+};
+using Commands = std::vector<Command>;
+
+void add_flops_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_features_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_convert_weights_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_demo_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+
+/// `-c/--config FILE`, trailing `key=value` overrides and `--print-config` on a subcommand.
+struct ConfigArgs {
+  std::string file;
+  std::vector<std::string> overrides;
+  bool print = false;
+
+  void add_to(CLI::App& app);
+  /// defaults <- file <- flag shorthands (e.g. {"model.arch", "resnet18"}) <- key=value overrides.
+  Config load(const std::vector<std::pair<std::string, std::string>>& flags = {}) const;
+};
+
+/// The backbone the config describes (model.*), with `num_classes` overriding model.num_classes when > 0.
+nn::BackboneOptions backbone_options(const Config& config, int64_t num_classes = 0);
+
+/// Prints rows under a header, columns left-aligned and padded.
+void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows);
+
+}  // namespace adafocus::cli

@@ -1,0 +1,15 @@
+// Whole-file reads and crash-safe writes.
+#pragma once
+
+#include <string>
+
+namespace adafocus {
+
+/// Reads a whole file; throws adafocus::Error naming the file if it cannot be read.
+std::string read_file(const std::string& path);
+
+/// Writes `bytes` to `path.tmp.<pid>` and renames it over `path`, so a crash never leaves a half-written file and
+/// an existing file is replaced only by a complete one. Creates missing parent directories.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+}  // namespace adafocus

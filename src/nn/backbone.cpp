@@ -1,0 +1,60 @@
+#include "nn/backbone.h"
+
+
+#include "core/error.h"
+#include "nn/mobilenet_v2.h"
+#include "nn/resnet.h"
+
+namespace adafocus::nn {
+
+torch::Tensor BackboneImpl::pool(const torch::Tensor& map) const {
+  return torch::adaptive_avg_pool2d(map, {1, 1}).flatten(1);
+}
+
+StateDict BackboneImpl::import_state_dict(const StateDict& state) const {
+  // TSM wraps the shifted convolution in a module named "net": layer1.0.conv1.net.weight -> layer1.0.conv1.weight.
+  StateDict out;
+  for (const auto& item : state) {
+    std::string key = item.key();
+    const size_t at = key.find(".net.");
+    if (at != std::string::npos) key.erase(at, 4);
+    out.insert(key, item.value());
+  }
+  return out;
+}
+
+const std::vector<std::string>& backbone_archs() {
+  static const std::vector<std::string> archs{"mobilenet_v2", "resnet18", "resnet34", "resnet50"};
+  return archs;
+}
+
+Backbone make_backbone(const BackboneOptions& options) {
+  const std::string& arch = options.arch();
+  if (arch == "mobilenet_v2") return std::make_shared<MobileNetV2Impl>(options);
+  if (arch == "resnet18" || arch == "resnet34" || arch == "resnet50") return std::make_shared<ResNetImpl>(options);
+  std::string known;
+  for (const auto& a : backbone_archs()) known += (known.empty() ? "" : ", ") + a;
+  throw Error("unknown backbone arch '" + arch + "'", "", "use one of: " + known);
+}
+
+Backbone load_backbone(BackboneOptions options, const StateDict& state, const std::string& source) {
+  Backbone backbone = make_backbone(options);
+  const StateDict imported = backbone->import_state_dict(strip_module_prefix(state));
+  for (const auto& item : imported) {
+    if (item.key().rfind(backbone->classifier_prefix(), 0) == 0 && item.value().dim() == 2 &&
+        item.value().size(0) != options.num_classes()) {
+      backbone = make_backbone(options.num_classes(item.value().size(0)));
+      break;
+    }
+  }
+  load_state_dict(*backbone, imported, source);
+  return backbone;
+}
+
+int64_t make_divisible(double v, int64_t divisor) {
+  int64_t rounded = std::max<int64_t>(divisor, static_cast<int64_t>(v + divisor / 2.0) / divisor * divisor);
+  if (rounded < 0.9 * v) rounded += divisor;
+  return rounded;
+}
+
+}  // namespace adafocus::nn

@@ -1,0 +1,67 @@
+// The common face of the frame-level CNNs (MobileNetV2, ResNet-18/34/50): last feature map, pooled feature vector,
+// class logits. Parameter names follow torchvision, so torchvision .pth files load as they are; official AdaFocus and
+// TSM layouts are translated by import_state_dict.
+//
+// Legend: N frames in the batch (with TSM: clips x T segments, each clip's frames adjacent), C feature channels,
+// H x W input size, K classes.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "nn/state_dict.h"
+
+namespace adafocus::nn {
+
+struct BackboneOptions {
+  explicit BackboneOptions(std::string arch) : arch_(std::move(arch)) {}
+  /// mobilenet_v2 | resnet18 | resnet34 | resnet50
+  TORCH_ARG(std::string, arch);
+  /// MobileNetV2 channel multiplier (torchvision rounding to multiples of 8).
+  TORCH_ARG(double, width_mult) = 1.0;
+  /// Classifier outputs.
+  TORCH_ARG(int64_t, num_classes) = 1000;
+  /// > 0: temporal shift module over clips of this many frames (0 = plain 2D CNN).
+  TORCH_ARG(int64_t, tsm_segments) = 0;
+  /// The shift moves 1/shift_div of the channels each way.
+  TORCH_ARG(int64_t, shift_div) = 8;
+};
+
+class BackboneImpl : public torch::nn::Module {
+ public:
+  /// x: (N, 3, H, W) -> (N, C, ceil(H/32), ceil(W/32))
+  virtual torch::Tensor feature_map(const torch::Tensor& x) = 0;
+  /// map: (N, C, h, w) -> (N, C), global average
+  torch::Tensor pool(const torch::Tensor& map) const;
+  /// pooled: (N, C) -> (N, K)
+  virtual torch::Tensor classify(const torch::Tensor& pooled) = 0;
+  /// x: (N, 3, H, W) -> (N, K)
+  torch::Tensor forward(const torch::Tensor& x) { return classify(pool(feature_map(x))); }
+
+  /// C, the channels of the feature map.
+  virtual int64_t feature_dim() const = 0;
+  /// Name prefix of the classifier's parameters ("fc." or "classifier.").
+  virtual std::string classifier_prefix() const = 0;
+  /// Translates a state dict of another layout of this architecture (official AdaFocus MobileNetV2, TSM's
+  /// ".net." wrappers) to ours; torchvision keys pass unchanged.
+  virtual StateDict import_state_dict(const StateDict& state) const;
+};
+
+using Backbone = std::shared_ptr<BackboneImpl>;
+
+/// Builds a backbone with torchvision's initialisation; throws adafocus::Error for an unknown arch.
+Backbone make_backbone(const BackboneOptions& options);
+/// Builds the backbone `options` describe and loads `state` into it strictly, after translating other layouts
+/// (import_state_dict) and dropping "module." prefixes. The number of classes is taken from the classifier in
+/// `state`. `source` names the weights in errors.
+Backbone load_backbone(BackboneOptions options, const StateDict& state, const std::string& source);
+/// The arch names make_backbone accepts.
+const std::vector<std::string>& backbone_archs();
+
+/// Frame size rounding that torchvision and the official code share: channels to a multiple of `divisor`, never
+/// below 90% of `v`.
+int64_t make_divisible(double v, int64_t divisor = 8);
+
+}  // namespace adafocus::nn

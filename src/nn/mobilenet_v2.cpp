@@ -1,0 +1,127 @@
+#include "nn/mobilenet_v2.h"
+
+#include <regex>
+
+#include "nn/temporal_shift.h"
+
+namespace adafocus::nn {
+
+namespace {
+constexpr int64_t kStemChannels = 32;
+constexpr int64_t kLastChannels = 1280;
+constexpr double kDropout = 0.2;
+
+struct StageSetting {
+  int64_t expand, channels, repeats, stride;
+};
+// torchvision / paper Table 2: t, c, n, s
+constexpr StageSetting kStages[] = {{1, 16, 1, 1}, {6, 24, 2, 2},  {6, 32, 3, 2}, {6, 64, 4, 2},
+                                    {6, 96, 3, 1}, {6, 160, 3, 2}, {6, 320, 1, 1}};
+}  // namespace
+
+ConvBNReLU6Impl::ConvBNReLU6Impl(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t groups) {
+  conv = register_module("0", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel)
+                                                    .stride(stride)
+                                                    .padding((kernel - 1) / 2)
+                                                    .groups(groups)
+                                                    .bias(false)));
+  bn = register_module("1", torch::nn::BatchNorm2d(out));
+}
+
+torch::Tensor ConvBNReLU6Impl::forward(const torch::Tensor& x) {
+  return torch::hardtanh(bn(conv(x)), 0.0, 6.0);  // ReLU6
+}
+
+InvertedResidualImpl::InvertedResidualImpl(int64_t in, int64_t out, int64_t stride, int64_t expand_ratio_,
+                                           int64_t tsm_segments, int64_t shift_div)
+    : use_residual(stride == 1 && in == out),
+      expand_ratio(expand_ratio_),
+      tsm_segments_(tsm_segments),
+      shift_div_(shift_div) {
+  const int64_t hidden = static_cast<int64_t>(std::lround(static_cast<double>(in * expand_ratio)));
+  if (expand_ratio != 1) conv->push_back(ConvBNReLU6(in, hidden, 1, 1));
+  conv->push_back(ConvBNReLU6(hidden, hidden, 3, stride, hidden));
+  conv->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(hidden, out, 1).bias(false)));
+  conv->push_back(torch::nn::BatchNorm2d(out));
+  register_module("conv", conv);
+}
+
+torch::Tensor InvertedResidualImpl::forward(const torch::Tensor& x) {
+  if (!use_residual) return conv->forward(x);
+  // As official TSM: only residual blocks with an expansion shift, and only on the convolution branch.
+  const bool shift = tsm_segments_ > 0 && expand_ratio != 1;
+  return x + conv->forward(shift ? temporal_shift(x, tsm_segments_, shift_div_) : x);
+}
+
+MobileNetV2Impl::MobileNetV2Impl(const BackboneOptions& options) {
+  const double width = options.width_mult();
+  int64_t channels = make_divisible(kStemChannels * width);
+  last_channel_ = make_divisible(kLastChannels * std::max(1.0, width));
+
+  features->push_back(ConvBNReLU6(3, channels, 3, 2));
+  expand_ratios_.push_back(0);
+  for (const auto& stage : kStages) {
+    const int64_t out = make_divisible(stage.channels * width);
+    for (int64_t i = 0; i < stage.repeats; ++i) {
+      features->push_back(InvertedResidual(channels, out, i == 0 ? stage.stride : 1, stage.expand,
+                                           options.tsm_segments(), options.shift_div()));
+      expand_ratios_.push_back(stage.expand);
+      channels = out;
+    }
+  }
+  features->push_back(ConvBNReLU6(channels, last_channel_, 1, 1));
+  expand_ratios_.push_back(0);
+  register_module("features", features);
+
+  classifier->push_back(torch::nn::Dropout(kDropout));
+  classifier->push_back(torch::nn::Linear(last_channel_, options.num_classes()));
+  register_module("classifier", classifier);
+
+  // torchvision's initialisation
+  for (auto& module : modules(/*include_self=*/false)) {
+    if (auto* c = module->as<torch::nn::Conv2d>()) {
+      torch::nn::init::kaiming_normal_(c->weight, 0.0, torch::kFanOut);
+    } else if (auto* b = module->as<torch::nn::BatchNorm2d>()) {
+      torch::nn::init::ones_(b->weight);
+      torch::nn::init::zeros_(b->bias);
+    } else if (auto* l = module->as<torch::nn::Linear>()) {
+      torch::nn::init::normal_(l->weight, 0.0, 0.01);
+      torch::nn::init::zeros_(l->bias);
+    }
+  }
+}
+
+torch::Tensor MobileNetV2Impl::feature_map(const torch::Tensor& x) { return features->forward(x); }
+
+torch::Tensor MobileNetV2Impl::classify(const torch::Tensor& pooled) { return classifier->forward(pooled); }
+
+StateDict MobileNetV2Impl::import_state_dict(const StateDict& state) const {
+  StateDict in = BackboneImpl::import_state_dict(state);
+  // The official layout keeps the first block's depthwise conv at features.1.conv.0 (torchvision: conv.0.0).
+  if (!in.contains("features.1.conv.0.weight") && !in.contains("classifier.weight")) return in;
+
+  // Official Sequential indices -> torchvision's nested ones (ReLU6 occupies the skipped indices).
+  static const std::map<std::string, std::string> kNoExpand{{"0", "0.0"}, {"1", "0.1"}, {"3", "1"}, {"4", "2"}};
+  static const std::map<std::string, std::string> kExpand{{"0", "0.0"}, {"1", "0.1"}, {"3", "1.0"},
+                                                          {"4", "1.1"}, {"6", "2"},   {"7", "3"}};
+  static const std::regex kBlockKey(R"(features\.(\d+)\.conv\.(\d+)\.(.+))");
+  StateDict out;
+  for (const auto& item : in) {
+    std::string key = item.key();
+    std::smatch m;
+    if (std::regex_match(key, m, kBlockKey)) {
+      const size_t block = std::stoul(m[1]);
+      if (block < expand_ratios_.size() && expand_ratios_[block] > 0) {
+        const auto& table = expand_ratios_[block] == 1 ? kNoExpand : kExpand;
+        auto it = table.find(m[2]);
+        if (it != table.end()) key = "features." + m[1].str() + ".conv." + it->second + "." + m[3].str();
+      }
+    } else if (key == "classifier.weight" || key == "classifier.bias") {
+      key = "classifier.1." + key.substr(std::string("classifier.").size());
+    }
+    out.insert(key, item.value());
+  }
+  return out;
+}
+
+}  // namespace adafocus::nn

@@ -1,0 +1,59 @@
+// MobileNetV2 (Sandler et al. 2018) with torchvision's layer layout and parameter names, a width multiplier, and the
+// temporal shift of TSM in the residual inverted blocks. import_state_dict also reads the layout of the official
+// AdaFocus / TSM MobileNetV2 (tonylins' `mobilenetv2_1.0-f2a8633.pth.tar`: features.N.conv.{0,1,3,4,6,7},
+// classifier.weight).
+#pragma once
+
+#include "nn/backbone.h"
+
+namespace adafocus::nn {
+
+/// Conv2d (no bias) + BatchNorm2d + ReLU6, registered as "0" and "1" like torchvision's Conv2dNormActivation.
+class ConvBNReLU6Impl : public torch::nn::Module {
+ public:
+  ConvBNReLU6Impl(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t groups = 1);
+  /// x: (N, in, H, W) -> (N, out, ceil(H/stride), ceil(W/stride))
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::nn::Conv2d conv{nullptr};     // "0"
+  torch::nn::BatchNorm2d bn{nullptr};  // "1"
+};
+TORCH_MODULE(ConvBNReLU6);
+
+/// Expand 1x1 (omitted when expand_ratio is 1) -> depthwise 3x3 -> project 1x1, residual when shapes allow.
+class InvertedResidualImpl : public torch::nn::Module {
+ public:
+  InvertedResidualImpl(int64_t in, int64_t out, int64_t stride, int64_t expand_ratio, int64_t tsm_segments,
+                       int64_t shift_div);
+  /// x: (N, in, H, W) -> (N, out, ceil(H/stride), ceil(W/stride))
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::nn::Sequential conv;  // "conv": [ConvBNReLU6 expand,] ConvBNReLU6 depthwise, Conv2d project, BatchNorm2d
+  bool use_residual;
+  int64_t expand_ratio;
+
+ private:
+  int64_t tsm_segments_, shift_div_;
+};
+TORCH_MODULE(InvertedResidual);
+
+class MobileNetV2Impl : public BackboneImpl {
+ public:
+  explicit MobileNetV2Impl(const BackboneOptions& options);
+  /// x: (N, 3, H, W) -> (N, 1280 * max(1, width), ceil(H/32), ceil(W/32))
+  torch::Tensor feature_map(const torch::Tensor& x) override;
+  /// pooled: (N, C) -> (N, K); dropout 0.2 then linear
+  torch::Tensor classify(const torch::Tensor& pooled) override;
+  int64_t feature_dim() const override { return last_channel_; }
+  std::string classifier_prefix() const override { return "classifier."; }
+  StateDict import_state_dict(const StateDict& state) const override;
+
+  torch::nn::Sequential features;    // "features.0" stem, "features.1".."17" blocks, "features.18" 1x1 conv
+  torch::nn::Sequential classifier;  // "classifier.0" Dropout(0.2), "classifier.1" Linear
+
+ private:
+  int64_t last_channel_;
+  std::vector<int64_t> expand_ratios_;  // per entry of `features`; 0 for the stem and the last conv
+};
+
+}  // namespace adafocus::nn

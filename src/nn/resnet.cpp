@@ -1,0 +1,102 @@
+#include "nn/resnet.h"
+
+#include "nn/temporal_shift.h"
+
+namespace adafocus::nn {
+
+namespace {
+constexpr int64_t kStemChannels = 64;
+
+torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1) {
+  return torch::nn::Conv2d(
+      torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(kernel / 2).bias(false));
+}
+
+// 1x1 conv + BN on the identity path when the block changes resolution or width; null otherwise.
+torch::nn::Sequential make_downsample(int64_t in, int64_t out, int64_t stride) {
+  if (stride == 1 && in == out) return nullptr;
+  return torch::nn::Sequential(conv(in, out, 1, stride), torch::nn::BatchNorm2d(out));
+}
+}  // namespace
+
+BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t planes, int64_t stride, int64_t tsm_segments, int64_t shift_div)
+    : tsm_segments_(tsm_segments), shift_div_(shift_div) {
+  conv1 = register_module("conv1", conv(in, planes, 3, stride));
+  bn1 = register_module("bn1", torch::nn::BatchNorm2d(planes));
+  conv2 = register_module("conv2", conv(planes, planes, 3));
+  bn2 = register_module("bn2", torch::nn::BatchNorm2d(planes));
+  downsample = make_downsample(in, planes * kExpansion, stride);
+  if (downsample) register_module("downsample", downsample);
+}
+
+torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
+  auto in = tsm_segments_ > 0 ? temporal_shift(x, tsm_segments_, shift_div_) : x;
+  auto out = torch::relu(bn1(conv1(in)));
+  out = bn2(conv2(out));
+  return torch::relu(out + (downsample ? downsample->forward(x) : x));
+}
+
+BottleneckImpl::BottleneckImpl(int64_t in, int64_t planes, int64_t stride, int64_t tsm_segments, int64_t shift_div)
+    : tsm_segments_(tsm_segments), shift_div_(shift_div) {
+  conv1 = register_module("conv1", conv(in, planes, 1));
+  bn1 = register_module("bn1", torch::nn::BatchNorm2d(planes));
+  conv2 = register_module("conv2", conv(planes, planes, 3, stride));
+  bn2 = register_module("bn2", torch::nn::BatchNorm2d(planes));
+  conv3 = register_module("conv3", conv(planes, planes * kExpansion, 1));
+  bn3 = register_module("bn3", torch::nn::BatchNorm2d(planes * kExpansion));
+  downsample = make_downsample(in, planes * kExpansion, stride);
+  if (downsample) register_module("downsample", downsample);
+}
+
+torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
+  auto in = tsm_segments_ > 0 ? temporal_shift(x, tsm_segments_, shift_div_) : x;
+  auto out = torch::relu(bn1(conv1(in)));
+  out = torch::relu(bn2(conv2(out)));
+  out = bn3(conv3(out));
+  return torch::relu(out + (downsample ? downsample->forward(x) : x));
+}
+
+ResNetImpl::ResNetImpl(const BackboneOptions& options) {
+  const std::string& arch = options.arch();
+  const bool bottleneck = arch == "resnet50";
+  const std::vector<int64_t> blocks = arch == "resnet18" ? std::vector<int64_t>{2, 2, 2, 2}
+                                                          : std::vector<int64_t>{3, 4, 6, 3};
+  const int64_t expansion = bottleneck ? BottleneckImpl::kExpansion : BasicBlockImpl::kExpansion;
+
+  conv1 = register_module("conv1", conv(3, kStemChannels, 7, 2));
+  bn1 = register_module("bn1", torch::nn::BatchNorm2d(kStemChannels));
+  int64_t channels = kStemChannels;
+  torch::nn::Sequential* layers[] = {&layer1, &layer2, &layer3, &layer4};
+  for (int stage = 0; stage < 4; ++stage) {
+    const int64_t planes = kStemChannels << stage;
+    for (int64_t i = 0; i < blocks[stage]; ++i) {
+      const int64_t stride = (stage > 0 && i == 0) ? 2 : 1;
+      if (bottleneck)
+        (*layers[stage])->push_back(Bottleneck(channels, planes, stride, options.tsm_segments(), options.shift_div()));
+      else
+        (*layers[stage])->push_back(BasicBlock(channels, planes, stride, options.tsm_segments(), options.shift_div()));
+      channels = planes * expansion;
+    }
+    register_module("layer" + std::to_string(stage + 1), *layers[stage]);
+  }
+  feature_dim_ = channels;
+  fc = register_module("fc", torch::nn::Linear(feature_dim_, options.num_classes()));
+
+  // torchvision's initialisation (fc keeps PyTorch's default Linear init)
+  for (auto& module : modules(/*include_self=*/false)) {
+    if (auto* c = module->as<torch::nn::Conv2d>()) {
+      torch::nn::init::kaiming_normal_(c->weight, 0.0, torch::kFanOut, torch::kReLU);
+    } else if (auto* b = module->as<torch::nn::BatchNorm2d>()) {
+      torch::nn::init::ones_(b->weight);
+      torch::nn::init::zeros_(b->bias);
+    }
+  }
+}
+
+torch::Tensor ResNetImpl::feature_map(const torch::Tensor& x) {
+  auto y = torch::relu(bn1(conv1(x)));
+  y = torch::max_pool2d(y, 3, 2, 1);
+  return layer4->forward(layer3->forward(layer2->forward(layer1->forward(y))));
+}
+
+}  // namespace adafocus::nn

@@ -1,0 +1,62 @@
+// ResNet-18/34/50 (He et al. 2016) with torchvision's layout and parameter names (v1.5: stride in the 3x3 conv of a
+// bottleneck), and TSM's residual shift: the temporal shift wraps conv1 of every block, the identity stays unshifted.
+#pragma once
+
+#include "nn/backbone.h"
+
+namespace adafocus::nn {
+
+/// Two 3x3 convs (ResNet-18/34).
+class BasicBlockImpl : public torch::nn::Module {
+ public:
+  static constexpr int64_t kExpansion = 1;
+  BasicBlockImpl(int64_t in, int64_t planes, int64_t stride, int64_t tsm_segments, int64_t shift_div);
+  /// x: (N, in, H, W) -> (N, planes, H/stride, W/stride)
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+  torch::nn::Sequential downsample{nullptr};  // "downsample.0" 1x1 conv, "downsample.1" BN; only when shapes change
+
+ private:
+  int64_t tsm_segments_, shift_div_;
+};
+TORCH_MODULE(BasicBlock);
+
+/// 1x1 reduce, 3x3 (strided), 1x1 expand x4 (ResNet-50).
+class BottleneckImpl : public torch::nn::Module {
+ public:
+  static constexpr int64_t kExpansion = 4;
+  BottleneckImpl(int64_t in, int64_t planes, int64_t stride, int64_t tsm_segments, int64_t shift_div);
+  /// x: (N, in, H, W) -> (N, 4 * planes, H/stride, W/stride)
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  torch::nn::Sequential downsample{nullptr};
+
+ private:
+  int64_t tsm_segments_, shift_div_;
+};
+TORCH_MODULE(Bottleneck);
+
+class ResNetImpl : public BackboneImpl {
+ public:
+  explicit ResNetImpl(const BackboneOptions& options);
+  /// x: (N, 3, H, W) -> (N, 512 * expansion, ceil(H/32), ceil(W/32))
+  torch::Tensor feature_map(const torch::Tensor& x) override;
+  /// pooled: (N, C) -> (N, K)
+  torch::Tensor classify(const torch::Tensor& pooled) override { return fc(pooled); }
+  int64_t feature_dim() const override { return feature_dim_; }
+  std::string classifier_prefix() const override { return "fc."; }
+
+  torch::nn::Conv2d conv1{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr};
+  torch::nn::Sequential layer1, layer2, layer3, layer4;
+  torch::nn::Linear fc{nullptr};
+
+ private:
+  int64_t feature_dim_;
+};
+
+}  // namespace adafocus::nn

@@ -1,0 +1,121 @@
+// Parity of our backbones with torchvision (random weights and random BN statistics, eval mode), and with the
+// official TSM and AdaFocus MobileNetV2 layouts. Tolerance: max abs error <= 1e-4 x max |reference|.
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "io/pth.h"
+#include "nn/backbone.h"
+#include "test_util.h"
+
+namespace adafocus {
+namespace {
+
+using test::AllCloseRelative;
+using test::reference;
+
+nn::Backbone load(const std::string& file, nn::BackboneOptions options) {
+  nn::Backbone model = nn::load_backbone(options, io::read_state_dict(reference(file)), file);
+  model->eval();
+  return model;
+}
+
+// Compares the feature map, pooled vector and logits of `model` on `input` with Python's `prefix`_*.pt.
+void expect_parity(nn::BackboneImpl& model, const std::string& input, const std::string& prefix) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = io::read_tensor(reference(input));
+  const torch::Tensor map = model.feature_map(x);
+  const torch::Tensor pooled = model.pool(map);
+  EXPECT_TRUE(AllCloseRelative(map, io::read_tensor(reference(prefix + "_map.pt")))) << prefix << " map";
+  EXPECT_TRUE(AllCloseRelative(pooled, io::read_tensor(reference(prefix + "_pool.pt")))) << prefix << " pool";
+  EXPECT_TRUE(AllCloseRelative(model.classify(pooled), io::read_tensor(reference(prefix + "_logits.pt"))))
+      << prefix << " logits";
+}
+
+class TorchvisionParity : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TorchvisionParity, MapPoolAndLogitsAtThreeSizes) {
+  const std::string arch = GetParam();
+  nn::Backbone model = load(arch + ".pth", nn::BackboneOptions(arch));
+  for (const char* size : {"224", "128", "160x112"})
+    expect_parity(*model, std::string("input_") + size + ".pt", arch + "_" + size);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backbones, TorchvisionParity,
+                         ::testing::Values("mobilenet_v2", "resnet18", "resnet34", "resnet50"));
+
+TEST(Backbones, MobileNetV2WidthMultiplierMatchesTorchvision) {
+  nn::Backbone model = load("mobilenet_v2_w0.5.pth", nn::BackboneOptions("mobilenet_v2").width_mult(0.5));
+  expect_parity(*model, "input_128.pt", "mobilenet_v2_w0.5_128");
+}
+
+TEST(Backbones, TsmMatchesOfficialShiftPlacement) {
+  for (const std::string arch : {"mobilenet_v2", "resnet50"}) {
+    // Official TSM checkpoints wrap shifted convs as ".net."; we load them into the torchvision layout.
+    nn::Backbone model = load("tsm_" + arch + ".pth", nn::BackboneOptions(arch).tsm_segments(4));
+    expect_parity(*model, "input_tsm.pt", "tsm_" + arch);
+  }
+}
+
+TEST(Backbones, TsmChangesTheOutput) {
+  // Guards the test above: without the shift the same weights give another result.
+  nn::Backbone model = load("tsm_resnet50.pth", nn::BackboneOptions("resnet50"));
+  torch::NoGradGuard no_grad;
+  EXPECT_FALSE(AllCloseRelative(model->forward(io::read_tensor(reference("input_tsm.pt"))),
+                                io::read_tensor(reference("tsm_resnet50_logits.pt")), 1e-2));
+}
+
+TEST(Backbones, OfficialAdaFocusMobileNetV2LayoutLoads) {
+  // {'state_dict': {'module.features.1.conv.0.weight': ...}} in the legacy and the zip format.
+  for (const char* file : {"official_mobilenet_v2.pth.tar", "official_mobilenet_v2_zip.pth.tar"}) {
+    nn::Backbone model = load(file, nn::BackboneOptions("mobilenet_v2"));
+    expect_parity(*model, "input_224.pt", "official_mobilenet_v2_224");
+  }
+}
+
+TEST(Backbones, NumClassesComesFromTheWeights) {
+  nn::Backbone model = load("resnet18.pth", nn::BackboneOptions("resnet18").num_classes(1000));
+  torch::NoGradGuard no_grad;
+  EXPECT_EQ(model->forward(torch::zeros({1, 3, 64, 64})).size(1), 10);
+}
+
+std::string load_error(const std::string& arch, io::TensorDict state) {
+  try {
+    nn::load_backbone(nn::BackboneOptions(arch), state, "weights.pth");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "loading did not fail";
+  return "";
+}
+
+TEST(Backbones, MismatchedWeightsNameEveryKeyAndShape) {
+  io::TensorDict r18 = io::read_state_dict(reference("resnet18.pth"));
+  std::string e = load_error("resnet34", r18);
+  EXPECT_NE(e.find("weights.pth: weights do not fit the model"), std::string::npos) << e;
+  EXPECT_NE(e.find("missing key 'layer1.2.conv1.weight' (64, 64, 3, 3)"), std::string::npos) << e;
+
+  io::TensorDict bad = r18;
+  bad["layer1.0.conv1.weight"] = torch::zeros({64, 64, 1, 1});
+  bad.insert("extra.weight", torch::zeros({2}));
+  e = load_error("resnet18", bad);
+  EXPECT_NE(e.find("'layer1.0.conv1.weight' has shape (64, 64, 1, 1) in the file but (64, 64, 3, 3) in the model"),
+            std::string::npos)
+      << e;
+  EXPECT_NE(e.find("unexpected key 'extra.weight' (2)"), std::string::npos) << e;
+  EXPECT_NE(e.find("HINT:"), std::string::npos) << e;
+
+  e = load_error("mobilenet_v2", r18);
+  EXPECT_NE(e.find("problems"), std::string::npos) << e;
+}
+
+TEST(Backbones, UnknownArchIsAnError) {
+  try {
+    nn::make_backbone(nn::BackboneOptions("resnet51"));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("resnet50"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace adafocus

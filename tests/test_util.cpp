@@ -1,0 +1,59 @@
+#include "test_util.h"
+
+#include <unistd.h>
+
+#include <fstream>
+#include <random>
+
+#include "core/files.h"
+
+namespace adafocus::test {
+
+const std::string& reference_dir() {
+  static const std::string dir = [] {
+    const char* env = std::getenv("ADAFOCUS_TEST_REFERENCE");
+    std::string d = env ? env : ADAFOCUS_BINARY_DIR "/reference";
+    if (!std::filesystem::exists(d + "/.done")) {
+      const int status = run_reference_script("backbones " + d);
+      if (status != 0) throw std::runtime_error("tests/python/reference.py failed; is python3-torchvision installed?");
+    }
+    return d;
+  }();
+  return dir;
+}
+
+std::string reference(const std::string& name) { return reference_dir() + "/" + name; }
+
+int run_reference_script(const std::string& args) {
+  const std::string command = "/usr/bin/python3 " ADAFOCUS_SOURCE_DIR "/tests/python/reference.py " + args;
+  return std::system(command.c_str());
+}
+
+::testing::AssertionResult AllCloseRelative(const torch::Tensor& actual, const torch::Tensor& expected, double rtol) {
+  if (!actual.sizes().equals(expected.sizes()))
+    return ::testing::AssertionFailure() << "shape " << actual.sizes() << " != expected " << expected.sizes();
+  const auto a = actual.to(torch::kDouble), e = expected.to(torch::kDouble);
+  const double scale = e.abs().max().item<double>();
+  const double error = (a - e).abs().max().item<double>();
+  if (error <= rtol * scale) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "max abs error " << error << " > " << rtol << " x max |expected| " << scale;
+}
+
+TempDir::TempDir() {
+  std::random_device rd;
+  dir_ = std::filesystem::temp_directory_path() /
+         ("adafocus_test_" + std::to_string(::getpid()) + "_" + std::to_string(rd()));
+  std::filesystem::create_directories(dir_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out << bytes;
+}
+
+}  // namespace adafocus::test

@@ -1,0 +1,39 @@
+// Shared test helpers: the Python reference data, tolerance checks, temporary directories.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <string>
+
+namespace adafocus::test {
+
+/// The directory of reference files written by tests/python/reference.py (PyTorch + torchvision). ctest generates
+/// it once before the tests (fixture); a test binary run alone generates it on first use.
+const std::string& reference_dir();
+/// reference_dir() + "/" + name
+std::string reference(const std::string& name);
+
+/// Runs tests/python/reference.py with `args` under /usr/bin/python3; returns its exit status.
+int run_reference_script(const std::string& args);
+
+/// max |actual - expected| <= rtol * max |expected|, and equal shapes.
+::testing::AssertionResult AllCloseRelative(const torch::Tensor& actual, const torch::Tensor& expected,
+                                            double rtol = 1e-4);
+
+/// A fresh directory under the system temp dir, removed with everything in it at scope end.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+ private:
+  std::filesystem::path dir_;
+};
+
+/// Writes `bytes` to `path`.
+void write_bytes(const std::string& path, const std::string& bytes);
+
+}  // namespace adafocus::test

@@ -78,14 +78,8 @@ TEST(Backbones, NumClassesComesFromTheWeights) {
   EXPECT_EQ(model->forward(torch::zeros({1, 3, 64, 64})).size(1), 10);
 }
 
-std::string load_error(const std::string& arch, io::TensorDict state) {
-  try {
-    nn::load_backbone(nn::BackboneOptions(arch), state, "weights.pth");
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "loading did not fail";
-  return "";
+std::string load_error(const std::string& arch, const io::TensorDict& state) {
+  return test::error_of([&] { nn::load_backbone(nn::BackboneOptions(arch), state, "weights.pth"); });
 }
 
 TEST(Backbones, MismatchedWeightsNameEveryKeyAndShape) {
@@ -109,12 +103,9 @@ TEST(Backbones, MismatchedWeightsNameEveryKeyAndShape) {
 }
 
 TEST(Backbones, UnknownArchIsAnError) {
-  try {
-    nn::make_backbone(nn::BackboneOptions("resnet51"));
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("resnet50"), std::string::npos) << e.what();
-  }
+  const std::string e = test::error_of([] { nn::make_backbone(nn::BackboneOptions("resnet51")); });
+  EXPECT_NE(e.find("unknown backbone arch 'resnet51'"), std::string::npos) << e;
+  EXPECT_NE(e.find("resnet50"), std::string::npos) << e;
 }
 
 }  // namespace

@@ -20,17 +20,7 @@ train:
   methods: [adafocus_v2, random_patch]
 )";
 
-// Runs `f`, expects an adafocus::Error, returns its full text.
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no adafocus::Error thrown";
-  return "";
-}
+using test::error_of;
 
 TEST(Config, DefaultsFixTypes) {
   Config c = Config::from_yaml(kSchema, "schema");

@@ -15,16 +15,7 @@ namespace {
 
 using test::reference;
 
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no adafocus::Error thrown";
-  return "";
-}
+using test::error_of;
 
 TEST(Pth, ReadsTensorViewsWithStridesAndOffset) {
   // Python: torch.arange(12, dtype=float64).view(3, 4)[:, 1:3]

@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <string>
 
+#include "core/error.h"
+
 namespace adafocus::test {
 
 /// The directory of reference files written by tests/python/reference.py (PyTorch + torchvision). ctest generates
@@ -32,6 +34,18 @@ class TempDir {
  private:
   std::filesystem::path dir_;
 };
+
+/// Runs `f`, which must throw adafocus::Error, and returns the error's full text (message, where, hint).
+template <typename F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no adafocus::Error thrown";
+  return "";
+}
 
 /// Writes `bytes` to `path`.
 void write_bytes(const std::string& path, const std::string& bytes);

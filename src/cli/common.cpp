@@ -20,6 +20,11 @@ Config ConfigArgs::load(const std::vector<std::pair<std::string, std::string>>& 
   return config;
 }
 
+bool ConfigArgs::print_if_asked(const Config& config) const {
+  if (print) fmt::print("{}", config.to_yaml());
+  return print;
+}
+
 nn::BackboneOptions backbone_options(const Config& config, int64_t num_classes) {
   return nn::BackboneOptions(config.get_string("model.arch"))
       .width_mult(config.get_float("model.width_mult"))

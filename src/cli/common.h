@@ -41,6 +41,8 @@ struct ConfigArgs {
   void add_to(CLI::App& app);
   /// defaults <- file <- flag shorthands (e.g. {"model.arch", "resnet18"}) <- key=value overrides.
   Config load(const std::vector<std::pair<std::string, std::string>>& flags = {}) const;
+  /// With --print-config: prints `config` as YAML and returns true (the command then stops).
+  bool print_if_asked(const Config& config) const;
 };
 
 /// The backbone the config describes (model.*), with `num_classes` overriding model.num_classes when > 0.

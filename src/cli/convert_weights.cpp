@@ -19,10 +19,7 @@ void run(const ConvertArgs& args, const CLI::App& app) {
   std::vector<std::pair<std::string, std::string>> flags;
   if (app.count("--arch")) flags.emplace_back("model.arch", args.arch);
   const Config config = args.config.load(flags);
-  if (args.config.print) {
-    fmt::print("{}", config.to_yaml());
-    return;
-  }
+  if (args.config.print_if_asked(config)) return;
   if (args.input.empty() || args.output.empty()) throw Error("--input and --output are required");
   const nn::StateDict state = io::read_state_dict(args.input);
   nn::Backbone model = nn::load_backbone(backbone_options(config), state, args.input);

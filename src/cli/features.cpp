@@ -22,10 +22,7 @@ void run(const FeaturesArgs& args, const CLI::App& app, const Runtime& runtime) 
   if (app.count("--weights")) flags.emplace_back("model.weights", args.weights);
   if (app.count("--tsm-segments")) flags.emplace_back("model.tsm_segments", std::to_string(args.tsm_segments));
   const Config config = args.config.load(flags);
-  if (args.config.print) {
-    fmt::print("{}", config.to_yaml());
-    return;
-  }
+  if (args.config.print_if_asked(config)) return;
   const std::string weights = config.get_string("model.weights");
   if (weights.empty()) throw Error("no weights given", "", "pass --weights FILE.pth (a torchvision state dict)");
   if (args.input.empty() || args.output.empty()) throw Error("--input and --output are required");

@@ -40,10 +40,7 @@ void run(const FlopsArgs& args, const CLI::App& app) {
     flags.emplace_back("input.width", w);
   }
   const Config config = args.config.load(flags);
-  if (args.config.print) {
-    fmt::print("{}", config.to_yaml());
-    return;
-  }
+  if (args.config.print_if_asked(config)) return;
   const int64_t height = config.get_int("input.height"), width = config.get_int("input.width");
   if (height < 32 || width < 32)
     throw Error(fmt::format("input {}x{} is too small: backbones downsample by 32", height, width), "",

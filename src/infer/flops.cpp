@@ -3,7 +3,6 @@
 #include <ATen/record_function.h>
 
 #include <unordered_map>
-#include <unordered_set>
 
 namespace adafocus::infer {
 

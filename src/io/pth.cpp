@@ -4,7 +4,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <unordered_map>
@@ -447,20 +449,18 @@ PyValue read_zip(const std::string& path) {
                 "in Python, torch.save(model.state_dict(), path) writes what adafocus reads");
   if (!reader->hasRecord("data.pkl")) throw Error("zip file without data.pkl: not written by torch.save", path, kSaveHint);
   StorageTable storages(path);
-  {
-    auto [pickle_ptr, pickle_size] = reader->getRecord("data.pkl");
-    const std::string pickle(static_cast<const char*>(pickle_ptr.get()), pickle_size);
-    Unpickler unpickler(pickle, 0, path, [&](const PyValue& pid) { return storages.resolve(pid); });
-    PyValue root = unpickler.load();
-    for (const auto& key : storages.keys()) {
-      const std::string record = "data/" + key;
-      if (!reader->hasRecord(record))
-        throw Error("corrupt file: storage record '" + record + "' is missing", path, kSaveHint);
-      auto [ptr, size] = reader->getRecord(record);
-      storages.fill(key, static_cast<const char*>(ptr.get()), size);
-    }
-    return root;
+  auto [pickle_ptr, pickle_size] = reader->getRecord("data.pkl");
+  const std::string pickle(static_cast<const char*>(pickle_ptr.get()), pickle_size);
+  Unpickler unpickler(pickle, 0, path, [&](const PyValue& pid) { return storages.resolve(pid); });
+  PyValue root = unpickler.load();
+  for (const auto& key : storages.keys()) {
+    const std::string record = "data/" + key;
+    if (!reader->hasRecord(record))
+      throw Error("corrupt file: storage record '" + record + "' is missing", path, kSaveHint);
+    auto [ptr, size] = reader->getRecord(record);
+    storages.fill(key, static_cast<const char*>(ptr.get()), size);
   }
+  return root;
 }
 
 // Legacy format: pickles of a magic number, a protocol version and system info, then the object, then the sorted
@@ -543,11 +543,15 @@ std::string PyValue::describe() const {
 }
 
 PyValue read_pth(const std::string& path) {
-  const std::string bytes = read_file(path);
-  if (bytes.empty()) throw Error("file is empty", path, kSaveHint);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(std::string("cannot open file: ") + std::strerror(errno), path);
+  std::string head(16, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(in.gcount()));
+  if (head.empty()) throw Error("file is empty", path, kSaveHint);
   try {
-    if (bytes.compare(0, 4, "PK\x03\x04") == 0) return read_zip(path);
-    if (is_legacy(bytes)) return read_legacy(path, bytes);
+    if (head.compare(0, 4, "PK\x03\x04") == 0) return read_zip(path);  // LibTorch's reader streams the zip
+    if (is_legacy(head)) return read_legacy(path, read_file(path));
   } catch (const c10::Error& e) {
     throw Error("corrupt torch.save file: " + first_line(e), path, "the file may be truncated; save it again");
   }

@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: build test demo deps clean
+.PHONY: build test demo bench deps clean
 
 deps:
 	./scripts/install-deps.sh
@@ -17,6 +17,11 @@ test: build
 
 demo: build
 	$(BUILD_DIR)/adafocus demo
+
+bench: deps
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release -DADAFOCUS_BENCH=ON $(CMAKE_FLAGS)
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+	$(BUILD_DIR)/bench/bench_data
 
 clean:
 	rm -rf $(BUILD_DIR)

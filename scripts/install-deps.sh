@@ -10,6 +10,10 @@ packages=(
   libtorch-dev libopenblas0-openmp
   # command line, config, JSON, formatting
   libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libfmt-dev
+  # video decoding and encoding (FFmpeg libraries; the ffmpeg tools make and check test videos), JPEG frames, gzip
+  libavformat-dev libavcodec-dev libavutil-dev libswscale-dev ffmpeg libturbojpeg0-dev zlib1g-dev
+  # real images for the built-in benchmark (Cluttered Moving Fashion-MNIST)
+  dataset-fashion-mnist
   # tests and micro-benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # test oracle only (parity with torchvision, .pth files written by PyTorch); never needed at run time

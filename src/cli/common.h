@@ -20,10 +20,10 @@ struct Runtime {
   torch::Device torch_device() const { return torch::Device(device); }
 };
 
-/// A registered subcommand and what it runs once the command line is parsed.
+/// A registered subcommand and what it runs once the command line is parsed; `run` returns the exit status.
 struct Command {
   CLI::App* app;
-  std::function<void()> run;
+  std::function<int()> run;
 };
 using Commands = std::vector<Command>;
 
@@ -31,6 +31,9 @@ void add_flops_command(CLI::App& app, Commands& commands, const Runtime& runtime
 void add_features_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_convert_weights_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_demo_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_check_data_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_make_list_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_make_synthetic_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 
 /// `-c/--config FILE`, trailing `key=value` overrides and `--print-config` on a subcommand.
 struct ConfigArgs {

@@ -15,11 +15,11 @@ struct ConvertArgs {
   std::string arch, input, output;
 };
 
-void run(const ConvertArgs& args, const CLI::App& app) {
+int run(const ConvertArgs& args, const CLI::App& app) {
   std::vector<std::pair<std::string, std::string>> flags;
   if (app.count("--arch")) flags.emplace_back("model.arch", args.arch);
   const Config config = args.config.load(flags);
-  if (args.config.print_if_asked(config)) return;
+  if (args.config.print_if_asked(config)) return 0;
   if (args.input.empty() || args.output.empty()) throw Error("--input and --output are required");
   const nn::StateDict state = io::read_state_dict(args.input);
   nn::Backbone model = nn::load_backbone(backbone_options(config), state, args.input);
@@ -27,6 +27,7 @@ void run(const ConvertArgs& args, const CLI::App& app) {
   io::write_state_dict(args.output, converted);
   fmt::print("{}: {} tensors in torchvision layout ({} read from {})\n", args.output, converted.size(), state.size(),
              args.input);
+  return 0;
 }
 
 }  // namespace
@@ -40,7 +41,7 @@ void add_convert_weights_command(CLI::App& app, Commands& commands, const Runtim
   sub->add_option("--input", args->input, "weights to read: state dict or checkpoint with 'state_dict'");
   sub->add_option("--output", args->output, "torchvision-layout state dict to write");
   args->config.add_to(*sub);
-  commands.push_back({sub, [args, sub] { run(*args, *sub); }});
+  commands.push_back({sub, [args, sub] { return run(*args, *sub); }});
 }
 
 }  // namespace adafocus::cli

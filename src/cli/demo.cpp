@@ -29,7 +29,7 @@ double forward_ms(nn::BackboneImpl& model, const torch::Tensor& x, int64_t repea
   return times[times.size() / 2];
 }
 
-void run(const DemoArgs& args, const Runtime& runtime) {
+int run(const DemoArgs& args, const Runtime& runtime) {
   fmt::print("adafocus backbones: GFLOPs per frame without the classifier (MACs + BN channels) and eval forward time "
              "(batch {}, {}x{}, {} threads, {})\n\n",
              args.batch, args.size, args.size, runtime.threads, runtime.device);
@@ -53,6 +53,7 @@ void run(const DemoArgs& args, const Runtime& runtime) {
   print_table({"arch", "params (M)", "GFLOPs@96", "GFLOPs@128", "GFLOPs@224", "forward ms"}, rows);
   fmt::print("\nNext: adafocus flops --arch resnet50 --size 128 --verbose (per-layer counts), adafocus features "
              "(run a backbone on your frames), adafocus convert-weights (official weights to torchvision layout).\n");
+  return 0;
 }
 
 }  // namespace
@@ -64,7 +65,7 @@ void add_demo_command(CLI::App& app, Commands& commands, const Runtime& runtime)
   sub->add_option("--size", args->size, "frame side for the timing")->check(CLI::Range(32, 1024));
   sub->add_option("--repeats", args->repeats, "timed forwards per backbone (median reported)")
       ->check(CLI::PositiveNumber);
-  commands.push_back({sub, [args, &runtime] { run(*args, runtime); }});
+  commands.push_back({sub, [args, &runtime] { return run(*args, runtime); }});
 }
 
 }  // namespace adafocus::cli

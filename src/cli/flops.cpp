@@ -30,7 +30,7 @@ std::pair<std::string, std::string> parse_size(const std::string& size) {
   return {h, w};
 }
 
-void run(const FlopsArgs& args, const CLI::App& app) {
+int run(const FlopsArgs& args, const CLI::App& app) {
   std::vector<std::pair<std::string, std::string>> flags;
   if (app.count("--arch")) flags.emplace_back("model.arch", args.arch);
   if (app.count("--width-mult")) flags.emplace_back("model.width_mult", fmt::format("{}", args.width_mult));
@@ -40,7 +40,7 @@ void run(const FlopsArgs& args, const CLI::App& app) {
     flags.emplace_back("input.width", w);
   }
   const Config config = args.config.load(flags);
-  if (args.config.print_if_asked(config)) return;
+  if (args.config.print_if_asked(config)) return 0;
   const int64_t height = config.get_int("input.height"), width = config.get_int("input.width");
   if (height < 32 || width < 32)
     throw Error(fmt::format("input {}x{} is too small: backbones downsample by 32", height, width), "",
@@ -66,7 +66,7 @@ void run(const FlopsArgs& args, const CLI::App& app) {
                                  {"output", l.output_shape}, {"macs", l.macs}});
     }
     fmt::print("{}\n", out.dump(2));
-    return;
+    return 0;
   }
   if (args.verbose) {
     std::vector<std::vector<std::string>> rows;
@@ -79,6 +79,7 @@ void run(const FlopsArgs& args, const CLI::App& app) {
   fmt::print("{} @ {}x{}{}: {:.9f} GFLOPs per frame without the classifier, {:.2f} M parameters\n", options.arch(),
              height, width, options.width_mult() != 1.0 ? fmt::format(", width x{}", options.width_mult()) : "",
              report.gflops(), params * 1e-6);
+  return 0;
 }
 
 }  // namespace
@@ -98,7 +99,7 @@ void add_flops_command(CLI::App& app, Commands& commands, const Runtime&) {
   sub->add_flag("--json", args->json, "machine-readable output (key gflops)");
   sub->add_flag("--verbose", args->verbose, "per-layer table");
   args->config.add_to(*sub);
-  commands.push_back({sub, [args, sub] { run(*args, *sub); }});
+  commands.push_back({sub, [args, sub] { return run(*args, *sub); }});
 }
 
 }  // namespace adafocus::cli

@@ -25,6 +25,9 @@ int main(int argc, char** argv) {
   cli::add_flops_command(app, commands, runtime);
   cli::add_features_command(app, commands, runtime);
   cli::add_convert_weights_command(app, commands, runtime);
+  cli::add_make_synthetic_command(app, commands, runtime);
+  cli::add_make_list_command(app, commands, runtime);
+  cli::add_check_data_command(app, commands, runtime);
 
   try {
     app.parse(argc, argv);
@@ -38,7 +41,7 @@ int main(int argc, char** argv) {
                   "use --device cpu");
     at::set_num_threads(runtime.threads);
     for (const auto& command : commands)
-      if (command.app->parsed()) command.run();
+      if (command.app->parsed()) return command.run();
     return 0;
   } catch (const Error& e) {
     fmt::print(stderr, "error: {}\n", e.what());

@@ -22,7 +22,7 @@ std::string read_file(const std::string& path) {
   return buffer.str();
 }
 
-void write_file_atomic(const std::string& path, const std::string& bytes) {
+void write_file_atomic(const std::string& path, const std::string& bytes, bool durable) {
   namespace fs = std::filesystem;
   fs::path target(path);
   std::error_code ec;
@@ -40,7 +40,7 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     if (ok) p += n, left -= static_cast<size_t>(n);
   }
   // fsync before the rename: after a power loss the new name must not point at unwritten blocks.
-  ok = ok && ::fsync(fd) == 0;
+  ok = ok && (!durable || ::fsync(fd) == 0);
   const std::string reason = ok ? "" : std::strerror(errno);
   ::close(fd);
   if (!ok) {

@@ -130,6 +130,57 @@ def save_outputs(model, x, prefix):
     torch.save(logits, prefix + "_logits.pt")
 
 
+def official_val_indices(num_frames, num_segments, new_length=1):
+    """TSN/TSM TSNDataSet._get_val_indices (0-based: without the official +1 for 1-based file names)."""
+    if num_frames > num_segments + new_length - 1:
+        tick = (num_frames - new_length + 1) / float(num_segments)
+        return [int(tick / 2.0 + tick * x) for x in range(num_segments)]
+    return [0] * num_segments
+
+
+def official_dense_val_indices(num_frames, num_segments, rate):
+    """TSM-style dense sampling at test time (start at sample_pos // 2), 0-based."""
+    sample_pos = max(1, 1 + num_frames - num_segments * rate)
+    start_idx = 0 if sample_pos == 1 else sample_pos // 2
+    return [(idx * rate + start_idx) % num_frames for idx in range(num_segments)]
+
+
+def official_crop_candidates(image_w, image_h, input_size, scales, max_distort=1):
+    """Every (w, h, x, y) GroupMultiScaleCrop can return with fix_crop=True, more_fix_crop=True: its crop pairs from
+    _sample_crop_size and the offsets of fill_fix_offset."""
+    base_size = min(image_w, image_h)
+    crop_sizes = [int(base_size * x) for x in scales]
+    crop_h = [input_size if abs(x - input_size) < 3 else x for x in crop_sizes]
+    crop_w = [input_size if abs(x - input_size) < 3 else x for x in crop_sizes]
+    pairs = []
+    for i, h in enumerate(crop_h):
+        for j, w in enumerate(crop_w):
+            if abs(i - j) <= max_distort:
+                pairs.append((w, h))
+    out = []
+    for w, h in pairs:
+        w_step, h_step = (image_w - w) // 4, (image_h - h) // 4
+        offsets = [(0, 0), (4 * w_step, 0), (0, 4 * h_step), (4 * w_step, 4 * h_step), (2 * w_step, 2 * h_step),
+                   (0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 4 * h_step), (2 * w_step, 0 * h_step),
+                   (1 * w_step, 1 * h_step), (3 * w_step, 1 * h_step), (1 * w_step, 3 * h_step),
+                   (3 * w_step, 3 * h_step)]
+        out += [[w, h, x, y] for x, y in offsets]
+    return out
+
+
+def data_reference(out):
+    """Official sampling and cropping arithmetic, for the data pipeline tests (JSON)."""
+    import json
+    val = [{"frames": n, "segments": t, "indices": official_val_indices(n, t)}
+           for n in [9, 16, 17, 31, 50, 100, 333, 1000] for t in [8, 12, 16] if n > t]  # official zeros for n <= T
+    dense = [{"frames": n, "segments": t, "stride": r, "indices": official_dense_val_indices(n, t, r)}
+             for n in [5, 40, 64, 65, 100, 301] for t, r in [(8, 8), (16, 4), (8, 2)]]
+    crops = [{"width": w, "height": h, "input_size": s, "boxes": official_crop_candidates(w, h, s, [1, .875, .75, .66])}
+             for w, h, s in [(340, 256, 224), (455, 256, 224), (128, 128, 112), (256, 340, 224), (480, 360, 224)]]
+    with open(os.path.join(out, "data_reference.json"), "w") as f:
+        json.dump({"tsn_val": val, "dense_val": dense, "multiscale_crop": crops}, f)
+
+
 def backbones(out):
     os.makedirs(out, exist_ok=True)
     g = torch.Generator().manual_seed(0)
@@ -184,6 +235,7 @@ def backbones(out):
     torch.save(torch.arange(12, dtype=torch.float64).view(3, 4)[:, 1:3], os.path.join(out, "tensor_view.pt"))
     torch.save(torch.arange(6, dtype=torch.int64), os.path.join(out, "tensor_legacy.pt"),
                _use_new_zipfile_serialization=False)
+    data_reference(out)
     open(os.path.join(out, ".done"), "w").close()
 
 

@@ -15,8 +15,8 @@ import torchvision
 BINARY, REF = sys.argv[1], sys.argv[2]
 
 
-def run(*args):
-    return subprocess.run([BINARY, "--threads", "2", *args], capture_output=True, text=True, timeout=600)
+def run(*args, threads=2):
+    return subprocess.run([BINARY, "--threads", str(threads), *args], capture_output=True, text=True, timeout=600)
 
 
 def close(actual, expected, rtol=1e-4):
@@ -130,6 +130,111 @@ class Cli(unittest.TestCase):
         with torch.no_grad():
             logits = model.eval()(torch.load(os.path.join(REF, "input_224.pt")))
         self.assertTrue(close(logits, torch.load(os.path.join(REF, "official_mobilenet_v2_224_logits.pt"))))
+
+
+class Data(unittest.TestCase):
+    """make-synthetic, make-list, check-data and features on videos, on a small generated benchmark."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = cls.tmp.name
+        cls.videos = os.path.join(cls.dir, "videos_ds")
+        r = run("make-synthetic", "--out", cls.videos, "--train", "6", "--val", "2", "--seed", "3", "--frames", "16")
+        assert r.returncode == 0, r.stderr
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def check(self, *args):
+        return run("check-data", *args)
+
+    def test_generated_videos_decode_with_ffmpeg_and_repeat_with_the_seed(self):
+        for name in ["train_00000", "val_00001"]:
+            out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                                  "stream=nb_read_frames,width,height", "-of", "csv=p=0",
+                                  os.path.join(self.videos, "videos", name + ".mp4")],
+                                 capture_output=True, text=True).stdout.strip()
+            self.assertEqual(out, "128,128,16")
+        again = os.path.join(self.dir, "again")
+        self.assertEqual(run("make-synthetic", "--out", again, "--train", "6", "--val", "2", "--seed", "3",
+                             "--frames", "16", threads=1).returncode, 0)
+        for f in ["train.txt", "val.txt", "meta.jsonl", "videos/train_00004.mp4"]:
+            with open(os.path.join(self.videos, f), "rb") as a, open(os.path.join(again, f), "rb") as b:
+                self.assertEqual(a.read(), b.read(), f)
+
+    def test_check_data_passes_a_clean_generated_list(self):
+        r = self.check("--list", os.path.join(self.videos, "train.txt"), "--root", self.videos, "--full")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("6 lines checked, 6 ok, 0 with problems (labels checked against 10 classes)", r.stdout)
+
+    def test_check_data_passes_an_activitynet_list_over_official_frame_folders(self):
+        frames = os.path.join(self.dir, "frames_ds")
+        self.assertEqual(run("make-synthetic", "--out", frames, "--train", "3", "--val", "1", "--format", "frames",
+                             "--frames", "16").returncode, 0)
+        self.assertTrue(os.path.exists(os.path.join(frames, "frames", "train_00001", "image_00016.jpg")))
+        listing = os.path.join(frames, "actnet_val.txt")
+        with open(listing, "w") as f:
+            f.write("train_00000,16,3\ntrain_00001,16,1,4\ntrain_00002,12,9\n")
+        r = self.check("--list", listing, "--root", frames)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("3 ok", r.stdout)
+
+    def test_check_data_names_every_bad_line(self):
+        bad = os.path.join(self.dir, "bad")
+        os.makedirs(bad, exist_ok=True)
+        with open(os.path.join(self.videos, "videos", "train_00000.mp4"), "rb") as f:
+            video = f.read()
+        files = {"good.mp4": video, "cut.mp4": video[:len(video) // 2], "empty.mp4": b"",
+                 "notes.mp4": b"not a video at all\n", "garbage.mp4": bytes(range(256)) * 40}
+        for name, data in files.items():
+            with open(os.path.join(bad, name), "wb") as f:
+                f.write(data)
+        listing = os.path.join(bad, "list.txt")
+        with open(listing, "w") as f:
+            f.write("good.mp4 1\ncut.mp4 2\nempty.mp4 3\nnotes.mp4 4\nmissing.mp4 5\nlonely_field\n"
+                    "good.mp4 12\ngarbage.mp4 0\ngood.mp4 -1\n")
+        r = self.check("--list", listing, "--root", bad, "--num-classes", "10")
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        lines = {int(line.split(":")[0].split()[1]): line for line in r.stdout.splitlines() if line.startswith("line ")}
+        self.assertEqual(sorted(lines), [2, 3, 4, 5, 6, 7, 8, 9], r.stdout)
+        self.assertIn("cut.mp4: not a readable video", lines[2])
+        self.assertIn("empty", lines[3])
+        self.assertIn("notes.mp4: not a readable video", lines[4])
+        self.assertIn("missing.mp4: not found", lines[5])
+        self.assertIn("1 field, expected path label", lines[6])
+        self.assertIn("label 12 out of range [0, 10)", lines[7])
+        self.assertIn("garbage.mp4", lines[8])
+        self.assertIn("label -1 out of range", lines[9])
+        self.assertIn("9 lines checked, 1 ok, 8 with problems", r.stdout)
+
+    def test_make_list_from_a_class_tree(self):
+        import shutil
+        tree = os.path.join(self.dir, "tree")
+        for i, cls in enumerate(["walking", "cooking", "walking", "cooking", "archery"]):
+            os.makedirs(os.path.join(tree, cls), exist_ok=True)
+            shutil.copy(os.path.join(self.videos, "videos", f"train_0000{i}.mp4"), os.path.join(tree, cls, f"v{i}.mp4"))
+        with open(os.path.join(tree, "walking", "README.txt"), "w") as f:
+            f.write("not a video")
+        out = os.path.join(self.dir, "tree_lists")
+        r = run("make-list", "--root", tree, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(out, "classInd.txt")) as f:
+            self.assertEqual(f.read().split(), ["archery", "cooking", "walking"])
+        with open(os.path.join(out, "list.txt")) as f:
+            self.assertEqual(f.read().splitlines(), ["archery/v4.mp4 0", "cooking/v1.mp4 1", "cooking/v3.mp4 1",
+                                                     "walking/v0.mp4 2", "walking/v2.mp4 2"])
+        r = self.check("--list", os.path.join(out, "list.txt"), "--root", tree)
+        self.assertEqual(r.returncode, 0, r.stdout)
+
+    def test_features_of_a_video_file(self):
+        out = os.path.join(self.dir, "video_features.pt")
+        r = run("features", "--arch", "resnet18", "--weights", os.path.join(REF, "resnet18.pth"), "--input",
+                os.path.join(self.videos, "videos", "val_00000.mp4"), "--output", out, "data.segments=8",
+                "data.input_size=112", "data.test_resize=128")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(tuple(torch.load(out).shape), (8, 512))
 
 
 if __name__ == "__main__":

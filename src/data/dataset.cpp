@@ -1,0 +1,112 @@
+#include "data/dataset.h"
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "data/sampler.h"
+
+namespace adafocus::data {
+
+namespace {
+
+std::string relative_to(const std::string& root, const std::string& path) {
+  if (root.empty() || std::filesystem::path(path).is_absolute()) return path;
+  return (std::filesystem::path(root) / path).string();
+}
+
+std::vector<int64_t> sample_indices(int64_t num_frames, int64_t count, const DatasetOptions& o, Rng& rng) {
+  return o.sampling == "dense" ? dense_indices(num_frames, count, o.dense_stride, o.train, rng)
+                               : tsn_indices(num_frames, count, o.train, rng);
+}
+
+// Decodes `indices` and transforms them as one clip; returns the crop used.
+torch::Tensor make_clip(io::FrameSource& source, const std::vector<int64_t>& indices, const DatasetOptions& o,
+                        Rng& rng, CropBox& crop, Sample& sample) {
+  const std::vector<io::Image> frames = source.read(indices, o.short_side);
+  sample.frame_width = frames[0].width;
+  sample.frame_height = frames[0].height;
+  if (o.train) {
+    crop = sample_train_crop(frames[0].width, frames[0].height, o.transform, rng);
+    return train_transform(frames, crop, o.transform);
+  }
+  const auto [w, h] = io::short_side_size(frames[0].width, frames[0].height, o.transform.test_resize);
+  crop = test_crop(w, h, o.transform.input_size);
+  return test_transform(frames, o.transform);
+}
+
+}  // namespace
+
+DatasetOptions DatasetOptions::from_config(const Config& c, const std::string& list_key, bool train) {
+  DatasetOptions o;
+  o.root = c.get_string("data.root");
+  o.list = relative_to(o.root, c.get_string(list_key));
+  o.format = io::parse_list_format(c.get_string("data.format"));
+  o.frames.pattern = c.get_string("data.frame_pattern");
+  o.frames.start = c.get_int("data.frame_start");
+  o.train = train;
+  o.segments = c.get_int("data.segments");
+  o.sampling = c.get_string("data.sampling");
+  if (o.sampling != "tsn" && o.sampling != "dense")
+    throw Error("data.sampling must be tsn or dense, not '" + o.sampling + "'", c.origin("data.sampling"));
+  o.dense_stride = c.get_int("data.dense_stride");
+  o.input_order = c.get_bool("data.input_order");
+  if (o.input_order) data::input_order(o.segments);  // fails early for a T without an official order
+  o.focus_segments = c.get_int("data.focus_segments");
+  o.glance_every = c.get_int("data.glance_every");
+  o.short_side = static_cast<int>(c.get_int("data.short_side"));
+  o.transform.input_size = static_cast<int>(c.get_int("data.input_size"));
+  o.transform.scales = c.get_floats("data.scales");
+  o.transform.max_distort = static_cast<int>(c.get_int("data.max_distort"));
+  o.transform.flip = c.get_bool("data.flip");
+  o.transform.test_resize = static_cast<int>(c.get_int("data.test_resize"));
+  const auto mean = c.get_floats("data.mean"), std = c.get_floats("data.std");
+  if (mean.size() != 3 || std.size() != 3) throw Error("data.mean and data.std need 3 values (R, G, B)");
+  for (int i = 0; i < 3; ++i) {
+    o.transform.mean[i] = static_cast<float>(mean[i]);
+    o.transform.std[i] = static_cast<float>(std[i]);
+  }
+  return o;
+}
+
+VideoDataset::VideoDataset(DatasetOptions options)
+    : options_(std::move(options)), list_(io::read_list(options_.list, options_.format)) {}
+
+std::string resolve_path(const std::string& root, const io::ListEntry& entry, io::ListFormat format) {
+  const std::string direct = relative_to(root, entry.path);
+  std::error_code ec;
+  if (format == io::ListFormat::Comma && !std::filesystem::exists(direct, ec)) {
+    const std::string official = relative_to(root, "frames/" + entry.path);
+    if (std::filesystem::exists(official, ec)) return official;
+  }
+  return direct;
+}
+
+std::string VideoDataset::resolve(const io::ListEntry& entry) const {
+  return resolve_path(options_.root, entry, list_.format);
+}
+
+Sample VideoDataset::get(size_t index, Rng& rng) const {
+  const io::ListEntry& e = entry(index);
+  Sample sample = load_clip(resolve(e), options_, rng, e.num_frames);
+  sample.labels = e.labels;
+  return sample;
+}
+
+Sample load_clip(const std::string& path, const DatasetOptions& o, Rng& rng, int64_t known_frames) {
+  io::FrameFolderOptions folder = o.frames;
+  folder.num_frames = known_frames;
+  std::unique_ptr<io::FrameSource> source = io::open_frames(path, folder);
+  const int64_t n = source->num_frames();
+  Sample sample;
+  sample.frames = sample_indices(n, o.segments, o, rng);
+  if (o.input_order) sample.frames = reorder(sample.frames, data::input_order(o.segments));
+  if (o.glance_every > 0) sample.glance = glance_positions(o.segments, o.glance_every, o.train, rng);
+  sample.clip = make_clip(*source, sample.frames, o, rng, sample.crop, sample);
+  if (o.focus_segments > 0) {  // sampled and cropped independently, as the official V2-TSM loader does
+    sample.focus_frames = sample_indices(n, o.focus_segments, o, rng);
+    sample.focus = make_clip(*source, sample.focus_frames, o, rng, sample.focus_crop, sample);
+  }
+  return sample;
+}
+
+}  // namespace adafocus::data

@@ -19,7 +19,7 @@ std::vector<int64_t> sample_indices(int64_t num_frames, int64_t count, const Dat
                                : tsn_indices(num_frames, count, o.train, rng);
 }
 
-// Decodes `indices` and transforms them as one clip; returns the crop used.
+// Decodes `indices` and transforms them as one clip; records the crop and the decoded frame size.
 torch::Tensor make_clip(io::FrameSource& source, const std::vector<int64_t>& indices, const DatasetOptions& o,
                         Rng& rng, CropBox& crop, Sample& sample) {
   const std::vector<io::Image> frames = source.read(indices, o.short_side);
@@ -50,7 +50,6 @@ DatasetOptions DatasetOptions::from_config(const Config& c, const std::string& l
     throw Error("data.sampling must be tsn or dense, not '" + o.sampling + "'", c.origin("data.sampling"));
   o.dense_stride = c.get_int("data.dense_stride");
   o.input_order = c.get_bool("data.input_order");
-  if (o.input_order) data::input_order(o.segments);  // fails early for a T without an official order
   o.focus_segments = c.get_int("data.focus_segments");
   o.glance_every = c.get_int("data.glance_every");
   o.short_side = static_cast<int>(c.get_int("data.short_side"));

@@ -24,7 +24,7 @@ struct DatasetOptions {
   int64_t segments = 16;                  ///< frames per clip (T)
   std::string sampling = "tsn";           ///< tsn | dense
   int64_t dense_stride = 0;               ///< frame step of dense sampling (0: 64 / segments)
-  bool input_order = false;               ///< feed frames in the official coarse-to-fine order (T = 8 or 16)
+  bool input_order = false;               ///< feed frames in the official coarse-to-fine order
   int64_t focus_segments = 0;             ///< > 0: a second, independently sampled and cropped clip (V2-TSM: 12)
   int64_t glance_every = 0;               ///< > 0: the clip is a candidate set; glance = one of every this many
   int short_side = 0;                     ///< decode frames with this short side (0: native size)

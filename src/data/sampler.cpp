@@ -38,10 +38,22 @@ std::vector<int64_t> dense_indices(int64_t num_frames, int64_t frames, int64_t s
 }
 
 std::vector<int64_t> input_order(int64_t segments) {
-  if (segments == 16) return {7, 0, 15, 3, 11, 1, 5, 9, 13, 2, 4, 6, 8, 10, 12, 14};
-  if (segments == 8) return {3, 0, 7, 1, 5, 2, 4, 6};
-  throw Error("input_order is defined for 8 or 16 frames, not " + std::to_string(segments), "",
-              "set data.segments to 8 or 16, or data.input_order=false");
+  if (segments < 1) throw Error("input_order needs at least one frame");
+  if (segments < 3) {  // the official loop would list frame 0 twice here
+    std::vector<int64_t> order(static_cast<size_t>(segments));
+    for (int64_t i = 0; i < segments; ++i) order[i] = i;
+    return order;
+  }
+  // The middle frame, the two ends, then the midpoints of ever finer intervals (floor(linspace(0, T-1, q+1)) for
+  // q = 2, 4, 8, ...), each frame once; q is a power of two, so the linspace values are exact in floating point.
+  std::vector<int64_t> order{(segments - 1) / 2, 0, segments - 1};
+  for (int64_t q = 2; static_cast<int64_t>(order.size()) < segments; q *= 2) {
+    for (int64_t i = 0; i < q; ++i) {
+      const int64_t a = i * (segments - 1) / q, b = (i + 1) * (segments - 1) / q, middle = (a + b) / 2;
+      if (std::find(order.begin(), order.end(), middle) == order.end()) order.push_back(middle);
+    }
+  }
+  return order;
 }
 
 std::vector<int64_t> reorder(const std::vector<int64_t>& indices, const std::vector<int64_t>& order) {

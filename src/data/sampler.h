@@ -19,8 +19,8 @@ std::vector<int64_t> tsn_indices(int64_t num_frames, int64_t segments, bool trai
 /// training, at (1 + num_frames - window) / 2 in testing; indices wrap around in videos shorter than the window.
 std::vector<int64_t> dense_indices(int64_t num_frames, int64_t frames, int64_t stride, bool train, Rng& rng);
 
-/// The official AdaFocusV2 order in which the frames of a T-frame clip are fed, so that every prefix covers the
-/// whole video: T=16 -> 7,0,15,3,11,1,5,9,13,2,4,6,8,10,12,14; T=8 -> 3,0,7,1,5,2,4,6. Throws for other T.
+/// The official AdaFocusV2 order (main_v2.py input_order) in which the frames of a T-frame clip are fed, so that
+/// every prefix covers the whole video: T=16 -> 7,0,15,3,11,1,5,9,13,2,4,6,8,10,12,14; T=8 -> 3,0,7,1,5,2,4,6.
 std::vector<int64_t> input_order(int64_t segments);
 
 /// indices re-ordered by `order`: out[k] = indices[order[k]].

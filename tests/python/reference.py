@@ -145,6 +145,21 @@ def official_dense_val_indices(num_frames, num_segments, rate):
     return [(idx * rate + start_idx) % num_frames for idx in range(num_segments)]
 
 
+def official_input_order(num_segments):
+    """main_v2.py input_order (AdaFocusV2, ActivityNet code), with numpy as there."""
+    import numpy as np
+    S = [np.floor((num_segments - 1) / 2), 0, num_segments - 1]
+    q = 2
+    while len(S) < num_segments:
+        interval = np.floor(np.linspace(0, num_segments - 1, q + 1))
+        for i in range(0, len(interval) - 1):
+            ind = np.floor((interval[i] + interval[i + 1]) / 2)
+            if ind not in S:
+                S.append(ind)
+        q *= 2
+    return [int(s) for s in S]
+
+
 def official_crop_candidates(image_w, image_h, input_size, scales, max_distort=1):
     """Every (w, h, x, y) GroupMultiScaleCrop can return with fix_crop=True, more_fix_crop=True: its crop pairs from
     _sample_crop_size and the offsets of fill_fix_offset."""
@@ -177,8 +192,9 @@ def data_reference(out):
              for n in [5, 40, 64, 65, 100, 301] for t, r in [(8, 8), (16, 4), (8, 2)]]
     crops = [{"width": w, "height": h, "input_size": s, "boxes": official_crop_candidates(w, h, s, [1, .875, .75, .66])}
              for w, h, s in [(340, 256, 224), (455, 256, 224), (128, 128, 112), (256, 340, 224), (480, 360, 224)]]
+    orders = [{"segments": t, "order": official_input_order(t)} for t in [3, 5, 6, 8, 12, 16, 24, 32, 48]]
     with open(os.path.join(out, "data_reference.json"), "w") as f:
-        json.dump({"tsn_val": val, "dense_val": dense, "multiscale_crop": crops}, f)
+        json.dump({"tsn_val": val, "dense_val": dense, "multiscale_crop": crops, "input_order": orders}, f)
 
 
 def backbones(out):

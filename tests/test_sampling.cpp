@@ -96,7 +96,8 @@ TEST(Sampler, GlancePositionsAmongCandidates) {
 }
 
 TEST(Transforms, MultiScaleCropCandidatesAreTheOfficialOnes) {
-  for (const auto& c : data_reference()["multiscale_crop"]) {
+  const auto cases = data_reference()["multiscale_crop"];  // a copy: the parsed document is a temporary
+  for (const auto& c : cases) {
     data::TransformOptions o;
     o.input_size = c["input_size"];
     std::vector<std::vector<int>> ours;

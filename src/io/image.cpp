@@ -12,10 +12,15 @@ namespace adafocus::io {
 
 Image resize(const Image& image, int width, int height) {
   if (width == image.width && height == image.height) return image;
-  // One cached context per thread: loader workers resize concurrently.
-  thread_local SwsContext* context = nullptr;
-  context = sws_getCachedContext(context, image.width, image.height, AV_PIX_FMT_RGB24, width, height,
-                                 AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr);
+  // One cached context per thread (loader workers resize concurrently), freed when the thread ends.
+  struct Cached {
+    SwsContext* context = nullptr;
+    ~Cached() { sws_freeContext(context); }
+  };
+  thread_local Cached cached;
+  cached.context = sws_getCachedContext(cached.context, image.width, image.height, AV_PIX_FMT_RGB24, width, height,
+                                        AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr);
+  SwsContext* context = cached.context;
   if (!context) throw std::runtime_error("swscale: cannot resize");
   const PaddedRgb src(image);
   PaddedRgb dst(width, height);

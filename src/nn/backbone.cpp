@@ -24,14 +24,15 @@ StateDict BackboneImpl::import_state_dict(const StateDict& state) const {
 }
 
 const std::vector<std::string>& backbone_archs() {
-  static const std::vector<std::string> archs{"mobilenet_v2", "resnet18", "resnet34", "resnet50"};
+  static const std::vector<std::string> archs{"mobilenet_v2", "resnet10", "resnet18", "resnet34", "resnet50"};
   return archs;
 }
 
 Backbone make_backbone(const BackboneOptions& options) {
   const std::string& arch = options.arch();
   if (arch == "mobilenet_v2") return std::make_shared<MobileNetV2Impl>(options);
-  if (arch == "resnet18" || arch == "resnet34" || arch == "resnet50") return std::make_shared<ResNetImpl>(options);
+  if (arch == "resnet10" || arch == "resnet18" || arch == "resnet34" || arch == "resnet50")
+    return std::make_shared<ResNetImpl>(options);
   std::string known;
   for (const auto& a : backbone_archs()) known += (known.empty() ? "" : ", ") + a;
   throw Error("unknown backbone arch '" + arch + "'", "", "use one of: " + known);

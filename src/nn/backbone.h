@@ -17,7 +17,7 @@ namespace adafocus::nn {
 
 struct BackboneOptions {
   explicit BackboneOptions(std::string arch) : arch_(std::move(arch)) {}
-  /// mobilenet_v2 | resnet18 | resnet34 | resnet50
+  /// mobilenet_v2 | resnet10 | resnet18 | resnet34 | resnet50
   TORCH_ARG(std::string, arch);
   /// MobileNetV2 channel multiplier (torchvision rounding to multiples of 8).
   TORCH_ARG(double, width_mult) = 1.0;
@@ -27,11 +27,15 @@ struct BackboneOptions {
   TORCH_ARG(int64_t, tsm_segments) = 0;
   /// The shift moves 1/shift_div of the channels each way.
   TORCH_ARG(int64_t, shift_div) = 8;
+  /// ResNet: channels of the first stage (torchvision: 64); the stages have 1, 2, 4, 8 times this.
+  TORCH_ARG(int64_t, base_width) = 64;
+  /// ResNet: a 3x3 stride-1 stem without max-pooling, for small inputs (downsampling 8 instead of 32).
+  TORCH_ARG(bool, small_stem) = false;
 };
 
 class BackboneImpl : public torch::nn::Module {
  public:
-  /// x: (N, 3, H, W) -> (N, C, ceil(H/32), ceil(W/32))
+  /// x: (N, 3, H, W) -> (N, C, ceil(H/32), ceil(W/32)) (ceil(H/8) with a small stem)
   virtual torch::Tensor feature_map(const torch::Tensor& x) = 0;
   /// map: (N, C, h, w) -> (N, C), global average
   torch::Tensor pool(const torch::Tensor& map) const;

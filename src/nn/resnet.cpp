@@ -5,7 +5,6 @@
 namespace adafocus::nn {
 
 namespace {
-constexpr int64_t kStemChannels = 64;
 
 torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1) {
   return torch::nn::Conv2d(
@@ -56,19 +55,21 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
   return torch::relu(out + (downsample ? downsample->forward(x) : x));
 }
 
-ResNetImpl::ResNetImpl(const BackboneOptions& options) {
+ResNetImpl::ResNetImpl(const BackboneOptions& options) : small_stem_(options.small_stem()) {
   const std::string& arch = options.arch();
   const bool bottleneck = arch == "resnet50";
-  const std::vector<int64_t> blocks = arch == "resnet18" ? std::vector<int64_t>{2, 2, 2, 2}
-                                                          : std::vector<int64_t>{3, 4, 6, 3};
+  const std::vector<int64_t> blocks = arch == "resnet10"   ? std::vector<int64_t>{1, 1, 1, 1}
+                                      : arch == "resnet18" ? std::vector<int64_t>{2, 2, 2, 2}
+                                                           : std::vector<int64_t>{3, 4, 6, 3};
   const int64_t expansion = bottleneck ? BottleneckImpl::kExpansion : BasicBlockImpl::kExpansion;
+  const int64_t width = options.base_width();
 
-  conv1 = register_module("conv1", conv(3, kStemChannels, 7, 2));
-  bn1 = register_module("bn1", torch::nn::BatchNorm2d(kStemChannels));
-  int64_t channels = kStemChannels;
+  conv1 = register_module("conv1", small_stem_ ? conv(3, width, 3, 1) : conv(3, width, 7, 2));
+  bn1 = register_module("bn1", torch::nn::BatchNorm2d(width));
+  int64_t channels = width;
   torch::nn::Sequential* layers[] = {&layer1, &layer2, &layer3, &layer4};
   for (int stage = 0; stage < 4; ++stage) {
-    const int64_t planes = kStemChannels << stage;
+    const int64_t planes = width << stage;
     for (int64_t i = 0; i < blocks[stage]; ++i) {
       const int64_t stride = (stage > 0 && i == 0) ? 2 : 1;
       if (bottleneck)
@@ -95,7 +96,7 @@ ResNetImpl::ResNetImpl(const BackboneOptions& options) {
 
 torch::Tensor ResNetImpl::feature_map(const torch::Tensor& x) {
   auto y = torch::relu(bn1(conv1(x)));
-  y = torch::max_pool2d(y, 3, 2, 1);
+  if (!small_stem_) y = torch::max_pool2d(y, 3, 2, 1);
   return layer4->forward(layer3->forward(layer2->forward(layer1->forward(y))));
 }
 

@@ -1,5 +1,6 @@
 // ResNet-18/34/50 (He et al. 2016) with torchvision's layout and parameter names (v1.5: stride in the 3x3 conv of a
 // bottleneck), and TSM's residual shift: the temporal shift wraps conv1 of every block, the identity stays unshifted.
+// For the built-in benchmark also ResNet-10 (one basic block per stage), narrower stages and a small-input stem.
 #pragma once
 
 #include "nn/backbone.h"
@@ -43,7 +44,7 @@ TORCH_MODULE(Bottleneck);
 class ResNetImpl : public BackboneImpl {
  public:
   explicit ResNetImpl(const BackboneOptions& options);
-  /// x: (N, 3, H, W) -> (N, 512 * expansion, ceil(H/32), ceil(W/32))
+  /// x: (N, 3, H, W) -> (N, 8 * base_width * expansion, ceil(H/32), ceil(W/32)); small stem: ceil(H/8)
   torch::Tensor feature_map(const torch::Tensor& x) override;
   /// pooled: (N, C) -> (N, K)
   torch::Tensor classify(const torch::Tensor& pooled) override { return fc(pooled); }
@@ -57,6 +58,7 @@ class ResNetImpl : public BackboneImpl {
 
  private:
   int64_t feature_dim_;
+  bool small_stem_;
 };
 
 }  // namespace adafocus::nn

@@ -16,6 +16,41 @@ extern "C" {
 
 namespace adafocus::io {
 
+namespace {
+
+// A fixed 256-colour palette: a 6x6x6 colour cube and 40 greys, which keeps grey frames smooth and boxes coloured.
+uint32_t palette_colour(int i) {
+  int r, g, b;
+  if (i < 216) {
+    r = (i / 36) * 51, g = (i / 6 % 6) * 51, b = (i % 6) * 51;
+  } else {
+    r = g = b = (i - 216) * 255 / 39;
+  }
+  return 0xFF000000u | (uint32_t(r) << 16) | (uint32_t(g) << 8) | uint32_t(b);
+}
+
+void to_palette(const Image& image, AVFrame* frame) {
+  auto* palette = reinterpret_cast<uint32_t*>(frame->data[1]);
+  for (int i = 0; i < 256; ++i) palette[i] = palette_colour(i);
+  for (int y = 0; y < image.height; ++y) {
+    const uint8_t* src = image.row(y);
+    uint8_t* dst = frame->data[0] + y * frame->linesize[0];
+    for (int x = 0; x < image.width; ++x) {
+      const int r = src[3 * x], g = src[3 * x + 1], b = src[3 * x + 2];
+      const int cube = (r * 5 + 127) / 255 * 36 + (g * 5 + 127) / 255 * 6 + (b * 5 + 127) / 255;
+      const int grey = 216 + ((r + g + b) * 39 + 382) / 765;
+      auto distance = [&](int i) {
+        const uint32_t c = palette_colour(i);
+        const int dr = r - int(c >> 16 & 255), dg = g - int(c >> 8 & 255), db = b - int(c & 255);
+        return dr * dr + dg * dg + db * db;
+      };
+      dst[x] = static_cast<uint8_t>(distance(grey) <= distance(cube) ? grey : cube);
+    }
+  }
+}
+
+}  // namespace
+
 struct VideoWriter::Impl {
   std::string path, tmp;
   AVFormatContext* format = nullptr;
@@ -26,6 +61,7 @@ struct VideoWriter::Impl {
   SwsContext* sws = nullptr;
   int64_t next_pts = 0;
   bool closed = false;
+  bool gif = false;  // PAL8 frames with a fixed palette
 
   ~Impl() {
     sws_freeContext(sws);
@@ -71,13 +107,16 @@ VideoWriter::VideoWriter(const std::string& path, int width, int height, double 
     throw Error("video frames must have even, positive width and height", path);
   const std::string ext = std::filesystem::path(path).extension().string();
   const bool mjpeg = ext == ".avi";
-  if (ext != ".mp4" && ext != ".mkv" && !mjpeg)
-    throw Error("cannot write '" + ext + "' videos", path, "use .mp4 (H.264), .mkv or .avi (MJPEG)");
+  w.gif = ext == ".gif";
+  if (ext != ".mp4" && ext != ".mkv" && !mjpeg && !w.gif)
+    throw Error("cannot write '" + ext + "' videos", path, "use .mp4 (H.264), .mkv, .avi (MJPEG) or .gif");
 
   w.check(avformat_alloc_output_context2(&w.format, nullptr, nullptr, path.c_str()), "cannot create the container");
   w.format->flags |= AVFMT_FLAG_BITEXACT;
-  const AVCodec* encoder = mjpeg ? avcodec_find_encoder(AV_CODEC_ID_MJPEG) : avcodec_find_encoder_by_name("libx264");
-  if (!encoder) throw Error("this FFmpeg has no " + std::string(mjpeg ? "MJPEG" : "libx264") + " encoder", path);
+  const AVCodec* encoder = w.gif    ? avcodec_find_encoder(AV_CODEC_ID_GIF)
+                           : mjpeg ? avcodec_find_encoder(AV_CODEC_ID_MJPEG)
+                                   : avcodec_find_encoder_by_name("libx264");
+  if (!encoder) throw Error("this FFmpeg has no encoder for " + ext + " files", path);
   w.stream = avformat_new_stream(w.format, nullptr);
   w.codec = avcodec_alloc_context3(encoder);
   w.frame = av_frame_alloc();
@@ -89,15 +128,18 @@ VideoWriter::VideoWriter(const std::string& path, int width, int height, double 
   w.codec->height = height;
   w.codec->time_base = av_inv_q(rate);
   w.codec->framerate = rate;
-  w.codec->pix_fmt = mjpeg ? AV_PIX_FMT_YUVJ420P : AV_PIX_FMT_YUV420P;
+  w.codec->pix_fmt = w.gif ? AV_PIX_FMT_PAL8 : mjpeg ? AV_PIX_FMT_YUVJ420P : AV_PIX_FMT_YUV420P;
   w.codec->thread_count = 1;  // deterministic output; callers write several videos in parallel instead
   w.codec->flags |= AV_CODEC_FLAG_BITEXACT;
   if (w.format->oformat->flags & AVFMT_GLOBALHEADER) w.codec->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
   AVDictionary* options = nullptr;
-  if (!mjpeg) {
+  if (!mjpeg && !w.gif) {
     av_dict_set(&options, "preset", "veryfast", 0);
+    // Without macroblock-tree rate control: with it, libx264's output here depended on what the process had encoded
+    // before (same frames, other bytes and pixels when videos were written in another order or thread count).
+    av_dict_set(&options, "x264-params", "mbtree=0", 0);
     av_dict_set(&options, "crf", std::to_string(crf).c_str(), 0);
-  } else {
+  } else if (mjpeg) {
     w.codec->flags |= AV_CODEC_FLAG_QSCALE;
     w.codec->global_quality = FF_QP2LAMBDA * 3;
   }
@@ -127,6 +169,12 @@ void VideoWriter::write(const Image& image) {
   if (image.width != w.codec->width || image.height != w.codec->height)
     throw Error("frame size differs from the video's", w.path);
   w.check(av_frame_make_writable(w.frame), "out of memory");
+  if (w.gif) {
+    to_palette(image, w.frame);
+    w.frame->pts = w.next_pts++;
+    w.encode(w.frame);
+    return;
+  }
   w.sws = sws_getCachedContext(w.sws, image.width, image.height, AV_PIX_FMT_RGB24, image.width, image.height,
                                w.codec->pix_fmt, SWS_BILINEAR | SWS_ACCURATE_RND | SWS_BITEXACT, nullptr, nullptr,
                                nullptr);

@@ -38,8 +38,8 @@ TEST(Config, DefaultsFixTypes) {
 
 TEST(Config, BuiltInDefaultsLoad) {
   Config c = Config::defaults();
-  EXPECT_EQ(c.get_string("model.arch"), "resnet50");
-  EXPECT_EQ(c.get_int("input.height"), 224);
+  EXPECT_EQ(c.get_string("model.backbone.arch"), "resnet50");
+  EXPECT_EQ(c.get_int("data.input_size"), 224);
 }
 
 TEST(Config, OverridesParseByType) {

@@ -4,11 +4,13 @@
 
 #include <algorithm>
 
+#include "methods/method.h"
+
 namespace adafocus::cli {
 
 void ConfigArgs::add_to(CLI::App& app) {
   app.add_option("-c,--config", file, "YAML preset over the built-in defaults (configs/*.yaml)");
-  app.add_option("overrides", overrides, "dotted key=value overrides, e.g. model.width_mult=0.5");
+  app.add_option("overrides", overrides, "dotted key=value overrides, e.g. model.backbone.width_mult=0.5");
   app.add_flag("--print-config", print, "print the resolved configuration as YAML and exit");
 }
 
@@ -25,12 +27,9 @@ bool ConfigArgs::print_if_asked(const Config& config) const {
   return print;
 }
 
-nn::BackboneOptions backbone_options(const Config& config, int64_t num_classes) {
-  return nn::BackboneOptions(config.get_string("model.arch"))
-      .width_mult(config.get_float("model.width_mult"))
-      .num_classes(num_classes > 0 ? num_classes : config.get_int("model.num_classes"))
-      .tsm_segments(config.get_int("model.tsm_segments"))
-      .shift_div(config.get_int("model.shift_div"));
+nn::BackboneOptions backbone_options(const Config& config) {
+  return methods::backbone_options(config, "model.backbone", config.get_int("model.num_classes"),
+                                   config.get_int("data.segments"));
 }
 
 void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {

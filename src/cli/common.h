@@ -31,6 +31,10 @@ void add_flops_command(CLI::App& app, Commands& commands, const Runtime& runtime
 void add_features_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_convert_weights_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_demo_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_train_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_eval_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_predict_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_pretrain_items_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_check_data_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_make_list_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_make_synthetic_command(CLI::App& app, Commands& commands, const Runtime& runtime);
@@ -42,14 +46,15 @@ struct ConfigArgs {
   bool print = false;
 
   void add_to(CLI::App& app);
-  /// defaults <- file <- flag shorthands (e.g. {"model.arch", "resnet18"}) <- key=value overrides.
+  /// defaults <- file <- flag shorthands (e.g. {"model.backbone.arch", "resnet18"}) <- key=value overrides.
   Config load(const std::vector<std::pair<std::string, std::string>>& flags = {}) const;
   /// With --print-config: prints `config` as YAML and returns true (the command then stops).
   bool print_if_asked(const Config& config) const;
 };
 
-/// The backbone the config describes (model.*), with `num_classes` overriding model.num_classes when > 0.
-nn::BackboneOptions backbone_options(const Config& config, int64_t num_classes = 0);
+/// The backbone model.backbone describes, for the single-network commands (flops, features, convert-weights);
+/// clips of data.segments frames when it has the temporal shift.
+nn::BackboneOptions backbone_options(const Config& config);
 
 /// Prints rows under a header, columns left-aligned and padded.
 void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows);

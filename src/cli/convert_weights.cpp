@@ -17,7 +17,7 @@ struct ConvertArgs {
 
 int run(const ConvertArgs& args, const CLI::App& app) {
   std::vector<std::pair<std::string, std::string>> flags;
-  if (app.count("--arch")) flags.emplace_back("model.arch", args.arch);
+  if (app.count("--arch")) flags.emplace_back("model.backbone.arch", args.arch);
   const Config config = args.config.load(flags);
   if (args.config.print_if_asked(config)) return 0;
   if (args.input.empty() || args.output.empty()) throw Error("--input and --output are required");
@@ -34,10 +34,10 @@ int run(const ConvertArgs& args, const CLI::App& app) {
 
 void add_convert_weights_command(CLI::App& app, Commands& commands, const Runtime&) {
   auto args = std::make_shared<ConvertArgs>();
-  args->arch = Config::defaults().get_string("model.arch");
+  args->arch = Config::defaults().get_string("model.backbone.arch");
   CLI::App* sub = app.add_subcommand(
       "convert-weights", "rewrite backbone weights (official AdaFocus/TSM layout, .pth.tar) in torchvision layout");
-  sub->add_option("--arch", args->arch, "backbone (model.arch): mobilenet_v2, resnet18, resnet34, resnet50");
+  sub->add_option("--arch", args->arch, "backbone (model.backbone.arch): mobilenet_v2, resnet10, resnet18, resnet34, resnet50");
   sub->add_option("--input", args->input, "weights to read: state dict or checkpoint with 'state_dict'");
   sub->add_option("--output", args->output, "torchvision-layout state dict to write");
   args->config.add_to(*sub);

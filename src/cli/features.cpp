@@ -30,12 +30,15 @@ torch::Tensor read_frames(const std::string& input, const Config& config) {
 
 int run(const FeaturesArgs& args, const CLI::App& app, const Runtime& runtime) {
   std::vector<std::pair<std::string, std::string>> flags;
-  if (app.count("--arch")) flags.emplace_back("model.arch", args.arch);
-  if (app.count("--weights")) flags.emplace_back("model.weights", args.weights);
-  if (app.count("--tsm-segments")) flags.emplace_back("model.tsm_segments", std::to_string(args.tsm_segments));
+  if (app.count("--arch")) flags.emplace_back("model.backbone.arch", args.arch);
+  if (app.count("--weights")) flags.emplace_back("model.backbone.weights", args.weights);
+  if (app.count("--tsm-segments")) {  // clips of T frames with the temporal shift
+    flags.emplace_back("model.backbone.tsm", "true");
+    flags.emplace_back("data.segments", std::to_string(args.tsm_segments));
+  }
   const Config config = args.config.load(flags);
   if (args.config.print_if_asked(config)) return 0;
-  const std::string weights = config.get_string("model.weights");
+  const std::string weights = config.get_string("model.backbone.weights");
   if (weights.empty()) throw Error("no weights given", "", "pass --weights FILE.pth (a torchvision state dict)");
   if (args.input.empty() || args.output.empty()) throw Error("--input and --output are required");
 
@@ -48,7 +51,7 @@ int run(const FeaturesArgs& args, const CLI::App& app, const Runtime& runtime) {
     throw Error(fmt::format("expected a float tensor (N, 3, H, W), got {} ({})", c10::toString(frames.scalar_type()),
                             fmt::join(frames.sizes(), ", ")),
                 args.input, "normalised RGB frames, e.g. torch.save(torch.randn(8, 3, 224, 224), path)");
-  const int64_t segments = std::max<int64_t>(1, config.get_int("model.tsm_segments"));
+  const int64_t segments = config.get_bool("model.backbone.tsm") ? config.get_int("data.segments") : 1;
   if (frames.size(0) % segments != 0)
     throw Error(fmt::format("{} frames are not whole clips of {} TSM segments", frames.size(0), segments), args.input,
                 "the batch must hold clips x segments frames, each clip's frames adjacent");
@@ -67,7 +70,7 @@ int run(const FeaturesArgs& args, const CLI::App& app, const Runtime& runtime) {
   }
   const torch::Tensor result = torch::cat(outputs);
   io::write_tensor(args.output, result);
-  fmt::print("{}: {} {} ({})\n", args.output, config.get_string("model.arch"), args.layer, fmt::join(result.sizes(), ", "));
+  fmt::print("{}: {} {} ({})\n", args.output, config.get_string("model.backbone.arch"), args.layer, fmt::join(result.sizes(), ", "));
   return 0;
 }
 
@@ -76,11 +79,11 @@ int run(const FeaturesArgs& args, const CLI::App& app, const Runtime& runtime) {
 void add_features_command(CLI::App& app, Commands& commands, const Runtime& runtime) {
   auto args = std::make_shared<FeaturesArgs>();
   const Config defaults = Config::defaults();
-  args->arch = defaults.get_string("model.arch");
+  args->arch = defaults.get_string("model.backbone.arch");
 
   CLI::App* sub = app.add_subcommand("features", "run a backbone on frames saved with torch.save and save its output");
-  sub->add_option("--arch", args->arch, "backbone (model.arch): mobilenet_v2, resnet18, resnet34, resnet50");
-  sub->add_option("--weights", args->weights, "state dict .pth: torchvision or official layout (model.weights)");
+  sub->add_option("--arch", args->arch, "backbone (model.backbone.arch): mobilenet_v2, resnet10, resnet18, resnet34, resnet50");
+  sub->add_option("--weights", args->weights, "state dict .pth: torchvision or official layout (model.backbone.weights)");
   sub->add_option("--input", args->input,
                   "float tensor (N, 3, H, W) saved by torch.save (.pt/.pth), or a video file or frame folder");
   sub->add_option("--output", args->output, "where to torch.save the result");

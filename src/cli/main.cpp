@@ -1,6 +1,7 @@
 // adafocus: one binary, one subcommand per task. Each subcommand lives in its own file and stays thin: parse,
 // call the library, print.
 #include <fmt/format.h>
+#include <malloc.h>
 
 #include <thread>
 
@@ -9,6 +10,11 @@
 
 int main(int argc, char** argv) {
   using namespace adafocus;
+  // Training allocates and frees the same large activation buffers every step. glibc serves large blocks with
+  // mmap and returns freed memory to the system, so each step pays page faults and zeroing for them again: keeping
+  // them in the heap made a small-network training step 2.2x faster here (sys time 6 s -> 0.8 s per 10 steps).
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   CLI::App app{"adafocus: efficient video recognition by adaptive spatial-temporal computation"};
   app.option_defaults()->always_capture_default();
   app.require_subcommand(1);
@@ -22,6 +28,10 @@ int main(int argc, char** argv) {
 
   cli::Commands commands;
   cli::add_demo_command(app, commands, runtime);
+  cli::add_train_command(app, commands, runtime);
+  cli::add_eval_command(app, commands, runtime);
+  cli::add_predict_command(app, commands, runtime);
+  cli::add_pretrain_items_command(app, commands, runtime);
   cli::add_flops_command(app, commands, runtime);
   cli::add_features_command(app, commands, runtime);
   cli::add_convert_weights_command(app, commands, runtime);

@@ -225,20 +225,36 @@ void Config::merge_file(const std::string& path) {
   merge_file_impl(path, chain);
 }
 
+namespace {
+// The built-in preset a name refers to ("activitynet_v2", "benchmark/v2.yaml", "configs/x.yaml"), or nullptr.
+const std::string* builtin(std::string name) {
+  if (name.rfind("configs/", 0) == 0) name = name.substr(8);
+  if (name.size() < 5 || name.compare(name.size() - 5, 5, ".yaml") != 0) name += ".yaml";
+  auto it = builtin_presets().find(std::filesystem::path(name).lexically_normal().string());
+  return it == builtin_presets().end() ? nullptr : &it->second;
+}
+}  // namespace
+
 void Config::merge_file_impl(const std::string& path, std::vector<std::string>& chain) {
   namespace fs = std::filesystem;
-  const std::string canonical = fs::weakly_canonical(path).string();
-  if (std::find(chain.begin(), chain.end(), canonical) != chain.end())
+  const bool on_disk = fs::exists(path);
+  const std::string* preset = on_disk ? nullptr : builtin(path);
+  if (!on_disk && !preset) {
+    std::string names;
+    for (const auto& [name, text] : builtin_presets())
+      if (name != "defaults.yaml") names += (names.empty() ? "" : ", ") + name.substr(0, name.size() - 5);
+    throw Error("config file not found", path, "give a YAML file, or a built-in preset: " + names);
+  }
+  const std::string id = on_disk ? fs::weakly_canonical(path).string() : "builtin:" + path;
+  if (std::find(chain.begin(), chain.end(), id) != chain.end())
     throw Error("presets include each other in a cycle through 'base:'", path, "remove one of the 'base:' lines");
-  if (!fs::exists(path)) throw Error("config file not found", path, "give a path to a YAML preset, e.g. configs/");
-  chain.push_back(canonical);
-  const std::string text = read_file(path);
+  chain.push_back(id);
+  const std::string text = on_disk ? read_file(path) : *preset;
   YAML::Node root = parse_yaml(text, path);
   if (root.IsMap() && root["base"]) {
     const YAML::Node base = root["base"];
     if (!base.IsScalar()) throw Error("'base' must be a file name", where(path, base));
-    fs::path base_path = fs::path(path).parent_path() / base.Scalar();
-    merge_file_impl(base_path.string(), chain);
+    merge_file_impl((fs::path(path).parent_path() / base.Scalar()).string(), chain);
   }
   merge_yaml(text, path);
   chain.pop_back();

@@ -18,6 +18,8 @@ namespace adafocus {
 
 /// The built-in schema as YAML text (configs/defaults.yaml).
 const char* default_config_yaml();
+/// The presets of configs/ compiled in, by path relative to configs/ ("activitynet_v2.yaml", "benchmark/...").
+const std::map<std::string, std::string>& builtin_presets();
 
 class Config {
  public:
@@ -31,8 +33,9 @@ class Config {
   /// true bool, text string, [..] list). `source` names the text in errors.
   static Config from_yaml(const std::string& text, const std::string& source);
 
-  /// Merges a YAML preset over the current values. A top-level `base: other.yaml` (relative to the file) is
-  /// merged first. Unknown keys and wrong types throw adafocus::Error naming file:line, key and closest valid key.
+  /// Merges a YAML preset over the current values: a file, or else a built-in preset by name ("activitynet_v2",
+  /// "configs/benchmark/adafocus_v2.yaml"). A top-level `base: other.yaml` (relative to the preset) is merged first.
+  /// Unknown keys and wrong types throw adafocus::Error naming file:line, key and closest valid key.
   void merge_file(const std::string& path);
   /// Merges YAML text; `source` names it in errors.
   void merge_yaml(const std::string& text, const std::string& source);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "core/error.h"
@@ -233,11 +234,71 @@ void check(const SyntheticOptions& o) {
 
 }  // namespace
 
+std::pair<torch::Tensor, torch::Tensor> item_images(const SyntheticOptions& o, int side, int64_t count,
+                                                    uint64_t seed) {
+  const Mnist mnist = load_mnist(o.source, "train");
+  constexpr float kMean[3] = {0.485f, 0.456f, 0.406f}, kStd[3] = {0.229f, 0.224f, 0.225f};
+  auto images = torch::empty({count, 3, side, side});
+  auto labels = torch::empty({count}, torch::kLong);
+  const size_t plane = static_cast<size_t>(side) * side;
+  for (int64_t i = 0; i < count; ++i) {
+    Rng rng = Rng::derive(seed, {3, static_cast<uint64_t>(i)});
+    const int cls = static_cast<int>(rng.below(static_cast<int64_t>(kFashionClasses.size())));
+    const auto& pool = mnist.by_class[static_cast<size_t>(cls)];
+    const int item_side = std::min(side, static_cast<int>(rng.between(scaled(o.item_size[0], o.size),
+                                                                      scaled(o.item_size[1], o.size))));
+    std::vector<float> canvas(plane, 0.0f);
+    // A fragment of another item now and then, as patches on the benchmark's clutter would show.
+    if (rng.coin()) {
+      const auto& other = mnist.by_class[static_cast<size_t>((cls + 1 + rng.below(9)) % 10)];
+      const Grey source = scale_item(mnist.images[other[static_cast<size_t>(rng.below(static_cast<int64_t>(other.size())))]],
+                                     item_side);
+      const int f = std::min(item_side, static_cast<int>(rng.between(scaled(o.fragment[0], o.size),
+                                                                     scaled(o.fragment[1], o.size))));
+      paint(canvas, side, source, static_cast<int>(rng.below(side - f + 1)), static_cast<int>(rng.below(side - f + 1)),
+            static_cast<int>(rng.below(item_side - f + 1)), static_cast<int>(rng.below(item_side - f + 1)), f);
+    }
+    paint(canvas, side, scale_item(mnist.images[pool[static_cast<size_t>(rng.below(static_cast<int64_t>(pool.size())))]],
+                                   item_side),
+          static_cast<int>(rng.below(side - item_side + 1)), static_cast<int>(rng.below(side - item_side + 1)));
+    float* out = images[i].data_ptr<float>();
+    for (size_t p = 0; p < plane; ++p) {
+      const float v = std::round(std::clamp(canvas[p] + static_cast<float>(o.noise * rng.normal()), 0.0f, 1.0f) * 255) / 255;
+      for (int c = 0; c < 3; ++c) out[c * plane + p] = (v - kMean[c]) / kStd[c];
+    }
+    labels[i] = cls;
+  }
+  return {images, labels};
+}
+
 std::vector<std::string> synthetic_classes(const std::string& variant) {
   if (variant == "motion") return kDirections;
   std::vector<std::string> names;
   for (const auto& c : kFashionClasses) names.push_back(c);  // "T-shirt/top": a class name, not a path
   return names;
+}
+
+std::map<std::string, VideoTruth> read_synthetic_truth(const std::string& meta_path) {
+  std::map<std::string, VideoTruth> out;
+  std::istringstream in(read_file(meta_path));
+  int line_number = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++line_number;
+    if (line.empty()) continue;
+    try {
+      const auto row = nlohmann::json::parse(line);
+      VideoTruth t;
+      t.size = row.at("size");
+      t.first_visible = row.at("visible").at(0);
+      t.last_visible = row.at("visible").at(1);
+      for (const auto& b : row.at("boxes")) t.boxes.push_back(b.get<std::array<double, 4>>());
+      out[row.at("video").get<std::string>()] = std::move(t);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(std::string("malformed ground truth: ") + e.what(), meta_path + ":" + std::to_string(line_number),
+                  "regenerate it with adafocus make-synthetic");
+    }
+  }
+  return out;
 }
 
 SyntheticOptions SyntheticOptions::from_config(const Config& c) {

@@ -8,10 +8,14 @@
 // Train videos use Fashion-MNIST's train split, val videos its test split. Everything follows from the seed.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <map>
 #include <functional>
 #include <string>
 #include <vector>
+
+#include <torch/torch.h>
 
 #include "core/config.h"
 
@@ -46,7 +50,25 @@ struct SyntheticOptions {
 /// called with the number of videos written so far.
 void make_synthetic(const SyntheticOptions& options, const std::function<void(int64_t)>& progress = {});
 
+/// Single Fashion-MNIST items of the train split, drawn as the benchmark draws them (item_size, scaled to `size`) at
+/// random places on noisy `side` x `side` canvases with a few clutter fragments: images (N, 3, side, side)
+/// normalised with ImageNet statistics and labels (N). They pretrain the benchmark's networks, as ImageNet weights
+/// do the papers' backbones.
+std::pair<torch::Tensor, torch::Tensor> item_images(const SyntheticOptions& options, int side, int64_t count,
+                                                    uint64_t seed);
+
 /// Class names of a variant, in label order.
 std::vector<std::string> synthetic_classes(const std::string& variant);
+
+/// The ground truth of one generated video (a line of meta.jsonl).
+struct VideoTruth {
+  int size = 0;                               ///< frame side in pixels
+  int first_visible = 0, last_visible = -1;   ///< the frames in which the item is visible
+  std::vector<std::array<double, 4>> boxes;   ///< the item's (x, y, w, h) in every frame
+};
+
+/// meta.jsonl, by video path as written in the lists ("videos/val_00003.mp4"). Throws adafocus::Error naming
+/// file:line for a malformed line.
+std::map<std::string, VideoTruth> read_synthetic_truth(const std::string& meta_path);
 
 }  // namespace adafocus::data

@@ -192,3 +192,22 @@ FlopsReport backbone_flops(nn::BackboneImpl& backbone, int64_t height, int64_t w
 }
 
 }  // namespace adafocus::infer
+
+namespace adafocus::infer {
+
+MethodFlops method_flops(methods::MethodImpl& method, int64_t frames, int64_t focus_frames, int64_t size) {
+  const bool was_training = method.is_training();
+  method.eval();
+  torch::NoGradGuard no_grad;
+  const auto device = method.parameters().empty() ? torch::kCPU : method.parameters()[0].device();
+  const auto options = torch::TensorOptions().device(device);
+  methods::Clips clips{torch::zeros({1, frames, 3, size, size}, options),
+                       focus_frames > 0 ? torch::zeros({1, focus_frames, 3, size, size}, options) : torch::Tensor()};
+  MethodFlops out;
+  out.report = count_flops(method, [&] { method.predict(clips); });
+  method.train(was_training);
+  for (double fraction : method.exit_fractions()) out.exits.push_back(fraction * out.report.gflops());
+  return out;
+}
+
+}  // namespace adafocus::infer

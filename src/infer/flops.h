@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "methods/method.h"
 #include "nn/backbone.h"
 
 namespace adafocus::infer {
@@ -36,5 +37,14 @@ FlopsReport count_flops(const torch::nn::Module& module, const std::function<voi
 /// Per-frame FLOPs of `backbone` without its classifier (feature map + global pooling) on `height` x `width` frames,
 /// measured on one clip of `frames` frames (the TSM segment count, else 1) in eval mode.
 FlopsReport backbone_flops(nn::BackboneImpl& backbone, int64_t height, int64_t width, int64_t frames = 1);
+
+struct MethodFlops {
+  FlopsReport report;          ///< everything one video's prediction runs
+  std::vector<double> exits;   ///< GFLOPs when stopping after each exit (the last = report.gflops())
+};
+
+/// Per-video FLOPs of a method's inference on one clip of `frames` frames (and `focus_frames` focus frames) of
+/// side `size`, in eval mode, and the cost of each of its exits.
+MethodFlops method_flops(methods::MethodImpl& method, int64_t frames, int64_t focus_frames, int64_t size);
 
 }  // namespace adafocus::infer

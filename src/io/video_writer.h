@@ -1,5 +1,6 @@
-// Writing videos through the FFmpeg libraries: H.264 in .mp4/.mkv (yuv420p), MJPEG in .avi. Output is bit-exact for
-// the same frames (no version strings or dates), and appears under its name only once complete.
+// Writing videos through the FFmpeg libraries: H.264 in .mp4/.mkv (yuv420p), MJPEG in .avi, animated .gif (a fixed
+// 256-colour palette). Output is bit-exact for the same frames (no version strings or dates), and appears under its
+// name only once complete.
 #pragma once
 
 #include <memory>

@@ -29,13 +29,14 @@ struct BackboneOptions {
   TORCH_ARG(int64_t, shift_div) = 8;
   /// ResNet: channels of the first stage (torchvision: 64); the stages have 1, 2, 4, 8 times this.
   TORCH_ARG(int64_t, base_width) = 64;
-  /// ResNet: a 3x3 stride-1 stem without max-pooling, for small inputs (downsampling 8 instead of 32).
-  TORCH_ARG(bool, small_stem) = false;
+  /// ResNet stem: imagenet (7x7 stride 2 + max-pooling, /4), or for inputs of a few dozen pixels small (3x3 stride 1,
+  /// no pooling: the network downsamples 8 instead of 32) or small_s2 (3x3 stride 2, no pooling: 16).
+  TORCH_ARG(std::string, stem) = "imagenet";
 };
 
 class BackboneImpl : public torch::nn::Module {
  public:
-  /// x: (N, 3, H, W) -> (N, C, ceil(H/32), ceil(W/32)) (ceil(H/8) with a small stem)
+  /// x: (N, 3, H, W) -> (N, C, ceil(H/32), ceil(W/32)) (ceil(H/8), ceil(H/16) with the small ResNet stems)
   virtual torch::Tensor feature_map(const torch::Tensor& x) = 0;
   /// map: (N, C, h, w) -> (N, C), global average
   torch::Tensor pool(const torch::Tensor& map) const;

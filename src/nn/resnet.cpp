@@ -1,5 +1,6 @@
 #include "nn/resnet.h"
 
+#include "core/error.h"
 #include "nn/temporal_shift.h"
 
 namespace adafocus::nn {
@@ -55,7 +56,9 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
   return torch::relu(out + (downsample ? downsample->forward(x) : x));
 }
 
-ResNetImpl::ResNetImpl(const BackboneOptions& options) : small_stem_(options.small_stem()) {
+ResNetImpl::ResNetImpl(const BackboneOptions& options) : stem_(options.stem()) {
+  if (stem_ != "imagenet" && stem_ != "small" && stem_ != "small_s2")
+    throw Error("unknown ResNet stem '" + stem_ + "'", "", "use imagenet, small or small_s2");
   const std::string& arch = options.arch();
   const bool bottleneck = arch == "resnet50";
   const std::vector<int64_t> blocks = arch == "resnet10"   ? std::vector<int64_t>{1, 1, 1, 1}
@@ -64,7 +67,7 @@ ResNetImpl::ResNetImpl(const BackboneOptions& options) : small_stem_(options.sma
   const int64_t expansion = bottleneck ? BottleneckImpl::kExpansion : BasicBlockImpl::kExpansion;
   const int64_t width = options.base_width();
 
-  conv1 = register_module("conv1", small_stem_ ? conv(3, width, 3, 1) : conv(3, width, 7, 2));
+  conv1 = register_module("conv1", stem_ == "imagenet" ? conv(3, width, 7, 2) : conv(3, width, 3, stem_ == "small" ? 1 : 2));
   bn1 = register_module("bn1", torch::nn::BatchNorm2d(width));
   int64_t channels = width;
   torch::nn::Sequential* layers[] = {&layer1, &layer2, &layer3, &layer4};
@@ -96,7 +99,7 @@ ResNetImpl::ResNetImpl(const BackboneOptions& options) : small_stem_(options.sma
 
 torch::Tensor ResNetImpl::feature_map(const torch::Tensor& x) {
   auto y = torch::relu(bn1(conv1(x)));
-  if (!small_stem_) y = torch::max_pool2d(y, 3, 2, 1);
+  if (stem_ == "imagenet") y = torch::max_pool2d(y, 3, 2, 1);
   return layer4->forward(layer3->forward(layer2->forward(layer1->forward(y))));
 }
 

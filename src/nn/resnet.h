@@ -44,7 +44,7 @@ TORCH_MODULE(Bottleneck);
 class ResNetImpl : public BackboneImpl {
  public:
   explicit ResNetImpl(const BackboneOptions& options);
-  /// x: (N, 3, H, W) -> (N, 8 * base_width * expansion, ceil(H/32), ceil(W/32)); small stem: ceil(H/8)
+  /// x: (N, 3, H, W) -> (N, 8 * base_width * expansion, ceil(H/32), ceil(W/32)); small stems: H/8, H/16
   torch::Tensor feature_map(const torch::Tensor& x) override;
   /// pooled: (N, C) -> (N, K)
   torch::Tensor classify(const torch::Tensor& pooled) override { return fc(pooled); }
@@ -58,7 +58,7 @@ class ResNetImpl : public BackboneImpl {
 
  private:
   int64_t feature_dim_;
-  bool small_stem_;
+  std::string stem_;
 };
 
 }  // namespace adafocus::nn

@@ -33,23 +33,27 @@ StateDict strip_module_prefix(const StateDict& state) {
 void load_state_dict(torch::nn::Module& module, const StateDict& raw, const std::string& source) {
   const StateDict state = strip_module_prefix(raw);
   StateDict expected = state_dict(module);
-  std::vector<std::string> problems;
+  // Each kind of problem listed separately (a few of each), so a wholly different model shows both sides.
+  std::vector<std::string> unexpected, missing, mismatched;
   for (const auto& item : state) {
     const torch::Tensor* target = expected.find(item.key());
     if (!target)
-      problems.push_back("unexpected key '" + item.key() + "' " + shape(item.value()));
+      unexpected.push_back("unexpected key '" + item.key() + "' " + shape(item.value()));
     else if (!target->sizes().equals(item.value().sizes()))
-      problems.push_back(fmt::format("'{}' has shape {} in the file but {} in the model", item.key(),
-                                     shape(item.value()), shape(*target)));
+      mismatched.push_back(fmt::format("'{}' has shape {} in the file but {} in the model", item.key(),
+                                       shape(item.value()), shape(*target)));
   }
   for (const auto& item : expected)
-    if (!state.contains(item.key())) problems.push_back("missing key '" + item.key() + "' " + shape(item.value()));
+    if (!state.contains(item.key())) missing.push_back("missing key '" + item.key() + "' " + shape(item.value()));
 
-  if (!problems.empty()) {
-    constexpr size_t kShown = 12;
-    std::string message = fmt::format("weights do not fit the model ({} problems):", problems.size());
-    for (size_t i = 0; i < std::min(problems.size(), kShown); ++i) message += "\n  " + problems[i];
-    if (problems.size() > kShown) message += fmt::format("\n  ... and {} more", problems.size() - kShown);
+  const size_t count = unexpected.size() + missing.size() + mismatched.size();
+  if (count > 0) {
+    constexpr size_t kShown = 6;
+    std::string message = fmt::format("weights do not fit the model ({} problems):", count);
+    for (const auto* kind : {&mismatched, &missing, &unexpected}) {
+      for (size_t i = 0; i < std::min(kind->size(), kShown); ++i) message += "\n  " + (*kind)[i];
+      if (kind->size() > kShown) message += fmt::format("\n  ... and {} more like this", kind->size() - kShown);
+    }
     throw Error(message, source,
                 "check the architecture options (arch, width, number of classes) against the ones the weights were "
                 "trained with");

@@ -7,11 +7,13 @@ that sees python3-torch), never at run time of adafocus itself.
   reference.py backbones DIR              torchvision backbones, TSM variants, the official MobileNetV2 layout
   reference.py check-load PTH ARCH IN OUT  load a state dict written by C++ strictly into torchvision, run it on IN
 """
+import math
 import os
 import sys
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
 ARCHS = ["mobilenet_v2", "resnet18", "resnet34", "resnet50"]
@@ -197,6 +199,153 @@ def data_reference(out):
         json.dump({"tsn_val": val, "dense_val": dense, "multiscale_crop": crops, "input_order": orders}, f)
 
 
+class OfficialPolicySTN(nn.Module):
+    """AdaFocusV2's PolicySTN (ActivityNet code), layer for layer."""
+
+    def __init__(self, stn_feature_dim, stn_state_dim, hidden_dim, num_segments):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(stn_feature_dim, 64, kernel_size=1, stride=1, padding=0, bias=False), nn.BatchNorm2d(64),
+            nn.Tanh(), nn.Flatten(), nn.Linear(int(stn_state_dim * 64 / stn_feature_dim), hidden_dim),
+            nn.BatchNorm1d(hidden_dim), nn.Tanh())
+        self.num_segments, self.hidden_dim = num_segments, hidden_dim
+        self.gru = nn.GRU(hidden_dim, hidden_dim, batch_first=True)
+        self.fc = nn.Sequential(nn.Linear(hidden_dim, 2), nn.Sigmoid())
+
+    def forward(self, features):
+        feature = self.encoder(features).view(-1, self.num_segments, self.hidden_dim)
+        hx = torch.zeros(1, feature.size(0), self.hidden_dim)
+        out, _ = self.gru(feature, hx)
+        return self.fc(out.reshape(-1, self.hidden_dim))
+
+
+class OfficialPoolingClassifier(nn.Module):
+    """FrameExit-style classifier of the official code: MLP 4096 (linear, BN, ReLU), cumulative max, a head per step."""
+
+    def __init__(self, input_dim, num_segments, num_classes, dropout):
+        super().__init__()
+        self.input_dim, self.num_segments, self.num_classes = input_dim, num_segments, num_classes
+        self.mlp = nn.Module()
+        self.mlp.layers = nn.Sequential(nn.Linear(input_dim, 4096), nn.BatchNorm1d(4096), nn.ReLU())
+        self.classifiers = nn.ModuleList(
+            [nn.Sequential(nn.Dropout(dropout), nn.Linear(4096, num_classes)) for _ in range(num_segments)])
+
+    def forward(self, x):
+        b = x.size(0)
+        z = self.mlp.layers(x.view(-1, self.input_dim)).view(b, self.num_segments, -1)
+        logits = torch.zeros(b, self.num_segments, self.num_classes)
+        cur = z[:, 0]
+        for t in range(self.num_segments):
+            if t > 0:
+                cur = torch.cat((z[:, t].unsqueeze(1), cur.unsqueeze(1)), 1).max(1)[0]
+            logits[:, t] = self.classifiers[t](cur)
+        return logits
+
+
+def official_patches(frames, actions, patch_size, image_size):
+    """get_patches_frame of the official code."""
+    theta = torch.zeros(frames.size(0), 2, 3)
+    coordinate = actions * (image_size - patch_size)
+    x1, x2 = coordinate[:, 1], coordinate[:, 1] + patch_size
+    y1, y2 = coordinate[:, 0], coordinate[:, 0] + patch_size
+    theta[:, 0, 0], theta[:, 1, 1] = patch_size / image_size, patch_size / image_size
+    theta[:, 0, 2], theta[:, 1, 2] = -1 + (x1 + x2) / image_size, -1 + (y1 + y2) / image_size
+    grid = F.affine_grid(theta.float(), torch.Size((frames.size(0), 3, patch_size, patch_size)))
+    return F.grid_sample(frames, grid)
+
+
+class OfficialAdaFocusV2(nn.Module):
+    """The official AdaFocusV2 model (ActivityNet code) with its module names, small: MobileNetV2 glance in the
+    official layout, ResNet-18 local network."""
+
+    def __init__(self, frames, classes, size, patch, hidden):
+        super().__init__()
+        self.frames, self.size, self.patch = frames, size, patch
+        self.global_CNN = TonylinsMobileNetV2(1000)
+        self.global_CNN_fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
+        self.local_CNN = torchvision.models.resnet18()
+        self.local_CNN_fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(512, classes))
+        cells = (size // 32) ** 2
+        self.policy_stn = OfficialPolicySTN(1280, 1280 * cells, hidden, frames)
+        self.classifier = OfficialPoolingClassifier(1280 + 512, frames, classes, 0.2)
+
+    def forward(self, images):  # (B, T, 3, S, S), eval
+        x = images.view(-1, 3, self.size, self.size)
+        fmap = self.global_CNN.features(x)
+        feat = fmap.mean(3).mean(2)
+        actions = self.policy_stn(fmap)
+        patches = official_patches(x, actions, self.patch, self.size)
+        l = self.local_CNN
+        y = l.maxpool(l.relu(l.bn1(l.conv1(patches))))
+        local = torch.flatten(l.avgpool(l.layer4(l.layer3(l.layer2(l.layer1(y))))), 1)
+        logits = self.classifier(torch.cat([feat, local], -1).view(-1, self.frames, 1280 + 512))
+        return logits, actions
+
+
+def adafocus_v2_reference(out):
+    """An official-layout AdaFocusV2 checkpoint ({'state_dict': {'module.' + key}}) and its outputs."""
+    g = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    model = OfficialAdaFocusV2(frames=4, classes=5, size=64, patch=32, hidden=64).eval()
+    randomize_batchnorm(model, g)
+    clips = torch.randn(2, 4, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        logits, actions = model(clips)
+    torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in model.state_dict().items()}},
+               os.path.join(out, "official_v2.pth.tar"))
+    torch.save(clips, os.path.join(out, "official_v2_clips.pt"))
+    torch.save(logits, os.path.join(out, "official_v2_logits.pt"))
+    torch.save(actions, os.path.join(out, "official_v2_actions.pt"))
+
+
+def training_reference():
+    """torch.optim SGD/Adam steps, OneCycleLR, the official cosine schedule and cal_map, for the training tests."""
+    grads = [torch.tensor([0.5, -1.0, 2.0]), torch.tensor([0.1, 0.3, -0.2]), torch.tensor([-0.4, 0.0, 1.0])]
+    result = {"start": [1.0, -2.0, 0.5], "grads": [x.tolist() for x in grads]}
+    for name, make in [("sgd", lambda p: torch.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=1e-4)),
+                       ("adam", lambda p: torch.optim.Adam([p], lr=0.01, weight_decay=1e-4))]:
+        p = torch.tensor(result["start"], dtype=torch.float64, requires_grad=True)
+        opt = make(p)
+        for gr in grads:
+            p.grad = gr.to(torch.float64).clone()
+            opt.step()
+        result[name] = p.detach().tolist()
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=0.002)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.002, total_steps=60, pct_start=0.15)
+    lrs = []
+    for _ in range(60):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    result["onecycle"] = {"lr": 0.002, "epochs": 6, "steps": 10, "warmup": 0.15, "lrs": lrs}
+    result["cosine"] = {"lr": 0.002, "epochs": 50,
+                        "lrs": [0.5 * 0.002 * (1 + math.cos(math.pi * e / 50)) for e in range(50)]}  # main_v2.py
+    # ops/utils.py cal_map and accuracy on multi-label targets padded with -1
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(40, 6, generator=g)
+    target = torch.randint(0, 6, (40, 2), generator=g)
+    target[torch.rand(40, generator=g) < 0.6, 1] = -1
+    probs = F.softmax(logits, dim=1)
+    gt = torch.zeros(40, 6)
+    for i in range(40):
+        for t in target[i]:
+            if t >= 0:
+                gt[i, t] = 1
+    rg = torch.arange(1, 41).float()
+    ap = torch.zeros(6)
+    for k in range(6):
+        _, order = torch.sort(probs[:, k], 0, True)
+        truth = gt[order, k]
+        precision = truth.cumsum(0) / rg
+        ap[k] = precision[truth.bool()].sum() / max(float(truth.sum()), 1)
+    top5 = logits.topk(5, 1)[1]
+    result["metrics"] = {"logits": logits.tolist(), "labels": target.tolist(), "map": float(ap.mean() * 100),
+                         "top1": float((top5[:, 0] == target[:, 0]).float().mean() * 100),
+                         "top5": float((top5 == target[:, :1]).any(1).float().mean() * 100)}
+    return result
+
+
 def backbones(out):
     os.makedirs(out, exist_ok=True)
     g = torch.Generator().manual_seed(0)
@@ -252,6 +401,10 @@ def backbones(out):
     torch.save(torch.arange(6, dtype=torch.int64), os.path.join(out, "tensor_legacy.pt"),
                _use_new_zipfile_serialization=False)
     data_reference(out)
+    adafocus_v2_reference(out)
+    import json
+    with open(os.path.join(out, "training_reference.json"), "w") as f:
+        json.dump(training_reference(), f)
     open(os.path.join(out, ".done"), "w").close()
 
 

@@ -3,10 +3,14 @@
 
 usage: test_cli.py ADAFOCUS_BINARY REFERENCE_DIR   (REFERENCE_DIR written by reference.py backbones)
 """
+import json
+import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 import torch
@@ -46,7 +50,8 @@ class Cli(unittest.TestCase):
 
     def test_help_lists_subcommands_and_defaults(self):
         out = self.ok("--help")
-        for sub in ["demo", "flops", "features", "convert-weights"]:
+        for sub in ["demo", "train", "eval", "predict", "flops", "features", "convert-weights", "make-synthetic",
+                    "check-data", "make-list", "pretrain-items"]:
             self.assertIn(sub, out)
         self.assertIn("--threads", out)
         out = self.ok("flops", "-h")
@@ -68,24 +73,27 @@ class Cli(unittest.TestCase):
         self.assertIn("resnet18 @ 160x112", out)
 
     def test_config_errors_name_key_file_and_closest_key(self):
-        err = self.fails("flops", "model.widht_mult=0.5")
-        self.assertIn("unknown key 'model.widht_mult'", err)
-        self.assertIn("did you mean 'model.width_mult'", err)
+        err = self.fails("flops", "model.backbone.widht_mult=0.5")
+        self.assertIn("unknown key 'model.backbone.widht_mult'", err)
+        self.assertIn("did you mean 'model.backbone.width_mult'", err)
         err = self.fails("flops", "model.num_classes=many")
         self.assertIn("must be an integer", err)
         bad = os.path.join(self.dir, "bad.yaml")
         with open(bad, "w") as f:
-            f.write("model:\n  arch: resnet18\n  archh: resnet34\n")
+            f.write("model:\n  patch_size: 96\n  patch_sise: 128\n")
         err = self.fails("flops", "-c", bad)
         self.assertIn(bad + ":3", err)
-        self.assertIn("did you mean 'model.arch'", err)
+        self.assertIn("did you mean 'model.patch_size'", err)
 
     def test_resolved_config_round_trips(self):
+        printed = self.ok("flops", "--print-config", "model.backbone.arch=mobilenet_v2", "data.input_size=160",
+                          "data.scales=[1.0, 0.5]")
         preset = os.path.join(self.dir, "resolved.yaml")
         with open(preset, "w") as f:
-            f.write(self.ok("flops", "--print-config", "model.arch=mobilenet_v2", "input.height=224"))
-        out = self.ok("flops", "-c", preset)
-        self.assertIn("mobilenet_v2 @ 224x224: 0.299511328", out)
+            f.write(printed)
+        self.assertEqual(self.ok("flops", "-c", preset, "--print-config"), printed)
+        self.assertIn("mobilenet_v2", printed)
+        self.assertIn("160", printed)
 
     def test_bad_arguments_are_errors(self):
         self.assertIn("unknown backbone arch 'resnet51'", self.fails("flops", "--arch", "resnet51"))
@@ -235,6 +243,167 @@ class Data(unittest.TestCase):
                 "data.input_size=112", "data.test_resize=128")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(tuple(torch.load(out).shape), (8, 512))
+
+
+TINY_V2 = """model:
+  method: adafocus_v2
+  glance: {arch: resnet10, base_width: 4, stem: small, resolution: 16}
+  local: {arch: resnet10, base_width: 4, stem: small_s2}
+  patch_size: 24
+  policy_channels: 8
+  policy_hidden: 16
+  classifier_hidden: 32
+  resize: area
+data: {segments: 4, input_size: 64, test_resize: 64, scales: [1.0], batch_size: 4, workers: 1}
+train: {epochs: 2, optimizer: adam, lr: 0.003, schedule: onecycle, eval_every: 1, metric: top1, checkpoint_every: 1}
+"""
+
+
+def metrics_lines(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return f.read().splitlines()
+
+
+class Methods(unittest.TestCase):
+    """train, resume, eval, predict and flops of methods, on a tiny generated benchmark and a tiny AdaFocusV2."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = cls.tmp.name
+        cls.data = os.path.join(cls.dir, "data")
+        r = run("make-synthetic", "--out", cls.data, "--train", "16", "--val", "4", "--seed", "5", "--frames", "8",
+                "--size", "64")
+        assert r.returncode == 0, r.stderr
+        cls.preset = os.path.join(cls.dir, "tiny_v2.yaml")
+        with open(cls.preset, "w") as f:
+            f.write(TINY_V2)
+        cls.run_dir = os.path.join(cls.dir, "run")
+        r = run("train", "-c", cls.preset, "--data", cls.data, "--out", cls.run_dir)
+        assert r.returncode == 0, r.stderr
+        cls.train_output = r.stdout + r.stderr
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def ok(self, *args):
+        r = run(*args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def test_train_writes_run_folder(self):
+        for f in ["config.yaml", "metrics.jsonl", "last.pt", "best.pt"]:
+            self.assertTrue(os.path.exists(os.path.join(self.run_dir, f)), f)
+        lines = [json.loads(line) for line in metrics_lines(self.run_dir)]
+        self.assertEqual([m["epoch"] for m in lines], [0, 1])
+        for m in lines:
+            self.assertTrue(math.isfinite(m["train_loss"]))
+            self.assertIn("val_top1", m)
+            self.assertIn("val_iou", m)
+        self.assertIn("epoch 2/2", self.train_output)  # the progress display
+        self.assertIn("best val top1", self.train_output)
+        # Python reads the checkpoint: a dict whose model is a state dict with the official names.
+        ck = torch.load(os.path.join(self.run_dir, "last.pt"))
+        self.assertIn("policy_stn.fc.0.weight", ck["state_dict"])
+        self.assertEqual(ck["epoch"], 2)
+
+    def test_killed_run_resumes_to_the_same_metrics(self):
+        killed = os.path.join(self.dir, "killed")
+        proc = subprocess.Popen([BINARY, "--threads", "2", "train", "-c", self.preset, "--data", self.data, "--out",
+                                 killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Kill it mid-epoch 2, after a step checkpoint (train.checkpoint_every=1) of that epoch.
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if len(metrics_lines(killed)) == 1 and torch.load(os.path.join(killed, "last.pt"))["batch"] >= 1:
+                    break
+            except (OSError, RuntimeError, KeyError):
+                pass
+            time.sleep(0.05)
+        self.assertIsNone(proc.poll(), "the run ended before it could be killed")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        self.ok("train", "--resume", killed)
+        self.assertEqual(metrics_lines(killed), metrics_lines(self.run_dir))
+        self.assertIn("--resume continues a run", run("train", "--resume", killed, "train.epochs=3").stderr)
+
+    def test_eval_json(self):
+        out = json.loads(self.ok("eval", "--checkpoint", os.path.join(self.run_dir, "best.pt"), "--data", self.data,
+                                 "--json"))
+        self.assertEqual(out["videos"], 4)
+        for key in ["top1", "top5", "mean_class_accuracy", "map", "gflops", "iou", "exit_gflops"]:
+            self.assertIn(key, out)
+        self.assertEqual(len(out["exit_gflops"]), 4)  # one exit per frame
+        self.assertAlmostEqual(out["exit_gflops"][-1], out["gflops"], places=9)
+        flops = json.loads(self.ok("flops", "-c", self.preset, "model.num_classes=10", "--json"))
+        self.assertAlmostEqual(flops["gflops"], out["gflops"], places=9)
+        swapped = json.loads(self.ok("eval", "--checkpoint", os.path.join(self.run_dir, "best.pt"), "--data",
+                                     self.data, "--json", "--policy", "center"))
+        self.assertEqual(swapped["policy"], "center")
+        # Centred patches skip only the policy network: a little cheaper, the same networks otherwise.
+        self.assertTrue(0.95 * out["gflops"] < swapped["gflops"] < out["gflops"], (swapped["gflops"], out["gflops"]))
+        err = run("eval", "--checkpoint", os.path.join(self.run_dir, "best.pt"), "--data", self.data, "--list",
+                  "nope.txt").stderr
+        self.assertIn("nope.txt", err)
+
+    def test_predict_json_and_visualization(self):
+        video = os.path.join(self.data, "videos", "val_00001.mp4")
+        gif = os.path.join(self.dir, "focus.gif")
+        out = json.loads(self.ok("predict", "--checkpoint", os.path.join(self.run_dir, "last.pt"), video, "--json",
+                                 "--top-k", "3", "--visualize", gif))
+        self.assertEqual(len(out["top"]), 3)
+        scores = [t["score"] for t in out["top"]]
+        self.assertEqual(scores, sorted(scores, reverse=True))
+        self.assertTrue(0 < scores[0] <= 1)
+        with open(os.path.join(self.data, "classInd.txt")) as f:
+            names = [line.split()[-1] for line in f if line.strip()]
+        self.assertTrue(all(t["label"] in names for t in out["top"]), out["top"])
+        self.assertEqual(len(out["regions"]), 4)  # a patch on each frame read
+        for r in out["regions"]:
+            self.assertEqual(set(r), {"frame", "x", "y", "w", "h"})
+            self.assertTrue(0 <= r["frame"] < 8)
+            self.assertTrue(0 <= r["x"] and r["x"] + r["w"] <= 64 + 1e-6 and r["w"] > 0)
+        self.assertGreater(out["gflops"], 0)
+        frames = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                                 "stream=nb_read_frames", "-of", "csv=p=0", gif], capture_output=True, text=True)
+        self.assertEqual(frames.stdout.strip(), "4", frames.stderr)
+
+    def test_predict_bad_input(self):
+        ck = os.path.join(self.run_dir, "last.pt")
+        err = run("predict", "--checkpoint", ck, os.path.join(self.dir, "missing.mp4")).stderr
+        self.assertIn("missing.mp4", err)
+        notes = os.path.join(self.dir, "notes.txt")
+        with open(notes, "w") as f:
+            f.write("hello")
+        self.assertIn("notes.txt", run("predict", "--checkpoint", notes, "x.mp4").stderr)
+        err = run("predict", "--checkpoint", ck, os.path.join(self.data, "videos", "val_00000.mp4"), "--set",
+                  "model.classifier_hidden=64").stderr
+        self.assertIn("weights do not fit the model", err)
+
+    def test_paper_presets_flops(self):
+        for preset, expected in [("activitynet_v2", 27.0), ("sthv1_v2_tsm", 18.5)]:
+            out = json.loads(self.ok("flops", "-c", preset, "--json"))
+            self.assertAlmostEqual(out["gflops"], expected, delta=0.05)
+
+    def test_demo_smoke(self):
+        out_dir = os.path.join(self.dir, "demo")
+        r = run("demo", "--out", out_dir, "--train-videos", "16", "--val-videos", "8", "--epochs", "1",
+                "--pretrain-images", "256", "--set", "data.batch_size=8")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(out_dir, "results.json")) as f:
+            rows = {row["method"]: row for row in json.load(f)}
+        for m in ["adafocus_v2", "random_patch", "center_patch", "full_frame_low_res", "full_frame_full_res"]:
+            self.assertIn(m, rows)
+            self.assertTrue(os.path.exists(os.path.join(out_dir, m + ".pt")), m)
+            self.assertTrue(0 <= rows[m]["top1"] <= 100)
+        self.assertIn("iou", rows["adafocus_v2"])
+        self.assertNotIn("iou", rows["full_frame_full_res"])
+        self.assertLess(rows["adafocus_v2"]["gflops"], rows["full_frame_full_res"]["gflops"] / 3)
+        self.assertIn("Claims on this run", r.stdout)
+        with open(os.path.join(out_dir, "accuracy_vs_gflops.svg")) as f:
+            self.assertIn("<svg", f.read())
+        self.assertTrue(os.path.getsize(os.path.join(out_dir, "focus.gif")) > 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+#include "infer/predictor.h"
+
+#include <fmt/format.h>
+
+#include "infer/flops.h"
+#include "io/video_writer.h"
+#include "viz/draw.h"
+
+namespace adafocus::infer {
+
+std::array<double, 4> to_frame_box(const std::array<double, 4>& box, const data::Sample& s, int test_resize) {
+  const auto [rw, rh] = io::short_side_size(s.frame_width, s.frame_height, test_resize);
+  const double scale = static_cast<double>(s.frame_width) / rw;
+  return {(box[0] + s.crop.x) * scale, (box[1] + s.crop.y) * scale, box[2] * scale, box[3] * scale};
+}
+
+VideoPrediction predict_video(methods::LoadedModel& model, const std::string& video, torch::Device device) {
+  const Config& c = model.config;
+  Rng unused(0);  // the test view draws nothing
+  const data::Sample s = data::load_clip(video, data::DatasetOptions::from_config(c, "data.val_list", false), unused);
+  methods::Clips clips{s.clip.unsqueeze(0).to(device), s.focus.defined() ? s.focus.unsqueeze(0).to(device) : torch::Tensor()};
+  torch::NoGradGuard no_grad;
+  const methods::Prediction p = model.method->predict(clips);
+  const auto probs = torch::softmax(p.logits[0][p.logits.size(1) - 1], 0).cpu();  // the final exit
+  VideoPrediction out;
+  const auto order = std::get<1>(probs.sort(0, true));
+  for (int64_t i = 0; i < order.size(0); ++i) {
+    const int64_t k = order[i].item<int64_t>();
+    out.classes.emplace_back(model.classes.at(static_cast<size_t>(k)), probs[k].item<double>());
+  }
+  out.frames = s.frames;
+  if (p.regions.defined()) {
+    const auto r = p.regions[0].cpu().to(torch::kDouble);  // (R, 4)
+    const auto& frames = r.size(0) > 1 || s.focus_frames.empty() ? s.frames : s.focus_frames;
+    const int test_resize = static_cast<int>(c.get_int("data.test_resize"));
+    for (size_t t = 0; t < frames.size(); ++t) {
+      const auto b = r[r.size(0) > 1 ? static_cast<int64_t>(t) : 0];
+      out.regions.push_back({frames[t], to_frame_box({b[0].item<double>(), b[1].item<double>(), b[2].item<double>(),
+                                                      b[3].item<double>()},
+                                                     s, test_resize)});
+    }
+  }
+  out.gflops = method_flops(*model.method, c.get_int("data.segments"), c.get_int("data.focus_segments"),
+                            c.get_int("data.input_size"))
+                   .report.gflops();
+  return out;
+}
+
+void visualize(const std::string& video, const methods::LoadedModel& model, const VideoPrediction& prediction,
+               const std::string& out) {
+  const Config& c = model.config;
+  io::FrameFolderOptions folder;
+  folder.pattern = c.get_string("data.frame_pattern");
+  folder.start = c.get_int("data.frame_start");
+  auto source = io::open_frames(video, folder);
+  // Frames in time order, each with the regions the model saw in it (V2-TSM: the same patch in every focus frame).
+  std::map<int64_t, std::vector<std::array<double, 4>>> boxes;
+  for (int64_t f : prediction.frames) boxes[f];
+  for (const auto& r : prediction.regions) boxes[r.frame].push_back(r.box);
+  std::vector<int64_t> indices;
+  for (const auto& [f, b] : boxes) indices.push_back(f);
+  std::vector<io::Image> frames = source->read(indices, static_cast<int>(c.get_int("data.short_side")));
+  // Small frames are enlarged so that the label stays legible; sides stay even for the encoders.
+  const int scale = std::max(1, 256 / std::max(1, std::min(frames[0].width, frames[0].height)));
+  const int width = frames[0].width * scale / 2 * 2, height = frames[0].height * scale / 2 * 2;
+  const auto& [label, probability] = prediction.classes.front();
+  const std::string caption = fmt::format("{} {:.0f}%", label, 100 * probability);
+  io::VideoWriter writer(out, width, height, 2.0);
+  for (size_t i = 0; i < frames.size(); ++i) {
+    io::Image frame = io::resize(frames[i], width, height);
+    const double sx = static_cast<double>(width) / frames[i].width, sy = static_cast<double>(height) / frames[i].height;
+    for (const auto& b : boxes[indices[i]])
+      viz::draw_box(frame, b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy, {255, 64, 32}, std::max(2, scale));
+    viz::draw_text(frame, 2, 2, caption, {255, 255, 255}, std::max(1, height / 128));
+    viz::draw_text(frame, 2, height - 11 * std::max(1, height / 128), fmt::format("frame {}", indices[i]),
+                   {200, 200, 200}, std::max(1, height / 128));
+    writer.write(frame);
+  }
+  writer.close();
+}
+
+}  // namespace adafocus::infer

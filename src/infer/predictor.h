@@ -1,0 +1,37 @@
+// Prediction on one video file or frame folder: the classes with their probabilities, where the model looked in each
+// frame (in the video's own pixels), what it cost, and a visualisation of it.
+#pragma once
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "methods/checkpoint.h"
+
+namespace adafocus::infer {
+
+struct Region {
+  int64_t frame;                 ///< 0-based frame index in the video
+  std::array<double, 4> box;     ///< x, y, w, h in the video's pixels
+};
+
+struct VideoPrediction {
+  std::vector<std::pair<std::string, double>> classes;  ///< every class with its probability, most likely first
+  std::vector<Region> regions;                          ///< what the local network saw (none for full-frame models)
+  std::vector<int64_t> frames;                          ///< the frames the model read, in the order fed
+  double gflops = 0;
+};
+
+/// Runs `model` on the test view of `video` (its configuration's data settings).
+VideoPrediction predict_video(methods::LoadedModel& model, const std::string& video, torch::Device device);
+
+/// A region (x, y, w, h) in network-input pixels mapped back to the decoded frame of `sample` (test view: the
+/// centre crop of the frame resized to `test_resize`).
+std::array<double, 4> to_frame_box(const std::array<double, 4>& box, const data::Sample& sample, int test_resize);
+
+/// Writes the frames the model read, with its regions and its top class drawn on them, as a .gif or .mp4.
+void visualize(const std::string& video, const methods::LoadedModel& model, const VideoPrediction& prediction,
+               const std::string& out);
+
+}  // namespace adafocus::infer

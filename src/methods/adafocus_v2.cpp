@@ -1,0 +1,223 @@
+#include "methods/adafocus_v2.h"
+
+#include "core/error.h"
+#include "methods/baselines.h"
+#include "nn/patch_crop.h"
+
+namespace adafocus::methods {
+
+namespace {
+
+torch::nn::Sequential dropout_linear(double dropout, int64_t in, int64_t out) {
+  return torch::nn::Sequential(torch::nn::Dropout(dropout), torch::nn::Linear(in, out));
+}
+
+// Cross-entropy of per-frame logits (N*T, C) against the video label repeated over the frames, as official.
+torch::Tensor per_frame_ce(const torch::Tensor& logits, const torch::Tensor& target, int64_t frames) {
+  return torch::nn::functional::cross_entropy(logits, target.repeat_interleave(frames));
+}
+
+}  // namespace
+
+PolicySTNImpl::PolicySTNImpl(int64_t map_channels, int64_t map_cells, int64_t channels, int64_t hidden,
+                             bool zero_init) {
+  encoder->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(map_channels, channels, 1).bias(false)));
+  encoder->push_back(torch::nn::BatchNorm2d(channels));
+  encoder->push_back(torch::nn::Tanh());
+  encoder->push_back(torch::nn::Flatten());
+  encoder->push_back(torch::nn::Linear(channels * map_cells, hidden));
+  encoder->push_back(torch::nn::BatchNorm1d(hidden));
+  encoder->push_back(torch::nn::Tanh());
+  register_module("encoder", encoder);
+  gru = register_module("gru", torch::nn::GRU(torch::nn::GRUOptions(hidden, hidden).batch_first(true)));
+  fc->push_back(torch::nn::Linear(hidden, 2));
+  fc->push_back(torch::nn::Sigmoid());
+  register_module("fc", fc);
+  if (zero_init) {  // every patch starts at the centre and moves as the policy learns (benchmark preset)
+    torch::NoGradGuard no_grad;
+    for (auto& p : fc[0]->parameters()) p.zero_();
+  }
+}
+
+torch::Tensor PolicySTNImpl::forward(const torch::Tensor& maps, int64_t frames) {
+  auto state = encoder->forward(maps);                          // (B*T, H)
+  state = state.view({-1, frames, state.size(1)});              // (B, T, H)
+  auto out = std::get<0>(gru->forward(state));                  // (B, T, H), h0 = 0
+  return fc->forward(out.reshape({-1, out.size(2)}));           // (B*T, 2)
+}
+
+PoolingClassifierImpl::PoolingClassifierImpl(int64_t input_dim, int64_t hidden, int64_t frames, int64_t num_classes,
+                                             double dropout) {
+  mlp_layers->push_back(torch::nn::Linear(input_dim, hidden));
+  mlp_layers->push_back(torch::nn::BatchNorm1d(hidden));
+  mlp_layers->push_back(torch::nn::ReLU());
+  auto mlp = std::make_shared<torch::nn::Module>();
+  mlp->register_module("layers", mlp_layers);
+  register_module("mlp", mlp);
+  for (int64_t t = 0; t < frames; ++t) classifiers->push_back(dropout_linear(dropout, hidden, num_classes));
+  register_module("classifiers", classifiers);
+}
+
+torch::Tensor PoolingClassifierImpl::forward(const torch::Tensor& features) {
+  const int64_t b = features.size(0), t = features.size(1);
+  TORCH_CHECK(t == static_cast<int64_t>(classifiers->size()), "classifier built for ", classifiers->size(),
+              " frames, given ", t);
+  auto z = mlp_layers->forward(features.reshape({b * t, -1})).view({b, t, -1});  // (B, T, H)
+  z = std::get<0>(torch::cummax(z, 1));                                         // max over frames 0..t
+  std::vector<torch::Tensor> logits;
+  for (int64_t i = 0; i < t; ++i) logits.push_back(classifiers[i]->as<torch::nn::Sequential>()->forward(z.select(1, i)));
+  return torch::stack(logits, 1);  // (B, T, C)
+}
+
+AdaFocusV2Impl::AdaFocusV2Impl(const Config& c, int64_t num_classes)
+    : frames_(c.get_int("data.segments")),
+      patch_(c.get_int("model.patch_size")),
+      glance_size_(c.get_int("model.glance.resolution")),
+      resize_(c.get_string("model.resize")),
+      policy_(c.get_string("model.policy")),
+      fuse_(c.get_string("model.fuse")),
+      lr_policy_(c.get_float("train.lr_policy")),
+      lr_glance_(c.get_float("train.lr_glance")),
+      lr_local_(c.get_float("train.lr_local")),
+      lr_classifier_(c.get_float("train.lr_classifier")) {
+  set_policy(policy_);
+  if (fuse_ != "concat" && fuse_ != "local")
+    throw Error("model.fuse must be concat or local, not '" + fuse_ + "'", c.origin("model.fuse"));
+  const int64_t input = c.get_int("data.input_size");
+  if (patch_ <= 0 || patch_ > input)
+    throw Error("model.patch_size " + std::to_string(patch_) + " must be in (0, data.input_size = " +
+                    std::to_string(input) + "]",
+                c.origin("model.patch_size"));
+
+  global_CNN = register_module("global_CNN", nn::make_backbone(backbone_options(c, "model.glance", 1000, frames_)));
+  local_CNN = register_module("local_CNN", nn::make_backbone(backbone_options(c, "model.local", 1000, frames_)));
+  const double fc_dropout = c.get_float("model.fc_dropout");
+  global_CNN_fc = register_module("global_CNN_fc", dropout_linear(fc_dropout, global_CNN->feature_dim(), num_classes));
+  local_CNN_fc = register_module("local_CNN_fc", dropout_linear(fc_dropout, local_CNN->feature_dim(), num_classes));
+
+  // The policy reads the whole glance feature map: its size depends on the glance network and resolution.
+  torch::Tensor map;
+  {
+    torch::NoGradGuard no_grad;
+    global_CNN->eval();
+    map = global_CNN->feature_map(torch::zeros({1, 3, glance_size_, glance_size_}));  // (1, Cg, h, w)
+    global_CNN->train();
+  }
+  policy_stn = register_module(
+      "policy_stn", PolicySTN(map.size(1), map.size(2) * map.size(3), c.get_int("model.policy_channels"),
+                              c.get_int("model.policy_hidden"), c.get_bool("model.policy_zero_init")));
+  const int64_t fused = (fuse_ == "concat" ? global_CNN->feature_dim() : 0) + local_CNN->feature_dim();
+  classifier = register_module("classifier", PoolingClassifier(fused, c.get_int("model.classifier_hidden"), frames_,
+                                                               num_classes, c.get_float("model.dropout")));
+}
+
+void AdaFocusV2Impl::set_policy(const std::string& policy) {
+  if (policy != "learned" && policy != "random" && policy != "center")
+    throw Error("model.policy must be learned, random or center, not '" + policy + "'");
+  policy_ = policy;
+}
+
+AdaFocusV2Impl::Glance AdaFocusV2Impl::glance(const torch::Tensor& clip) {
+  TORCH_CHECK(clip.dim() == 5 && clip.size(1) == frames_, "AdaFocusV2: expected clips (B, ", frames_,
+              ", 3, S, S), got ", clip.sizes());
+  Glance g;
+  g.frames = clip.reshape({-1, clip.size(2), clip.size(3), clip.size(4)});  // (B*T, 3, S, S)
+  g.map = global_CNN->feature_map(resize_frames(g.frames, glance_size_, resize_));  // (B*T, Cg, h, w)
+  g.feature = global_CNN->pool(g.map);                                            // (B*T, Cg)
+  return g;
+}
+
+torch::Tensor AdaFocusV2Impl::actions(const Glance& g, const std::string& policy) {
+  const int64_t n = g.frames.size(0);
+  if (policy == "random") return torch::rand({n, 2}, g.frames.options());
+  if (policy == "center") return torch::full({n, 2}, 0.5, g.frames.options());
+  // Stop-gradient on the policy's input: the glance network learns from its own head only.
+  return policy_stn->forward(g.map.detach(), frames_);  // (B*T, 2)
+}
+
+std::pair<torch::Tensor, torch::Tensor> AdaFocusV2Impl::focus(const Glance& g, const torch::Tensor& actions) {
+  const auto patches = nn::crop_patches(g.frames, actions, patch_);           // (B*T, 3, P, P)
+  const auto local = local_CNN->pool(local_CNN->feature_map(patches));        // (B*T, Cl)
+  const auto fused = fuse_ == "concat" ? torch::cat({g.feature, local}, 1) : local;  // (B*T, D)
+  return {classifier->forward(fused.view({-1, frames_, fused.size(1)})), local};   // (B, T, C), (B*T, Cl)
+}
+
+Prediction AdaFocusV2Impl::predict(const Clips& clips) {
+  const Glance g = glance(clips.frames);
+  const auto a = actions(g, policy_);
+  const auto [logits, local] = focus(g, a);
+  Prediction p;
+  p.logits = logits;  // (B, T, C): exit t has seen frames 0..t
+  p.regions = nn::patch_boxes(a, g.frames.size(2), g.frames.size(3), patch_).view({-1, frames_, 4});  // (B, T, 4)
+  // The official forward runs the auxiliary heads at test time too, and the papers' GFLOPs include them (facts §8).
+  p.glance_logits = global_CNN_fc->forward(g.feature).view({-1, frames_, logits.size(2)});  // (B, T, C)
+  p.local_logits = local_CNN_fc->forward(local).view({-1, frames_, logits.size(2)});        // (B, T, C)
+  return p;
+}
+
+Losses AdaFocusV2Impl::loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) {
+  const Glance g = glance(clips.frames);
+  const auto global_logits = global_CNN_fc->forward(g.feature);  // (B*T, C)
+  // Official: the policy's patches and uniformly random ones, losses averaged. Baselines train with their own
+  // fixed placement only; before policy_from_epoch the learned policy sits out and only random patches run.
+  std::vector<std::string> branches{policy_};
+  if (policy_ == "learned") branches = context.epoch < context.policy_from_epoch
+                                           ? std::vector<std::string>{"random"}
+                                           : std::vector<std::string>{"learned", "random"};
+  Losses out;
+  torch::Tensor total = torch::zeros({}, g.frames.options());
+  for (const auto& branch : branches) {
+    const auto [logits, local] = focus(g, actions(g, branch));  // (B, T, C), (B*T, Cl)
+    const auto fused_ce = per_frame_ce(logits.reshape({-1, logits.size(2)}), target, frames_);
+    const auto global_ce = per_frame_ce(global_logits, target, frames_);
+    const auto local_ce = per_frame_ce(local_CNN_fc->forward(local), target, frames_);
+    total = total + fused_ce + global_ce + local_ce;
+    out.terms.emplace_back(branch + "_fused", fused_ce.detach());
+    out.terms.emplace_back(branch + "_local", local_ce.detach());
+    if (!out.logits.defined()) out.logits = logits.select(1, frames_ - 1).detach();
+    if (branch == branches.front()) out.terms.emplace_back("glance", global_ce.detach());
+  }
+  out.total = total / static_cast<double>(branches.size());
+  return out;
+}
+
+std::vector<ParamGroup> AdaFocusV2Impl::param_groups() {
+  auto named = prefixed_parameters;
+  auto join = [](auto a, const auto& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  // The official groups: policy_stn, global_CNN(+fc), local_CNN(+fc), classifier.
+  return {{"policy", named("policy_stn", *policy_stn), lr_policy_},
+          {"glance", join(named("global_CNN", *global_CNN), named("global_CNN_fc", *global_CNN_fc)), lr_glance_},
+          {"local", join(named("local_CNN", *local_CNN), named("local_CNN_fc", *local_CNN_fc)), lr_local_},
+          {"classifier", named("classifier", *classifier), lr_classifier_}};
+}
+
+std::vector<double> AdaFocusV2Impl::exit_fractions() const {
+  // Frames are processed one after another: stopping after frame t costs t/T of the whole (official assumption).
+  std::vector<double> f;
+  for (int64_t t = 1; t <= frames_; ++t) f.push_back(static_cast<double>(t) / static_cast<double>(frames_));
+  return f;
+}
+
+nn::StateDict AdaFocusV2Impl::import_state_dict(const nn::StateDict& state) const {
+  // The official glance network is tonylins' MobileNetV2 layout; translate its keys under global_CNN.
+  const std::string prefix = "global_CNN.";
+  nn::StateDict glance, out;
+  for (const auto& item : state)
+    if (item.key().rfind(prefix, 0) == 0) glance.insert(item.key().substr(prefix.size()), item.value());
+  for (const auto& item : global_CNN->import_state_dict(glance)) out.insert(prefix + item.key(), item.value());
+  for (const auto& item : state)
+    if (item.key().rfind(prefix, 0) != 0) out.insert(item.key(), item.value());
+  return out;
+}
+
+void AdaFocusV2Impl::load_pretrained(const Config& c) {
+  if (!c.get_string("model.glance.weights").empty())
+    load_backbone_weights(*global_CNN, c.get_string("model.glance.weights"));
+  if (!c.get_string("model.local.weights").empty())
+    load_backbone_weights(*local_CNN, c.get_string("model.local.weights"));
+}
+
+}  // namespace adafocus::methods

@@ -1,0 +1,79 @@
+// AdaFocusV2 (Wang et al., CVPR 2022) for ActivityNet, FCVID and Mini-Kinetics, as the official code: a glance
+// network sees every frame, a recurrent policy reads its (detached) feature maps and places one P x P patch per frame,
+// a local network sees only the patches, and a FrameExit-style classifier max-pools the per-frame features over time
+// with one head per step, so that every prefix of the clip gives a prediction (an exit). Training runs the policy's
+// patches and uniformly random patches in two branches and adds auxiliary glance-only and local-only heads; the
+// crop is differentiable, so everything trains end to end in one stage.
+//
+// Module names are the official ones (global_CNN, local_CNN, global_CNN_fc, local_CNN_fc, policy_stn, classifier);
+// official checkpoints load through import_state_dict.
+//
+// Legend: B videos, T frames, S input side, G glance side, P patch side, Cg / Cl glance / local feature channels,
+// D fused feature size, H hidden size, C classes.
+#pragma once
+
+#include "methods/method.h"
+
+namespace adafocus::methods {
+
+/// The policy: 1x1 conv + BN + tanh on each glance feature map, a linear layer + BN + tanh, a GRU over the frames,
+/// then a linear layer + sigmoid giving (row, column) in (0, 1) per frame.
+class PolicySTNImpl : public torch::nn::Module {
+ public:
+  PolicySTNImpl(int64_t map_channels, int64_t map_cells, int64_t channels, int64_t hidden, bool zero_init);
+  /// maps (B*T, Cg, h, w) -> actions (B*T, 2); `frames` = T
+  torch::Tensor forward(const torch::Tensor& maps, int64_t frames);
+
+  torch::nn::Sequential encoder;  // 0 conv, 1 BN2d, 2 tanh, 3 flatten, 4 linear, 5 BN1d, 6 tanh
+  torch::nn::GRU gru{nullptr};
+  torch::nn::Sequential fc;       // 0 linear, 1 sigmoid
+};
+TORCH_MODULE(PolicySTN);
+
+/// FrameExit-style classifier: per-frame MLP (linear + BN + ReLU), cumulative max over time, a head per step.
+class PoolingClassifierImpl : public torch::nn::Module {
+ public:
+  PoolingClassifierImpl(int64_t input_dim, int64_t hidden, int64_t frames, int64_t num_classes, double dropout);
+  /// features (B, T, D) -> logits (B, T, C); step t sees frames 0..t
+  torch::Tensor forward(const torch::Tensor& features);
+
+  torch::nn::Sequential mlp_layers;  // "mlp.layers": 0 linear, 1 BN1d, 2 ReLU
+  torch::nn::ModuleList classifiers;  // T x (0 dropout, 1 linear)
+};
+TORCH_MODULE(PoolingClassifier);
+
+class AdaFocusV2Impl : public MethodImpl {
+ public:
+  AdaFocusV2Impl(const Config& config, int64_t num_classes);
+
+  Prediction predict(const Clips& clips) override;
+  Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
+  std::vector<ParamGroup> param_groups() override;
+  std::vector<double> exit_fractions() const override;
+  nn::StateDict import_state_dict(const nn::StateDict& state) const override;
+  void load_pretrained(const Config& config) override;
+  void set_policy(const std::string& policy) override;
+
+  nn::Backbone global_CNN, local_CNN;
+  torch::nn::Sequential global_CNN_fc, local_CNN_fc;  // 0 dropout, 1 linear
+  PolicySTN policy_stn{nullptr};
+  PoolingClassifier classifier{nullptr};
+
+ private:
+  struct Glance {
+    torch::Tensor frames;  // (B*T, 3, S, S)
+    torch::Tensor map;     // (B*T, Cg, h, w)
+    torch::Tensor feature; // (B*T, Cg)
+  };
+  Glance glance(const torch::Tensor& clip);
+  /// Patch positions (B*T, 2) for `policy` (learned | random | center).
+  torch::Tensor actions(const Glance& g, const std::string& policy);
+  /// Fused per-step logits (B, T, C) and the local features (B*T, Cl) of the patches at `actions`.
+  std::pair<torch::Tensor, torch::Tensor> focus(const Glance& g, const torch::Tensor& actions);
+
+  int64_t frames_, patch_, glance_size_;
+  std::string resize_, policy_, fuse_;
+  double lr_policy_, lr_glance_, lr_local_, lr_classifier_;
+};
+
+}  // namespace adafocus::methods

@@ -1,0 +1,151 @@
+#include "methods/adafocus_v2_tsm.h"
+
+#include "core/error.h"
+#include "nn/patch_crop.h"
+
+namespace adafocus::methods {
+
+AdaFocusV2TSMImpl::AdaFocusV2TSMImpl(const Config& c, int64_t num_classes)
+    : frames_(c.get_int("data.segments")),
+      focus_frames_(c.get_int("data.focus_segments")),
+      patch_(c.get_int("model.patch_size")),
+      lr_policy_(c.get_float("train.lr_policy")),
+      lr_glance_(c.get_float("train.lr_glance")),
+      lr_local_(c.get_float("train.lr_local")) {
+  set_policy(c.get_string("model.policy"));
+  if (focus_frames_ <= 0)
+    throw Error("adafocus_v2_tsm needs data.focus_segments > 0 (official: 12 focus frames for 8 glance frames)",
+                c.origin("data.focus_segments"));
+  const double dropout = c.get_float("model.dropout");
+  global_CNN = register_module("global_CNN",
+                               TSN(backbone_options(c, "model.glance", 1000, frames_), num_classes, dropout, true));
+  local_CNN = register_module("local_CNN",
+                              TSN(backbone_options(c, "model.local", 1000, focus_frames_), num_classes, dropout, true));
+  torch::Tensor map;
+  {
+    torch::NoGradGuard no_grad;
+    global_CNN->eval();
+    const int64_t side = c.get_int("data.input_size");
+    global_CNN->features(torch::zeros({frames_, 3, side, side}), &map);  // (T, Cg, h, w)
+    global_CNN->train();
+  }
+  const int64_t channels = c.get_int("model.policy_channels"), hidden = c.get_int("model.policy_hidden"),
+                hidden2 = c.get_int("model.policy_hidden2");
+  policy_stn->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(frames_ * map.size(1), channels, 1).bias(false)));
+  policy_stn->push_back(torch::nn::BatchNorm2d(channels));
+  policy_stn->push_back(torch::nn::Tanh());
+  policy_stn->push_back(torch::nn::Flatten());
+  policy_stn->push_back(torch::nn::Linear(channels * map.size(2) * map.size(3), hidden));
+  policy_stn->push_back(torch::nn::BatchNorm1d(hidden));
+  policy_stn->push_back(torch::nn::Tanh());
+  policy_stn->push_back(torch::nn::Linear(hidden, hidden2));
+  policy_stn->push_back(torch::nn::BatchNorm1d(hidden2));
+  policy_stn->push_back(torch::nn::Tanh());
+  policy_stn->push_back(torch::nn::Linear(hidden2, 2));
+  policy_stn->push_back(torch::nn::Sigmoid());
+  register_module("policy_stn", policy_stn);
+}
+
+void AdaFocusV2TSMImpl::set_policy(const std::string& policy) {
+  if (policy != "learned" && policy != "random" && policy != "center")
+    throw Error("model.policy must be learned, random or center, not '" + policy + "'");
+  policy_ = policy;
+}
+
+AdaFocusV2TSMImpl::Glance AdaFocusV2TSMImpl::glance(const torch::Tensor& clip) {
+  TORCH_CHECK(clip.dim() == 5 && clip.size(1) == frames_, "adafocus_v2_tsm: expected glance clips (B, ", frames_,
+              ", 3, S, S), got ", clip.sizes());
+  const int64_t b = clip.size(0);
+  torch::Tensor map;
+  const auto feature = global_CNN->features(clip.reshape({-1, clip.size(2), clip.size(3), clip.size(4)}), &map);
+  Glance g;
+  g.logits = global_CNN->new_fc(feature.detach()).view({b, frames_, -1}).mean(1);  // (B, C)
+  g.aux_logits = global_CNN->new_new_fc(feature).view({b, frames_, -1}).mean(1);   // (B, C)
+  g.maps = map.reshape({b, frames_ * map.size(1), map.size(2), map.size(3)});     // (B, T*Cg, h, w)
+  return g;
+}
+
+torch::Tensor AdaFocusV2TSMImpl::actions(const Glance& g, int64_t videos, const std::string& policy) {
+  if (policy == "random") return torch::rand({videos, 2}, g.maps.options());
+  if (policy == "center") return torch::full({videos, 2}, 0.5, g.maps.options());
+  return policy_stn->forward(g.maps.detach());  // (B, 2), on detached maps as official (also at test time)
+}
+
+std::pair<torch::Tensor, torch::Tensor> AdaFocusV2TSMImpl::focus(const torch::Tensor& clip, const torch::Tensor& a) {
+  TORCH_CHECK(clip.dim() == 5 && clip.size(1) == focus_frames_, "adafocus_v2_tsm: expected focus clips (B, ",
+              focus_frames_, ", 3, S, S), got ", clip.sizes());
+  const int64_t b = clip.size(0);
+  // One patch per video: crop the frames stacked on channels, as official.
+  const auto stacked = clip.reshape({b, focus_frames_ * 3, clip.size(3), clip.size(4)});  // (B, Tf*3, S, S)
+  const auto patches = nn::crop_patches(stacked, a, patch_).reshape({b * focus_frames_, 3, patch_, patch_});
+  const auto feature = local_CNN->features(patches);                                      // (B*Tf, Cl)
+  return {local_CNN->new_fc(feature.detach()).view({b, focus_frames_, -1}).mean(1),
+          local_CNN->new_new_fc(feature).view({b, focus_frames_, -1}).mean(1)};           // (B, C) x 2
+}
+
+Prediction AdaFocusV2TSMImpl::predict(const Clips& clips) {
+  const Glance g = glance(clips.frames);
+  const auto a = actions(g, clips.frames.size(0), policy_);
+  Prediction p;
+  p.logits = (g.logits + focus(clips.focus, a).first).unsqueeze(1);  // (B, 1, C)
+  p.regions = nn::patch_boxes(a, clips.focus.size(3), clips.focus.size(4), patch_).unsqueeze(1);  // (B, 1, 4)
+  return p;
+}
+
+Losses AdaFocusV2TSMImpl::loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) {
+  const Glance g = glance(clips.frames);
+  std::vector<std::string> branches{policy_};
+  if (policy_ == "learned") branches = context.epoch < context.policy_from_epoch
+                                           ? std::vector<std::string>{"random"}
+                                           : std::vector<std::string>{"random", "learned"};
+  namespace F = torch::nn::functional;
+  Losses out;
+  torch::Tensor total = torch::zeros({}, g.logits.options());
+  const auto glance_ce = F::cross_entropy(g.aux_logits, target);
+  for (const auto& branch : branches) {
+    const auto [local_logits, local_aux] = focus(clips.focus, actions(g, clips.frames.size(0), branch));
+    const auto logits = g.logits + local_logits;
+    const auto ce = F::cross_entropy(logits, target), local_ce = F::cross_entropy(local_aux, target);
+    total = total + ce + glance_ce + local_ce;
+    out.terms.emplace_back(branch + "_final", ce.detach());
+    out.terms.emplace_back(branch + "_local", local_ce.detach());
+    out.logits = logits.detach();
+  }
+  out.terms.emplace_back("glance", glance_ce.detach());
+  out.total = total / static_cast<double>(branches.size());
+  return out;
+}
+
+std::vector<ParamGroup> AdaFocusV2TSMImpl::param_groups() {
+  return {{"policy", prefixed_parameters("policy_stn", *policy_stn), lr_policy_},
+          {"glance", prefixed_parameters("global_CNN", *global_CNN), lr_glance_},
+          {"local", prefixed_parameters("local_CNN", *local_CNN), lr_local_}};
+}
+
+nn::StateDict AdaFocusV2TSMImpl::import_state_dict(const nn::StateDict& state) const {
+  // Official keys: {global,local}_CNN.base_model.* with TSM ".net." wrappers (the glance in the official MobileNetV2
+  // layout), {global,local}_CNN.new_fc / new_new_fc, policy_stn.*.
+  nn::StateDict out;
+  for (const auto& item : state)
+    if (item.key().rfind("global_CNN.base_model.", 0) != 0 && item.key().rfind("local_CNN.base_model.", 0) != 0)
+      out.insert(item.key(), item.value());
+  for (const auto& [name, tsn] : {std::pair<std::string, const TSN*>{"global_CNN", &global_CNN}, {"local_CNN", &local_CNN}}) {
+    const std::string prefix = name + ".base_model.";
+    nn::StateDict base;
+    for (const auto& item : state)
+      if (item.key().rfind(prefix, 0) == 0) base.insert(item.key().substr(prefix.size()), item.value());
+    for (const auto& item : (*tsn)->base_model->import_state_dict(base)) out.insert(prefix + item.key(), item.value());
+    for (const auto& item : (*tsn)->unused_classifier())
+      if (!out.contains(name + "." + item.key())) out.insert(name + "." + item.key(), item.value());
+  }
+  return out;
+}
+
+void AdaFocusV2TSMImpl::load_pretrained(const Config& c) {
+  if (!c.get_string("model.glance.weights").empty())
+    load_backbone_weights(*global_CNN->base_model, c.get_string("model.glance.weights"));
+  if (!c.get_string("model.local.weights").empty())
+    load_backbone_weights(*local_CNN->base_model, c.get_string("model.local.weights"));
+}
+
+}  // namespace adafocus::methods

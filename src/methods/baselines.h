@@ -1,0 +1,54 @@
+// Full-frame baselines: TSN (Wang et al. 2016) and, with the temporal shift, TSM (Lin et al. 2019): a 2D network on
+// every frame at a chosen resolution, logits averaged over the frames. Also the TSN wrapper the official AdaFocusV2-TSM
+// code builds its glance and local networks from.
+//
+// Legend: B videos, T frames, S input side, R network resolution, Cf feature channels, C classes.
+#pragma once
+
+#include "methods/method.h"
+
+namespace adafocus::methods {
+
+/// The official TSN module: `base_model` (a backbone whose own classifier is unused), dropout on the pooled feature,
+/// then `new_fc`; with `detached_head`, as in AdaFocusV2-TSM, new_fc reads detached features and a second head
+/// `new_new_fc` reads the live ones, so the backbone learns only from the latter.
+class TSNImpl : public torch::nn::Module {
+ public:
+  TSNImpl(const nn::BackboneOptions& options, int64_t num_classes, double dropout, bool detached_head);
+  /// frames (N, 3, R, R) -> pooled features after dropout (N, Cf); `map` receives the feature map if given.
+  torch::Tensor features(const torch::Tensor& frames, torch::Tensor* map = nullptr);
+  /// State-dict entries of base_model's unused classifier, which official checkpoints do not have.
+  nn::StateDict unused_classifier() const;
+
+  nn::Backbone base_model;
+  torch::nn::Dropout dropout{nullptr};
+  torch::nn::Linear new_fc{nullptr}, new_new_fc{nullptr};
+};
+TORCH_MODULE(TSN);
+
+/// TSN/TSM on whole frames, resized to model.backbone.resolution: full_frame_low_res / full_frame_full_res.
+class FullFrameImpl : public MethodImpl {
+ public:
+  FullFrameImpl(const Config& config, int64_t num_classes);
+  Prediction predict(const Clips& clips) override;
+  Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
+  std::vector<ParamGroup> param_groups() override;
+  nn::StateDict import_state_dict(const nn::StateDict& state) const override;
+  void load_pretrained(const Config& config) override;
+
+  TSN tsn{nullptr};  // its parts are registered as base_model, dropout, new_fc
+
+ private:
+  /// clips (B, T, 3, S, S) -> video logits (B, C), averaged over the frames
+  torch::Tensor logits(const torch::Tensor& clips);
+
+  int64_t frames_, resolution_;
+  std::string resize_;
+  double lr_backbone_, lr_classifier_;
+};
+
+/// Named parameters of `module` with `prefix.` in front, for ParamGroup.
+std::vector<std::pair<std::string, torch::Tensor>> prefixed_parameters(const std::string& prefix,
+                                                                       const torch::nn::Module& module);
+
+}  // namespace adafocus::methods

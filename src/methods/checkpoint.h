@@ -1,0 +1,44 @@
+// Checkpoints: a torch.save-compatible dict {'state_dict': ..., 'optimizer': ..., 'epoch': ..., 'config': ...} that
+// Python's torch.load reads and that resumes a run exactly. Official AdaFocus checkpoints ({'state_dict'} only,
+// 'module.' prefixes) load too, with a preset giving the configuration.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "methods/method.h"
+
+namespace adafocus::methods {
+
+struct Checkpoint {
+  std::string config_yaml;              ///< the resolved configuration of the run
+  std::vector<std::string> classes;     ///< class names in label order
+  nn::StateDict model;
+  nn::StateDict optimizer;              ///< train::Optimizer::state()
+  int64_t epoch = 0;                    ///< the epoch to run next (with `batch`)
+  int64_t batch = 0;                    ///< batches of `epoch` already done
+  double best_metric = -1;
+  int64_t best_epoch = -1;
+  std::vector<double> epoch_sums;       ///< running sums of the interrupted epoch (loss, correct, videos)
+};
+
+/// Writes atomically (temporary file + fsync + rename).
+void save_checkpoint(const std::string& path, const Checkpoint& checkpoint);
+/// Reads ours or an official one (then only `model` is filled). Throws adafocus::Error naming the file.
+Checkpoint load_checkpoint(const std::string& path);
+
+/// A trained model ready for inference.
+struct LoadedModel {
+  Config config;
+  std::vector<std::string> classes;
+  Method method;
+};
+
+/// The model of a checkpoint, in eval mode on `device`. `preset` (a file or built-in name, may be "") supplies the
+/// configuration when the checkpoint has none (official checkpoints) and overrides keys of one that has; `overrides`
+/// are key=value. A checkpoint of another method or shape is an error naming the keys.
+LoadedModel load_model(const std::string& path, const std::string& preset, const std::vector<std::string>& overrides,
+                       torch::Device device);
+
+}  // namespace adafocus::methods

@@ -1,0 +1,59 @@
+#include "methods/method.h"
+
+#include "core/error.h"
+#include "io/pth.h"
+#include "methods/adafocus_v2.h"
+#include "methods/adafocus_v2_tsm.h"
+#include "methods/baselines.h"
+
+namespace adafocus::methods {
+
+void MethodImpl::set_policy(const std::string& policy) {
+  throw Error("this method places no patches: a test-time policy ('" + policy + "') does not apply");
+}
+
+Method make_method(const Config& config, int64_t num_classes) {
+  const std::string method = config.get_string("model.method");
+  if (method == "adafocus_v2") return std::make_shared<AdaFocusV2Impl>(config, num_classes);
+  if (method == "adafocus_v2_tsm") return std::make_shared<AdaFocusV2TSMImpl>(config, num_classes);
+  if (method == "full_frame") return std::make_shared<FullFrameImpl>(config, num_classes);
+  throw Error("unknown method '" + method + "'", config.origin("model.method"),
+              "use adafocus_v2, adafocus_v2_tsm or full_frame");
+}
+
+nn::BackboneOptions backbone_options(const Config& c, const std::string& section, int64_t num_classes,
+                                     int64_t segments) {
+  return nn::BackboneOptions(c.get_string(section + ".arch"))
+      .width_mult(c.get_float(section + ".width_mult"))
+      .base_width(c.get_int(section + ".base_width"))
+      .stem(c.get_string(section + ".stem"))
+      .num_classes(num_classes)
+      .tsm_segments(c.get_bool(section + ".tsm") ? segments : 0)
+      .shift_div(c.get_int(section + ".shift_div"));
+}
+
+void load_backbone_weights(nn::BackboneImpl& backbone, const std::string& path) {
+  // ImageNet weights: everything but the classifier, which has the dataset's number of classes.
+  nn::StateDict state = backbone.import_state_dict(nn::strip_module_prefix(io::read_state_dict(path)));
+  const std::string classifier = backbone.classifier_prefix();
+  nn::StateDict kept;
+  for (const auto& item : state)
+    if (item.key().rfind(classifier, 0) != 0) kept.insert(item.key(), item.value());
+  for (const auto& item : nn::state_dict(backbone))
+    if (item.key().rfind(classifier, 0) == 0) kept.insert(item.key(), item.value());
+  nn::load_state_dict(backbone, kept, path);
+}
+
+torch::Tensor resize_frames(const torch::Tensor& frames, int64_t side, const std::string& mode) {
+  if (frames.size(2) == side && frames.size(3) == side) return frames;
+  namespace F = torch::nn::functional;
+  if (mode == "area") return F::adaptive_avg_pool2d(frames, F::AdaptiveAvgPool2dFuncOptions({side, side}));
+  if (mode == "bilinear")
+    return F::interpolate(frames, F::InterpolateFuncOptions()
+                                      .size(std::vector<int64_t>{side, side})
+                                      .mode(torch::kBilinear)
+                                      .align_corners(true));
+  throw Error("model.resize must be bilinear or area, not '" + mode + "'");
+}
+
+}  // namespace adafocus::methods

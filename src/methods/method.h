@@ -1,0 +1,90 @@
+// The one interface every method implements, so that the trainer, evaluator, predictor, FLOPs counter and benchmark
+// work over all of them.
+//
+// Legend: B videos, T frames of the clip, Tf frames of the focus clip, S input side, C classes, K exits,
+// R regions looked at per video.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/config.h"
+#include "nn/backbone.h"
+
+namespace adafocus::methods {
+
+/// What a method is given: the clip and, for methods that sample their focus frames separately, the focus clip.
+struct Clips {
+  torch::Tensor frames;  ///< (B, T, 3, S, S), normalised
+  torch::Tensor focus;   ///< (B, Tf, 3, S, S) or undefined
+};
+
+struct Prediction {
+  torch::Tensor logits;   ///< (B, K, C): the prediction after each exit, the last one final
+  torch::Tensor regions;  ///< (B, R, 4) boxes (x, y, w, h) in input pixels; R = T (one per frame of `frames`), or
+                          ///< R = 1 (one box for every focus frame); undefined for full-frame methods
+  torch::Tensor glance_logits, local_logits;  ///< V2: (B, T, C) the auxiliary heads' per-frame predictions from the
+                                              ///< glance alone and from the patch alone; undefined otherwise
+};
+
+struct Losses {
+  torch::Tensor total;                                     ///< scalar, what is minimised
+  std::vector<std::pair<std::string, torch::Tensor>> terms;  ///< named parts, for the log
+  torch::Tensor logits;                                    ///< (B, C) final prediction of the step (accuracy)
+};
+
+/// Per-step facts a method's training may depend on.
+struct StepContext {
+  int64_t epoch = 0;
+  /// The policy branch is trained from this epoch on; before it only the random-patch branch runs (benchmark
+  /// warm-up: the crop's gradient is local, so a policy trained from the start on a weak local network collapses).
+  int64_t policy_from_epoch = 0;
+};
+
+/// Parameters sharing a learning-rate multiplier (the official per-group ratios).
+struct ParamGroup {
+  std::string name;
+  std::vector<std::pair<std::string, torch::Tensor>> params;  ///< state-dict name, parameter
+  double lr_mult = 1.0;
+};
+
+class MethodImpl : public torch::nn::Module {
+ public:
+  /// Inference on a batch (call in eval mode, under NoGradGuard).
+  virtual Prediction predict(const Clips& clips) = 0;
+  /// One training step's losses for `target` (B,) (train mode).
+  virtual Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) = 0;
+  /// The parameters by learning-rate group; every parameter in exactly one group.
+  virtual std::vector<ParamGroup> param_groups() = 0;
+  /// Cost of each exit as a fraction of the whole forward (V2: frame k of T costs k/T; one exit: {1}).
+  virtual std::vector<double> exit_fractions() const { return {1.0}; }
+  /// Translates checkpoints written by the official code (names, backbone layouts) to ours.
+  virtual nn::StateDict import_state_dict(const nn::StateDict& state) const { return state; }
+  /// Loads ImageNet (torchvision-layout) weights into the backbones named in the config, classifiers excluded.
+  virtual void load_pretrained(const Config& config) {}
+  /// Changes where patches go at test time (learned | random | center) without retraining; throws if the method
+  /// has no patches.
+  virtual void set_policy(const std::string& policy);
+};
+
+using Method = std::shared_ptr<MethodImpl>;
+
+/// The method the config describes (model.method), with `num_classes` outputs, initialised as its paper does.
+Method make_method(const Config& config, int64_t num_classes);
+
+/// Options of a backbone section of the config (model.backbone, model.glance or model.local). `segments`: frames
+/// per clip, for the temporal shift when the section enables it.
+nn::BackboneOptions backbone_options(const Config& config, const std::string& section, int64_t num_classes,
+                                     int64_t segments);
+
+/// Loads a torchvision-layout state dict into `backbone`, all but its classifier (whose size differs by dataset).
+void load_backbone_weights(nn::BackboneImpl& backbone, const std::string& path);
+
+/// Frames (N, 3, H, W) shrunk to side x side: bilinear with align_corners=True (the official glance resize) or
+/// area averaging; returned unchanged when already that size.
+torch::Tensor resize_frames(const torch::Tensor& frames, int64_t side, const std::string& mode);
+
+}  // namespace adafocus::methods

@@ -1,0 +1,49 @@
+#include "train/pretrain.h"
+
+#include <fmt/format.h>
+
+#include <numeric>
+
+#include "core/progress.h"
+#include "core/rng.h"
+#include "train/optimizer.h"
+
+namespace adafocus::train {
+
+double pretrain_on_items(nn::BackboneImpl& backbone, const data::SyntheticOptions& items,
+                         const PretrainOptions& o) {
+  torch::manual_seed(o.seed);
+  auto [images, labels] = data::item_images(items, o.side, o.images, o.seed);
+  auto [test_images, test_labels] = data::item_images(items, o.side, 2000, o.seed + 1);
+  std::vector<methods::ParamGroup> groups{{"backbone", {}, 1.0}};
+  for (const auto& p : backbone.named_parameters()) groups[0].params.emplace_back(p.key(), p.value());
+  OptimizerOptions oo;
+  oo.kind = "adam";
+  oo.weight_decay = 1e-4;
+  Optimizer optimizer(groups, oo);
+  const int64_t steps = o.images / o.batch_size;
+  Progress progress("pretrain on items", steps * o.epochs, "steps");
+  backbone.train();
+  for (int e = 0; e < o.epochs; ++e) {
+    std::vector<int64_t> order(static_cast<size_t>(o.images));
+    std::iota(order.begin(), order.end(), 0);
+    Rng::derive(o.seed, {4, static_cast<uint64_t>(e)}).shuffle(order);
+    const auto perm = torch::tensor(order);
+    for (int64_t s = 0; s < steps; ++s) {
+      const auto idx = perm.slice(0, s * o.batch_size, (s + 1) * o.batch_size);
+      const auto loss = torch::nn::functional::cross_entropy(backbone.forward(images.index_select(0, idx)),
+                                                             labels.index_select(0, idx));
+      optimizer.zero_grad();
+      loss.backward();
+      optimizer.step(learning_rate("onecycle", o.lr, e, s, steps, o.epochs, 0.1));
+      if (!o.quiet) progress.update(e * steps + s + 1, fmt::format("loss {:.3f}", loss.item<double>()));
+    }
+  }
+  if (!o.quiet) progress.finish();
+  backbone.eval();
+  torch::NoGradGuard no_grad;
+  const auto correct = (backbone.forward(test_images).argmax(1) == test_labels).sum().item<double>();
+  return 100.0 * correct / static_cast<double>(test_labels.size(0));
+}
+
+}  // namespace adafocus::train

@@ -1,0 +1,22 @@
+// Pretraining a backbone on single benchmark items, the built-in benchmark's stand-in for ImageNet weights.
+#pragma once
+
+#include "data/synthetic.h"
+#include "nn/backbone.h"
+
+namespace adafocus::train {
+
+struct PretrainOptions {
+  int side = 40;            ///< canvas side: the patch size of the network that will use the weights
+  int64_t images = 20000;   ///< items per epoch (drawn once, then shuffled each epoch)
+  int epochs = 2;
+  int64_t batch_size = 128;
+  double lr = 0.002;        ///< Adam, cosine-annealed to zero
+  uint64_t seed = 0;
+  bool quiet = false;
+};
+
+/// Trains `backbone` (built with 10 classes) as an item classifier; returns the accuracy on 2000 held-out items.
+double pretrain_on_items(nn::BackboneImpl& backbone, const data::SyntheticOptions& items, const PretrainOptions& options);
+
+}  // namespace adafocus::train

@@ -1,0 +1,198 @@
+#include "train/trainer.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "core/progress.h"
+#include "methods/checkpoint.h"
+#include "train/optimizer.h"
+
+namespace adafocus::train {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string under_root(const Config& c, const std::string& key) {
+  const std::string path = c.get_string(key), root = c.get_string("data.root");
+  return root.empty() || fs::path(path).is_absolute() ? path : (fs::path(root) / path).string();
+}
+
+// Keeps the metrics of epochs before `epoch`: a resumed run rewrites what came after its checkpoint.
+std::vector<std::string> metrics_before(const std::string& path, int64_t epoch) {
+  std::vector<std::string> kept;
+  if (!fs::exists(path)) return kept;
+  std::istringstream in(read_file(path));
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty() && nlohmann::json::parse(line).at("epoch").get<int64_t>() < epoch) kept.push_back(line);
+  return kept;
+}
+
+// Evaluate every train.eval_every epochs and in each of the last train.eval_last (official: 5 and 10), and at the
+// end unless both are 0.
+bool evaluates(const Config& c, int64_t epoch, int64_t epochs) {
+  const int64_t every = c.get_int("train.eval_every"), last = c.get_int("train.eval_last");
+  return (every > 0 && ((epoch + 1) % every == 0 || epoch + 1 == epochs)) || epoch >= epochs - last;
+}
+
+nlohmann::json scores_json(const infer::Evaluation& e) {
+  nlohmann::json j{{"val_top1", e.scores.top1}, {"val_top5", e.scores.top5}, {"val_mean_class", e.scores.mean_class},
+                   {"val_map", e.scores.map},   {"gflops", e.flops.report.gflops()}};
+  if (e.iou >= 0) j["val_iou"] = e.iou;
+  if (e.region_spread >= 0) j["region_spread"] = e.region_spread;
+  return j;
+}
+
+}  // namespace
+
+std::vector<std::string> class_names(const Config& c) {
+  const std::string index = under_root(c, "data.class_index");
+  if (!c.get_string("data.class_index").empty() && fs::exists(index)) return io::read_class_index(index);
+  int64_t largest = -1;
+  for (const auto& e : io::read_list(under_root(c, "data.train_list"), io::parse_list_format(c.get_string("data.format"))).entries)
+    for (int64_t l : e.labels) largest = std::max(largest, l);
+  std::vector<std::string> names;
+  for (int64_t i = 0; i <= largest; ++i) names.push_back("class " + std::to_string(i));
+  return names;
+}
+
+TrainSummary train(const Config& given, const TrainOptions& o) {
+  const auto start_time = std::chrono::steady_clock::now();
+  const std::string config_path = o.run_dir + "/config.yaml", last_path = o.run_dir + "/last.pt",
+                    best_path = o.run_dir + "/best.pt", metrics_path = o.run_dir + "/metrics.jsonl";
+  Config config = given;
+  methods::Checkpoint state;
+  if (o.resume) {
+    if (!fs::exists(last_path))
+      throw Error("nothing to resume: no last.pt", o.run_dir, "start the run without --resume");
+    config = Config::defaults();
+    config.merge_file(config_path);
+    state = methods::load_checkpoint(last_path);
+  } else {
+    fs::create_directories(o.run_dir);
+    config.save(config_path);
+  }
+  const std::vector<std::string> classes = o.resume ? state.classes : class_names(config);
+  if (classes.empty()) throw Error("no classes: the training list has no labels", under_root(config, "data.train_list"));
+
+  const uint64_t seed = static_cast<uint64_t>(config.get_int("seed"));
+  torch::manual_seed(seed);  // initialisation
+  methods::Method method = methods::make_method(config, static_cast<int64_t>(classes.size()));
+  if (!o.resume) method->load_pretrained(config);
+  method->to(o.device);
+
+  OptimizerOptions oo;
+  oo.kind = config.get_string("train.optimizer");
+  oo.momentum = config.get_float("train.momentum");
+  oo.weight_decay = config.get_float("train.weight_decay");
+  Optimizer optimizer(method->param_groups(), oo);
+  if (o.resume) {
+    nn::load_state_dict(*method, state.model, last_path);
+    optimizer.load_state(state.optimizer);
+  }
+
+  data::VideoDataset train_set(data::DatasetOptions::from_config(config, "data.train_list", true));
+  data::Loader loader(train_set, data::LoaderOptions::from_config(config, true));
+  const int64_t epochs = config.get_int("train.epochs"), steps = loader.batches_per_epoch();
+  if (steps == 0)
+    throw Error(fmt::format("{} training videos make no full batch of {}", train_set.size(),
+                            config.get_int("data.batch_size")),
+                train_set.options().list, "lower data.batch_size");
+  const double lr0 = config.get_float("train.lr"), warmup = config.get_float("train.warmup"),
+               clip = config.get_float("train.clip_grad");
+  const std::string schedule = config.get_string("train.schedule"), metric = config.get_string("train.metric");
+  if (metric != "map" && metric != "top1") throw Error("train.metric must be map or top1", config.origin("train.metric"));
+  const int64_t checkpoint_every = config.get_int("train.checkpoint_every");
+  methods::StepContext context;
+  context.policy_from_epoch = config.get_int("train.policy_from_epoch");
+
+  std::vector<std::string> metrics = metrics_before(metrics_path, state.epoch);
+  auto save = [&](const std::string& path, int64_t epoch, int64_t batch, const std::vector<double>& sums) {
+    state.config_yaml = config.to_yaml();
+    state.classes = classes;
+    state.model = nn::state_dict(*method);
+    state.optimizer = optimizer.state();
+    state.epoch = epoch;
+    state.batch = batch;
+    state.epoch_sums = sums;
+    methods::save_checkpoint(path, state);
+  };
+
+  TrainSummary summary;
+  infer::EvalOptions eval_options;
+  eval_options.device = o.device;
+  for (int64_t epoch = state.epoch; epoch < epochs; ++epoch) {
+    context.epoch = epoch;
+    const int64_t first = epoch == state.epoch ? state.batch : 0;
+    std::vector<double> sums = epoch == state.epoch && state.epoch_sums.size() == 3 ? state.epoch_sums
+                                                                                     : std::vector<double>{0, 0, 0};
+    loader.start_epoch(epoch, first);
+    Progress progress(fmt::format("epoch {}/{}", epoch + 1, epochs), steps, "steps");
+    method->train();
+    double lr = 0;
+    for (int64_t step = first; step < steps; ++step) {
+      std::optional<data::Batch> batch = loader.next();
+      // Dropout and random patches draw from a stream fixed by (seed, epoch, step): resuming repeats them.
+      torch::manual_seed(Rng::derive(seed, {static_cast<uint64_t>(epoch), static_cast<uint64_t>(step)}).next());
+      lr = learning_rate(schedule, lr0, epoch, step, steps, epochs, warmup);
+      const methods::Clips clips{batch->clips.to(o.device),
+                                 batch->focus.defined() ? batch->focus.to(o.device) : torch::Tensor()};
+      const auto target = batch->target.to(o.device);
+      const methods::Losses losses = method->loss(clips, target, context);
+      const double value = losses.total.item<double>();
+      if (!std::isfinite(value))
+        throw Error(fmt::format("the loss became {} at epoch {} step {}", value, epoch + 1, step + 1), o.run_dir,
+                    "lower train.lr or set train.clip_grad; last.pt still holds the last good state");
+      optimizer.zero_grad();
+      losses.total.backward();
+      if (clip > 0) optimizer.clip_grad_norm(clip);
+      optimizer.step(lr);
+      const int64_t b = target.size(0);
+      sums[0] += value * b;
+      sums[1] += (losses.logits.argmax(1) == target).sum().item<double>();
+      sums[2] += b;
+      if (!o.quiet) progress.update(step + 1, fmt::format("loss {:.3f} acc {:.1f}%", sums[0] / sums[2], 100 * sums[1] / sums[2]));
+      if (checkpoint_every > 0 && (step + 1) % checkpoint_every == 0 && step + 1 < steps)
+        save(last_path, epoch, step + 1, sums);
+    }
+    if (!o.quiet) progress.finish(fmt::format("loss {:.3f} acc {:.1f}%", sums[0] / sums[2], 100 * sums[1] / sums[2]));
+
+    nlohmann::json line{{"epoch", epoch}, {"lr", lr}, {"train_loss", sums[0] / sums[2]},
+                        {"train_top1", 100 * sums[1] / sums[2]}};
+    if (evaluates(config, epoch, epochs)) {
+      summary.last = infer::evaluate(*method, config, eval_options);
+      line.update(scores_json(summary.last));
+      const double value = metric == "map" ? summary.last.scores.map : summary.last.scores.top1;
+      if (value > state.best_metric) {
+        state.best_metric = value;
+        state.best_epoch = epoch;
+        save(best_path, epoch + 1, 0, {0, 0, 0});
+      }
+      if (!o.quiet)
+        fmt::print(stderr, "  val top1 {:.2f}  mAP {:.2f}{}  ({:.3f} GFLOPs/video)\n", summary.last.scores.top1,
+                   summary.last.scores.map, summary.last.iou >= 0 ? fmt::format("  IoU {:.3f}", summary.last.iou) : "",
+                   summary.last.flops.report.gflops());
+    }
+    metrics.push_back(line.dump());
+    std::string text;
+    for (const auto& l : metrics) text += l + "\n";
+    write_file_atomic(metrics_path, text);  // before last.pt: a crash in between redoes this epoch's line
+    save(last_path, epoch + 1, 0, {0, 0, 0});
+  }
+  summary.epochs = epochs;
+  summary.metric = metric;
+  summary.best_metric = state.best_metric;
+  summary.best_epoch = state.best_epoch;
+  summary.failures = loader.failures();
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
+  return summary;
+}
+
+}  // namespace adafocus::train

@@ -1,0 +1,232 @@
+// The methods: official module names and checkpoints, forward shapes, training signal, FLOPs of the presets.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "infer/flops.h"
+#include "io/pth.h"
+#include "methods/adafocus_v2.h"
+#include "methods/checkpoint.h"
+#include "test_util.h"
+
+namespace adafocus {
+namespace {
+
+// A small AdaFocusV2: 4 frames of 64 px, narrow ResNet-10s, 24 px patches.
+Config tiny_v2() {
+  Config c = Config::defaults();
+  for (const char* kv :
+       {"model.method=adafocus_v2", "model.glance.arch=resnet10", "model.glance.base_width=4", "model.glance.stem=small",
+        "model.glance.resolution=16", "model.local.arch=resnet10", "model.local.base_width=4",
+        "model.local.stem=small_s2", "model.patch_size=24", "model.policy_channels=8", "model.policy_hidden=16",
+        "model.classifier_hidden=32", "model.resize=area", "data.segments=4", "data.input_size=64",
+        "model.dropout=0.0", "model.fc_dropout=0.0"})
+    c.set(kv);
+  return c;
+}
+
+TEST(AdaFocusV2, PredictsEveryExitAndItsPatches) {
+  torch::manual_seed(0);
+  auto m = methods::make_method(tiny_v2(), 3);
+  m->eval();
+  torch::NoGradGuard no_grad;
+  const auto p = m->predict({torch::randn({2, 4, 3, 64, 64}), {}});
+  ASSERT_EQ(p.logits.sizes(), torch::IntArrayRef({2, 4, 3}));   // (B, T exits, C)
+  ASSERT_EQ(p.regions.sizes(), torch::IntArrayRef({2, 4, 4}));  // a patch per frame
+  EXPECT_TRUE((p.regions.select(2, 2) == 24).all().item<bool>());
+  EXPECT_TRUE((p.regions.select(2, 0) >= 0).all().item<bool>());
+  EXPECT_TRUE((p.regions.select(2, 0) <= 64 - 24).all().item<bool>());
+  const auto fractions = m->exit_fractions();
+  EXPECT_EQ(fractions, (std::vector<double>{0.25, 0.5, 0.75, 1.0}));
+}
+
+TEST(AdaFocusV2, ATinyTrainingRunLowersTheLoss) {
+  torch::manual_seed(1);
+  auto m = methods::make_method(tiny_v2(), 3);
+  const auto clips = torch::randn({6, 4, 3, 64, 64});
+  const auto target = torch::tensor({0, 1, 2, 0, 1, 2}, torch::kLong);
+  torch::optim::Adam adam(m->parameters(), torch::optim::AdamOptions(3e-3));
+  m->train();
+  std::vector<double> losses;
+  for (int i = 0; i < 25; ++i) {
+    const auto l = m->loss({clips, {}}, target, methods::StepContext{});
+    adam.zero_grad();
+    l.total.backward();
+    adam.step();
+    losses.push_back(l.total.item<double>());
+  }
+  EXPECT_LT(losses.back(), 0.5 * losses.front()) << losses.front() << " -> " << losses.back();
+}
+
+TEST(AdaFocusV2, PolicyLearnsOnlyThroughThePatchAndGlanceOnlyThroughItsHead) {
+  torch::manual_seed(2);
+  auto v2 = std::dynamic_pointer_cast<methods::AdaFocusV2Impl>(methods::make_method(tiny_v2(), 3));
+  v2->train();
+  const auto l = v2->loss({torch::randn({2, 4, 3, 64, 64}), {}}, torch::tensor({0, 2}, torch::kLong), {});
+  l.total.backward();
+  // The policy gets a gradient (through the differentiable crop) ...
+  EXPECT_GT(v2->policy_stn->fc[0]->as<torch::nn::Linear>()->weight.grad().abs().sum().item<double>(), 0);
+  // ... and every trained group does.
+  for (const auto& g : v2->param_groups()) {
+    double sum = 0;
+    for (const auto& [name, p] : g.params)
+      if (p.grad().defined()) sum += p.grad().abs().sum().item<double>();
+    EXPECT_GT(sum, 0) << g.name;
+  }
+  // Before policy_from_epoch only random patches train: the policy gets nothing.
+  v2->zero_grad(/*set_to_none=*/true);
+  methods::StepContext warmup;
+  warmup.policy_from_epoch = 2;
+  v2->loss({torch::randn({2, 4, 3, 64, 64}), {}}, torch::tensor({0, 2}, torch::kLong), warmup).total.backward();
+  EXPECT_FALSE(v2->policy_stn->fc[0]->as<torch::nn::Linear>()->weight.grad().defined());
+}
+
+TEST(AdaFocusV2, OfficialCheckpointGivesTheOfficialOutputs) {
+  // A checkpoint written by a Python re-implementation of the official model (official module names, official
+  // MobileNetV2 layout, {'state_dict': {'module.' + key}}), and its outputs: ours must reproduce them.
+  test::TempDir dir;
+  test::write_bytes(dir.path("preset.yaml"), R"(model:
+  method: adafocus_v2
+  num_classes: 5
+  glance: {arch: mobilenet_v2, resolution: 64}
+  local: {arch: resnet18}
+  patch_size: 32
+  policy_hidden: 64
+  classifier_hidden: 4096
+data: {segments: 4, input_size: 64}
+)");
+  methods::LoadedModel m = methods::load_model(test::reference("official_v2.pth.tar"), dir.path("preset.yaml"), {},
+                                               torch::kCPU);
+  torch::NoGradGuard no_grad;
+  const auto p = m.method->predict({io::read_tensor(test::reference("official_v2_clips.pt")), {}});
+  EXPECT_TRUE(test::AllCloseRelative(p.logits, io::read_tensor(test::reference("official_v2_logits.pt"))));
+  const auto actions = io::read_tensor(test::reference("official_v2_actions.pt"));  // (B*T, 2) as (row, col)
+  const auto regions = p.regions.reshape({-1, 4});
+  EXPECT_TRUE(test::AllCloseRelative(regions.select(1, 1), actions.select(1, 0) * 32));  // y = row * (S - P)
+  EXPECT_TRUE(test::AllCloseRelative(regions.select(1, 0), actions.select(1, 1) * 32));  // x = column * (S - P)
+}
+
+TEST(AdaFocusV2, LoadsEveryKeyOfTheOfficialActivityNetCheckpoint) {
+  // tests/data/official-v2-actnet-state-dict.txt lists each key and shape of the official model (MobileNetV2 + ResNet-50,
+  // P=128, 200 classes): a checkpoint with exactly those must load strictly into the ActivityNet preset.
+  std::ifstream in(ADAFOCUS_SOURCE_DIR "/tests/data/official-v2-actnet-state-dict.txt");
+  ASSERT_TRUE(in) << "missing tests/data/official-v2-actnet-state-dict.txt";
+  nn::StateDict official;
+  const std::regex line(R"(([\w.]+) \(([\d, ]*)\))");
+  for (std::string text; std::getline(in, text);) {
+    std::smatch m;
+    if (text.empty() || text[0] == '#' || !std::regex_match(text, m, line)) continue;
+    std::vector<int64_t> shape;
+    std::istringstream dims(m[2].str());
+    for (std::string d; std::getline(dims, d, ',');)
+      if (d.find_first_not_of(' ') != std::string::npos) shape.push_back(std::stoll(d));
+    official.insert("module." + m[1].str(), torch::zeros(shape));
+  }
+  ASSERT_EQ(official.size(), 696u);
+  Config c = Config::defaults();
+  c.merge_file("activitynet_v2");
+  auto method = methods::make_method(c, 200);
+  EXPECT_NO_THROW(nn::load_state_dict(*method, method->import_state_dict(nn::strip_module_prefix(official)), "official"));
+}
+
+TEST(Methods, CheckpointOfAnotherMethodIsAClearError) {
+  test::TempDir dir;
+  Config full = Config::defaults();
+  full.set("model.backbone.arch=resnet10");
+  full.set("model.backbone.base_width=4");
+  full.set("data.segments=4");
+  full.set("data.input_size=64");
+  full.set("model.patch_size=32");
+  methods::Checkpoint c;
+  c.config_yaml = full.to_yaml();
+  c.classes = {"a", "b", "c"};
+  c.model = nn::state_dict(*methods::make_method(full, 3));
+  methods::save_checkpoint(dir.path("full.pt"), c);
+  const std::string e = test::error_of([&] {
+    methods::load_model(dir.path("full.pt"), "", {"model.method=adafocus_v2"}, torch::kCPU);
+  });
+  EXPECT_NE(e.find("full.pt: weights do not fit the model"), std::string::npos) << e;
+  EXPECT_NE(e.find("unexpected key 'base_model.conv1.weight'"), std::string::npos) << e;
+  EXPECT_NE(e.find("missing key 'global_CNN."), std::string::npos) << e;
+}
+
+TEST(Methods, CheckpointsRoundTripAndResumeFields) {
+  test::TempDir dir;
+  methods::Checkpoint c;
+  c.config_yaml = tiny_v2().to_yaml();
+  c.classes = {"walk", "run", "T-shirt/top"};
+  c.model = nn::state_dict(*methods::make_method(tiny_v2(), 3));
+  c.optimizer.insert("policy_stn.fc.0.weight.momentum_buffer", torch::randn({2, 16}));
+  c.epoch = 3;
+  c.batch = 7;
+  c.best_metric = 42.5;
+  c.best_epoch = 2;
+  c.epoch_sums = {1.5, 3, 8};
+  methods::save_checkpoint(dir.path("c.pt"), c);
+  const methods::Checkpoint back = methods::load_checkpoint(dir.path("c.pt"));
+  EXPECT_EQ(back.config_yaml, c.config_yaml);
+  EXPECT_EQ(back.classes, c.classes);
+  EXPECT_EQ(back.epoch, 3);
+  EXPECT_EQ(back.batch, 7);
+  EXPECT_DOUBLE_EQ(back.best_metric, 42.5);
+  EXPECT_EQ(back.best_epoch, 2);
+  EXPECT_EQ(back.epoch_sums, c.epoch_sums);
+  ASSERT_EQ(back.model.size(), c.model.size());
+  for (const auto& item : c.model) EXPECT_TRUE(back.model[item.key()].equal(item.value())) << item.key();
+  EXPECT_TRUE(back.optimizer[0].value().equal(c.optimizer[0].value()));
+}
+
+TEST(Methods, FullFrameAndTsmShapes) {
+  Config c = tiny_v2();
+  c.set("model.method=full_frame");
+  c.set("model.backbone.arch=resnet10");
+  c.set("model.backbone.base_width=4");
+  c.set("model.backbone.resolution=32");
+  auto full = methods::make_method(c, 3);
+  full->eval();
+  torch::NoGradGuard no_grad;
+  const auto p = full->predict({torch::randn({2, 4, 3, 64, 64}), {}});
+  EXPECT_EQ(p.logits.sizes(), torch::IntArrayRef({2, 1, 3}));
+  EXPECT_FALSE(p.regions.defined());
+  EXPECT_NE(test::error_of([&] { full->set_policy("random"); }).find("places no patches"), std::string::npos);
+
+  c.set("model.method=adafocus_v2_tsm");
+  c.set("model.glance.tsm=true");
+  c.set("model.local.tsm=true");
+  c.set("model.glance.stem=small");
+  c.set("data.focus_segments=6");
+  c.set("model.policy_hidden2=8");
+  auto tsm = methods::make_method(c, 3);
+  tsm->eval();
+  const auto q = tsm->predict({torch::randn({2, 4, 3, 64, 64}), torch::randn({2, 6, 3, 64, 64})});
+  EXPECT_EQ(q.logits.sizes(), torch::IntArrayRef({2, 1, 3}));
+  EXPECT_EQ(q.regions.sizes(), torch::IntArrayRef({2, 1, 4}));  // one patch for every focus frame
+  const auto keys = nn::state_dict(*tsm);
+  for (const char* key : {"global_CNN.base_model.conv1.weight", "global_CNN.new_fc.weight",
+                          "global_CNN.new_new_fc.weight", "local_CNN.base_model.layer1.0.conv1.weight",
+                          "local_CNN.new_fc.weight", "policy_stn.0.weight", "policy_stn.10.weight"})
+    EXPECT_TRUE(keys.contains(key)) << key;
+}
+
+TEST(Methods, PresetFlopsMatchThePapers) {
+  // facts §8: AdaFocusV2 ActivityNet MobileNetV2 + ResNet-50 at P = 96/128/160: 17.6 / 27.0 / 39.0 GFLOPs;
+  // ResNet-50 glance at 96 px, P = 128: 34.1; V2-TSM on Something-Something (8 + 12 frames, P = 128): 18.5.
+  const std::pair<const char*, double> presets[] = {{"activitynet_v2_p96", 17.6},
+                                                    {"activitynet_v2", 27.0},
+                                                    {"activitynet_v2_p160", 39.0},
+                                                    {"activitynet_v2_res50_glance", 34.1},
+                                                    {"sthv1_v2_tsm", 18.5}};
+  for (const auto& [preset, reported] : presets) {
+    Config c = Config::defaults();
+    c.merge_file(preset);
+    auto m = methods::make_method(c, c.get_int("model.num_classes"));
+    const auto f = infer::method_flops(*m, c.get_int("data.segments"), c.get_int("data.focus_segments"),
+                                       c.get_int("data.input_size"));
+    EXPECT_NEAR(f.report.gflops(), reported, 0.05) << preset;
+  }
+}
+
+}  // namespace
+}  // namespace adafocus

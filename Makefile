@@ -21,6 +21,7 @@ demo: build
 bench: deps
 	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release -DADAFOCUS_BENCH=ON $(CMAKE_FLAGS)
 	cmake --build $(BUILD_DIR) -j $(JOBS)
+	$(BUILD_DIR)/bench/bench_backbones
 	$(BUILD_DIR)/bench/bench_data
 
 clean:

@@ -31,7 +31,7 @@ namespace fs = std::filesystem;
 struct DemoArgs {
   std::string out = "demo";
   std::string methods = "adafocus_v2,random_patch,center_patch,full_frame_low_res,full_frame_full_res";
-  int64_t train_videos = 1500, val_videos = 500, epochs = 0, full_res_epochs = 0, pretrain_images = 20000;
+  int64_t train_videos = 2000, val_videos = 500, epochs = 0, full_res_epochs = 0, pretrain_images = 20000;
   std::vector<std::string> overrides;
 };
 
@@ -157,6 +157,8 @@ int run(const DemoArgs& args, const Runtime& runtime) {
     eo.device = runtime.torch_device();
     const infer::Evaluation e = infer::evaluate(*m.method, m.config, eo);
     rows.push_back({method, e.flops.report.gflops(), e.scores.top1, e.scores.top5, e.scores.map, e.iou, ""});
+    fmt::print(stderr, "  {}: top-1 {:.1f}%, {:.4f} GFLOPs/video{}\n", method, e.scores.top1, e.flops.report.gflops(),
+               e.iou >= 0 ? fmt::format(", patch/item IoU {:.3f}", e.iou) : "");
     // The same trained AdaFocusV2 with other patches at test time: does the learned placement matter?
     if (method == "adafocus_v2")
       for (const std::string policy : {"random", "center"}) {

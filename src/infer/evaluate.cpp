@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "data/loader.h"
+#include "infer/predictor.h"
 
 namespace adafocus::infer {
 
@@ -11,27 +12,16 @@ namespace {
 // Mean IoU of a batch's regions with the ground-truth item boxes, in original frame pixels.
 void add_iou(const data::Batch& batch, const torch::Tensor& regions, const data::VideoDataset& dataset,
              const std::map<std::string, data::VideoTruth>& truth, int test_resize, double& sum, int64_t& count) {
-  const auto r = regions.to(torch::kCPU, torch::kDouble);  // (B, R, 4)
   for (size_t i = 0; i < batch.samples.size(); ++i) {
     auto it = truth.find(dataset.entry(batch.indices[i]).path);
     if (it == truth.end()) continue;
     const data::Sample& s = batch.samples[i];
-    // input pixels -> the resized frame (undo the centre crop) -> the decoded frame -> the original frame
-    const auto [rw, rh] = io::short_side_size(s.frame_width, s.frame_height, test_resize);
-    const double to_frame = static_cast<double>(s.frame_width) / rw;
-    const double to_original = static_cast<double>(it->second.size) / s.frame_width;
-    const int64_t regions_per_video = r.size(1);
-    // R = T: one region per frame of the clip; R = 1: one for every frame of the focus clip (or of the clip).
-    const auto& frames = regions_per_video > 1 || s.focus_frames.empty() ? s.frames : s.focus_frames;
-    for (size_t t = 0; t < frames.size(); ++t) {
-      const int64_t frame = frames[t];
-      if (frame < it->second.first_visible || frame > it->second.last_visible) continue;
-      const auto box = r[static_cast<int64_t>(i)][regions_per_video > 1 ? static_cast<int64_t>(t) : 0];
-      const double scale = to_frame * to_original;
-      const std::array<double, 4> b{(box[0].item<double>() + s.crop.x) * scale,
-                                    (box[1].item<double>() + s.crop.y) * scale, box[2].item<double>() * scale,
-                                    box[3].item<double>() * scale};
-      sum += box_iou(b, it->second.boxes.at(static_cast<size_t>(frame)));
+    const double to_original = static_cast<double>(it->second.size) / s.frame_width;  // decoded -> generated frame
+    for (const Region& region : frame_regions(regions[static_cast<int64_t>(i)], s, test_resize)) {
+      if (region.frame < it->second.first_visible || region.frame > it->second.last_visible) continue;
+      std::array<double, 4> b = region.box;
+      for (double& v : b) v *= to_original;
+      sum += box_iou(b, it->second.boxes.at(static_cast<size_t>(region.frame)));
       ++count;
     }
   }

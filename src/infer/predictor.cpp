@@ -8,10 +8,20 @@
 
 namespace adafocus::infer {
 
-std::array<double, 4> to_frame_box(const std::array<double, 4>& box, const data::Sample& s, int test_resize) {
+std::vector<Region> frame_regions(const torch::Tensor& regions, const data::Sample& s, int test_resize) {
+  const auto r = regions.to(torch::kCPU, torch::kDouble);  // (R, 4)
   const auto [rw, rh] = io::short_side_size(s.frame_width, s.frame_height, test_resize);
-  const double scale = static_cast<double>(s.frame_width) / rw;
-  return {(box[0] + s.crop.x) * scale, (box[1] + s.crop.y) * scale, box[2] * scale, box[3] * scale};
+  const double scale = static_cast<double>(s.frame_width) / rw;  // resized frame -> decoded frame
+  const auto& frames = r.size(0) > 1 || s.focus_frames.empty() ? s.frames : s.focus_frames;
+  std::vector<Region> out;
+  for (size_t t = 0; t < frames.size(); ++t) {
+    const auto b = r[r.size(0) > 1 ? static_cast<int64_t>(t) : 0];
+    // Undo the centre crop, then the resize.
+    out.push_back({frames[t],
+                   {(b[0].item<double>() + s.crop.x) * scale, (b[1].item<double>() + s.crop.y) * scale,
+                    b[2].item<double>() * scale, b[3].item<double>() * scale}});
+  }
+  return out;
 }
 
 VideoPrediction predict_video(methods::LoadedModel& model, const std::string& video, torch::Device device) {
@@ -29,17 +39,7 @@ VideoPrediction predict_video(methods::LoadedModel& model, const std::string& vi
     out.classes.emplace_back(model.classes.at(static_cast<size_t>(k)), probs[k].item<double>());
   }
   out.frames = s.frames;
-  if (p.regions.defined()) {
-    const auto r = p.regions[0].cpu().to(torch::kDouble);  // (R, 4)
-    const auto& frames = r.size(0) > 1 || s.focus_frames.empty() ? s.frames : s.focus_frames;
-    const int test_resize = static_cast<int>(c.get_int("data.test_resize"));
-    for (size_t t = 0; t < frames.size(); ++t) {
-      const auto b = r[r.size(0) > 1 ? static_cast<int64_t>(t) : 0];
-      out.regions.push_back({frames[t], to_frame_box({b[0].item<double>(), b[1].item<double>(), b[2].item<double>(),
-                                                      b[3].item<double>()},
-                                                     s, test_resize)});
-    }
-  }
+  if (p.regions.defined()) out.regions = frame_regions(p.regions[0], s, static_cast<int>(c.get_int("data.test_resize")));
   out.gflops = method_flops(*model.method, c.get_int("data.segments"), c.get_int("data.focus_segments"),
                             c.get_int("data.input_size"))
                    .report.gflops();

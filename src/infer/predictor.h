@@ -26,9 +26,10 @@ struct VideoPrediction {
 /// Runs `model` on the test view of `video` (its configuration's data settings).
 VideoPrediction predict_video(methods::LoadedModel& model, const std::string& video, torch::Device device);
 
-/// A region (x, y, w, h) in network-input pixels mapped back to the decoded frame of `sample` (test view: the
-/// centre crop of the frame resized to `test_resize`).
-std::array<double, 4> to_frame_box(const std::array<double, 4>& box, const data::Sample& sample, int test_resize);
+/// One video's regions (R, 4) in network-input pixels as a region per frame read, in the decoded frames' pixels (test
+/// view: the centre crop of the frame resized to `test_resize`). R = T: one per frame of the clip; R = 1: the same
+/// region in every frame of the focus clip (or of the clip).
+std::vector<Region> frame_regions(const torch::Tensor& regions, const data::Sample& sample, int test_resize);
 
 /// Writes the frames the model read, with its regions and its top class drawn on them, as a .gif or .mp4.
 void visualize(const std::string& video, const methods::LoadedModel& model, const VideoPrediction& prediction,

@@ -111,11 +111,7 @@ AdaFocusV2Impl::AdaFocusV2Impl(const Config& c, int64_t num_classes)
                                                                num_classes, c.get_float("model.dropout")));
 }
 
-void AdaFocusV2Impl::set_policy(const std::string& policy) {
-  if (policy != "learned" && policy != "random" && policy != "center")
-    throw Error("model.policy must be learned, random or center, not '" + policy + "'");
-  policy_ = policy;
-}
+void AdaFocusV2Impl::set_policy(const std::string& policy) { policy_ = checked_policy(policy); }
 
 AdaFocusV2Impl::Glance AdaFocusV2Impl::glance(const torch::Tensor& clip) {
   TORCH_CHECK(clip.dim() == 5 && clip.size(1) == frames_, "AdaFocusV2: expected clips (B, ", frames_,
@@ -129,8 +125,7 @@ AdaFocusV2Impl::Glance AdaFocusV2Impl::glance(const torch::Tensor& clip) {
 
 torch::Tensor AdaFocusV2Impl::actions(const Glance& g, const std::string& policy) {
   const int64_t n = g.frames.size(0);
-  if (policy == "random") return torch::rand({n, 2}, g.frames.options());
-  if (policy == "center") return torch::full({n, 2}, 0.5, g.frames.options());
+  if (policy != "learned") return fixed_actions(policy, n, g.frames.options());
   // Stop-gradient on the policy's input: the glance network learns from its own head only.
   return policy_stn->forward(g.map.detach(), frames_);  // (B*T, 2)
 }

@@ -46,11 +46,7 @@ AdaFocusV2TSMImpl::AdaFocusV2TSMImpl(const Config& c, int64_t num_classes)
   register_module("policy_stn", policy_stn);
 }
 
-void AdaFocusV2TSMImpl::set_policy(const std::string& policy) {
-  if (policy != "learned" && policy != "random" && policy != "center")
-    throw Error("model.policy must be learned, random or center, not '" + policy + "'");
-  policy_ = policy;
-}
+void AdaFocusV2TSMImpl::set_policy(const std::string& policy) { policy_ = checked_policy(policy); }
 
 AdaFocusV2TSMImpl::Glance AdaFocusV2TSMImpl::glance(const torch::Tensor& clip) {
   TORCH_CHECK(clip.dim() == 5 && clip.size(1) == frames_, "adafocus_v2_tsm: expected glance clips (B, ", frames_,
@@ -66,8 +62,7 @@ AdaFocusV2TSMImpl::Glance AdaFocusV2TSMImpl::glance(const torch::Tensor& clip) {
 }
 
 torch::Tensor AdaFocusV2TSMImpl::actions(const Glance& g, int64_t videos, const std::string& policy) {
-  if (policy == "random") return torch::rand({videos, 2}, g.maps.options());
-  if (policy == "center") return torch::full({videos, 2}, 0.5, g.maps.options());
+  if (policy != "learned") return fixed_actions(policy, videos, g.maps.options());
   return policy_stn->forward(g.maps.detach());  // (B, 2), on detached maps as official (also at test time)
 }
 

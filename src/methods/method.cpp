@@ -56,4 +56,14 @@ torch::Tensor resize_frames(const torch::Tensor& frames, int64_t side, const std
   throw Error("model.resize must be bilinear or area, not '" + mode + "'");
 }
 
+const std::string& checked_policy(const std::string& policy) {
+  if (policy != "learned" && policy != "random" && policy != "center")
+    throw Error("model.policy must be learned, random or center, not '" + policy + "'");
+  return policy;
+}
+
+torch::Tensor fixed_actions(const std::string& policy, int64_t n, const torch::TensorOptions& options) {
+  return policy == "random" ? torch::rand({n, 2}, options) : torch::full({n, 2}, 0.5, options);
+}
+
 }  // namespace adafocus::methods

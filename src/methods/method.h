@@ -87,4 +87,10 @@ void load_backbone_weights(nn::BackboneImpl& backbone, const std::string& path);
 /// area averaging; returned unchanged when already that size.
 torch::Tensor resize_frames(const torch::Tensor& frames, int64_t side, const std::string& mode);
 
+/// `policy` when it is learned, random or center; throws otherwise.
+const std::string& checked_policy(const std::string& policy);
+
+/// Patch positions (n, 2) in (0, 1)^2 of a fixed placement: uniform random, or the centre (0.5, 0.5).
+torch::Tensor fixed_actions(const std::string& policy, int64_t n, const torch::TensorOptions& options);
+
 }  // namespace adafocus::methods

@@ -116,14 +116,14 @@ int run(const DemoArgs& args, const Runtime& runtime) {
   // 2. The benchmark's stand-in for ImageNet weights: the patch network pretrained on single items.
   const std::string pretrained = args.out + "/pretrained_local.pth";
   if (!fs::exists(pretrained)) {
-    nn::Backbone backbone = nn::make_backbone(methods::backbone_options(base, "model.local", 10, 1));
     train::PretrainOptions po;
     po.side = static_cast<int>(base.get_int("model.patch_size"));
     po.seed = static_cast<uint64_t>(base.get_int("seed"));
     po.images = args.pretrain_images;
-    const double accuracy = train::pretrain_on_items(*backbone, data::SyntheticOptions::from_config(base), po);
-    io::write_state_dict(pretrained, nn::state_dict(*backbone));
-    fmt::print(stderr, "  items held out: {:.1f}% correct\n", accuracy);
+    const train::Pretrained p = train::pretrain_on_items(methods::backbone_options(base, "model.local", 10, 1),
+                                                        data::SyntheticOptions::from_config(base), po);
+    io::write_state_dict(pretrained, nn::state_dict(*p.backbone));
+    fmt::print(stderr, "  items held out: {:.1f}% correct\n", p.accuracy);
   }
 
   // 3. Train and evaluate every method.

@@ -27,11 +27,11 @@ int run(const PretrainArgs& args) {
   o.side = static_cast<int>(args.section == "local" ? config.get_int("model.patch_size")
                                                     : config.get_int(section + ".resolution"));
   o.seed = static_cast<uint64_t>(config.get_int("seed"));
-  nn::Backbone backbone = nn::make_backbone(methods::backbone_options(config, section, 10, 1));
-  const double accuracy = train::pretrain_on_items(*backbone, data::SyntheticOptions::from_config(config), o);
-  io::write_state_dict(args.out, nn::state_dict(*backbone));
+  const train::Pretrained p = train::pretrain_on_items(methods::backbone_options(config, section, 10, 1),
+                                                      data::SyntheticOptions::from_config(config), o);
+  io::write_state_dict(args.out, nn::state_dict(*p.backbone));
   fmt::print("{}: {} ({}) pretrained on {} items of {} px, held-out accuracy {:.1f}%\n", args.out, section,
-             config.get_string(section + ".arch"), o.images, o.side, accuracy);
+             config.get_string(section + ".arch"), o.images, o.side, p.accuracy);
   return 0;
 }
 

@@ -10,20 +10,22 @@
 
 namespace adafocus::train {
 
-double pretrain_on_items(nn::BackboneImpl& backbone, const data::SyntheticOptions& items,
-                         const PretrainOptions& o) {
+Pretrained pretrain_on_items(const nn::BackboneOptions& network, const data::SyntheticOptions& items,
+                             const PretrainOptions& o) {
+  // Before the backbone is built: LibTorch seeds its default generator at random in every process.
   torch::manual_seed(o.seed);
+  nn::Backbone backbone = nn::make_backbone(network);
   auto [images, labels] = data::item_images(items, o.side, o.images, o.seed);
   auto [test_images, test_labels] = data::item_images(items, o.side, 2000, o.seed + 1);
   std::vector<methods::ParamGroup> groups{{"backbone", {}, 1.0}};
-  for (const auto& p : backbone.named_parameters()) groups[0].params.emplace_back(p.key(), p.value());
+  for (const auto& p : backbone->named_parameters()) groups[0].params.emplace_back(p.key(), p.value());
   OptimizerOptions oo;
   oo.kind = "adam";
   oo.weight_decay = 1e-4;
   Optimizer optimizer(groups, oo);
   const int64_t steps = o.images / o.batch_size;
   Progress progress("pretrain on items", steps * o.epochs, "steps");
-  backbone.train();
+  backbone->train();
   for (int e = 0; e < o.epochs; ++e) {
     std::vector<int64_t> order(static_cast<size_t>(o.images));
     std::iota(order.begin(), order.end(), 0);
@@ -31,7 +33,7 @@ double pretrain_on_items(nn::BackboneImpl& backbone, const data::SyntheticOption
     const auto perm = torch::tensor(order);
     for (int64_t s = 0; s < steps; ++s) {
       const auto idx = perm.slice(0, s * o.batch_size, (s + 1) * o.batch_size);
-      const auto loss = torch::nn::functional::cross_entropy(backbone.forward(images.index_select(0, idx)),
+      const auto loss = torch::nn::functional::cross_entropy(backbone->forward(images.index_select(0, idx)),
                                                              labels.index_select(0, idx));
       optimizer.zero_grad();
       loss.backward();
@@ -40,10 +42,10 @@ double pretrain_on_items(nn::BackboneImpl& backbone, const data::SyntheticOption
     }
   }
   if (!o.quiet) progress.finish();
-  backbone.eval();
+  backbone->eval();
   torch::NoGradGuard no_grad;
-  const auto correct = (backbone.forward(test_images).argmax(1) == test_labels).sum().item<double>();
-  return 100.0 * correct / static_cast<double>(test_labels.size(0));
+  const auto correct = (backbone->forward(test_images).argmax(1) == test_labels).sum().item<double>();
+  return {backbone, 100.0 * correct / static_cast<double>(test_labels.size(0))};
 }
 
 }  // namespace adafocus::train

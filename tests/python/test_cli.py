@@ -386,6 +386,16 @@ class Methods(unittest.TestCase):
             out = json.loads(self.ok("flops", "-c", preset, "--json"))
             self.assertAlmostEqual(out["gflops"], expected, delta=0.05)
 
+    def test_item_pretraining_repeats_with_the_seed(self):
+        # Each run is a new process: LibTorch seeds its default generator at random, so the seed must come first.
+        paths = [os.path.join(self.dir, f"items{i}.pth") for i in range(2)]
+        for p in paths:
+            self.ok("pretrain-items", "-c", "benchmark/adafocus_v2", "--images", "256", "--epochs", "1", "--out", p)
+        a, b = (torch.load(p) for p in paths)
+        self.assertEqual(a.keys(), b.keys())
+        for k in a:
+            self.assertTrue(torch.equal(a[k], b[k]), k)
+
     def test_demo_smoke(self):
         out_dir = os.path.join(self.dir, "demo")
         r = run("demo", "--out", out_dir, "--train-videos", "16", "--val-videos", "8", "--epochs", "1",

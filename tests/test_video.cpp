@@ -155,6 +155,28 @@ TEST(VideoWriter, WritesWhatItIsGivenBitExactly) {
   EXPECT_EQ(files, 2);
 }
 
+TEST(VideoWriter, GifKeepsEveryGreyAndTheBoxColour) {
+  // Every grey level, black and white included (a white caption once vanished from the demo's GIF), and the
+  // visualisation's box colour; GIF has 256 colours, so greys may move by half a step of the palette's grey ramp.
+  test::TempDir dir;
+  io::Image frame(256, 8);
+  for (int y = 0; y < 8; ++y)
+    for (int x = 0; x < 256; ++x)
+      for (int c = 0; c < 3; ++c) frame.row(y)[x * 3 + c] = y < 4 ? static_cast<uint8_t>(x) : (c == 0 ? 255 : 51);
+  {
+    io::VideoWriter writer(dir.path("a.gif"), 256, 8, 2.0);
+    writer.write(frame);
+    writer.write(frame);
+    writer.close();
+  }
+  io::VideoReader video(dir.path("a.gif"));
+  ASSERT_EQ(video.num_frames(), 2);
+  for (const io::Image& decoded : video.read({0, 1}))
+    for (int y = 0; y < 8; ++y)
+      for (int x = 0; x < 256 * 3; ++x)
+        ASSERT_NEAR(decoded.row(y)[x], frame.row(y)[x], 4) << "row " << y << " byte " << x;
+}
+
 TEST(FrameFolder, DetectsTheNamingInUse) {
   test::TempDir dir;
   io::Image image(40, 30);

@@ -9,6 +9,7 @@ extern "C" {
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "core/error.h"
@@ -19,12 +20,14 @@ namespace adafocus::io {
 namespace {
 
 // A fixed 256-colour palette: a 6x6x6 colour cube and 40 greys, which keeps grey frames smooth and boxes coloured.
+// The greys (6..248) avoid the cube's black and white: FFmpeg's GIF encoder merges duplicate palette entries and
+// then drew the pixels of the duplicate as black.
 uint32_t palette_colour(int i) {
   int r, g, b;
   if (i < 216) {
     r = (i / 36) * 51, g = (i / 6 % 6) * 51, b = (i % 6) * 51;
   } else {
-    r = g = b = (i - 216) * 255 / 39;
+    r = g = b = (i - 215) * 255 / 41;
   }
   return 0xFF000000u | (uint32_t(r) << 16) | (uint32_t(g) << 8) | uint32_t(b);
 }
@@ -38,7 +41,7 @@ void to_palette(const Image& image, AVFrame* frame) {
     for (int x = 0; x < image.width; ++x) {
       const int r = src[3 * x], g = src[3 * x + 1], b = src[3 * x + 2];
       const int cube = (r * 5 + 127) / 255 * 36 + (g * 5 + 127) / 255 * 6 + (b * 5 + 127) / 255;
-      const int grey = 216 + ((r + g + b) * 39 + 382) / 765;
+      const int grey = 215 + std::clamp(((r + g + b) * 41 + 382) / 765, 1, 40);
       auto distance = [&](int i) {
         const uint32_t c = palette_colour(i);
         const int dr = r - int(c >> 16 & 255), dg = g - int(c >> 8 & 255), db = b - int(c & 255);

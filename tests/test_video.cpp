@@ -155,9 +155,9 @@ TEST(VideoWriter, WritesWhatItIsGivenBitExactly) {
   EXPECT_EQ(files, 2);
 }
 
-TEST(VideoWriter, GifKeepsEveryGreyAndTheBoxColour) {
-  // Every grey level, black and white included (a white caption once vanished from the demo's GIF), and the
-  // visualisation's box colour; GIF has 256 colours, so greys may move by half a step of the palette's grey ramp.
+TEST(VideoWriter, GifKeepsEveryGreyAndARed) {
+  // Every grey level, black and white included (a white caption once vanished from the demo's GIF), and a red of
+  // the palette like the boxes'; GIF has 256 colours, so greys may move by half a step of the palette's grey ramp.
   test::TempDir dir;
   io::Image frame(256, 8);
   for (int y = 0; y < 8; ++y)

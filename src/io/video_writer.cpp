@@ -20,8 +20,8 @@ namespace adafocus::io {
 namespace {
 
 // A fixed 256-colour palette: a 6x6x6 colour cube and 40 greys, which keeps grey frames smooth and boxes coloured.
-// The greys (6..248) avoid the cube's black and white: FFmpeg's GIF encoder merges duplicate palette entries and
-// then drew the pixels of the duplicate as black.
+// The greys (6..248) avoid the cube's black and white: with white in the palette twice, FFmpeg's GIF encoder drew
+// the pixels of one of the two entries as black.
 uint32_t palette_colour(int i) {
   int r, g, b;
   if (i < 216) {

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "core/error.h"
+#include "core/files.h"
 #include "methods/method.h"
 
 namespace adafocus::cli {
@@ -30,6 +32,13 @@ bool ConfigArgs::print_if_asked(const Config& config) const {
 nn::BackboneOptions backbone_options(const Config& config) {
   return methods::backbone_options(config, "model.backbone", config.get_int("model.num_classes"),
                                    config.get_int("data.segments"));
+}
+
+infer::ExitTable exit_table(const methods::LoadedModel& model, const std::string& file, const std::string& checkpoint) {
+  if (!file.empty()) return infer::ExitTable::from_json(read_file(file), file);
+  if (!model.exits_json.empty()) return infer::ExitTable::from_json(model.exits_json, checkpoint + " (its thresholds)");
+  throw Error("no early-exit thresholds: the checkpoint carries none and no --thresholds file was given", checkpoint,
+              "run adafocus calibrate --checkpoint " + checkpoint + " --embed (or --out F.json, then --thresholds F.json)");
 }
 
 void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "core/config.h"
+#include "infer/early_exit.h"
+#include "methods/checkpoint.h"
 #include "nn/backbone.h"
 
 namespace adafocus::cli {
@@ -30,6 +32,8 @@ using Commands = std::vector<Command>;
 void add_flops_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_features_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_convert_weights_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_calibrate_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_bench_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_demo_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_train_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_eval_command(CLI::App& app, Commands& commands, const Runtime& runtime);
@@ -55,6 +59,10 @@ struct ConfigArgs {
 /// The backbone model.backbone describes, for the single-network commands (flops, features, convert-weights);
 /// clips of data.segments frames when it has the temporal shift.
 nn::BackboneOptions backbone_options(const Config& config);
+
+/// The early-exit thresholds for `model`: from `file` when given, else those its checkpoint carries; throws with a
+/// hint when there are none.
+infer::ExitTable exit_table(const methods::LoadedModel& model, const std::string& file, const std::string& checkpoint);
 
 /// Prints rows under a header, columns left-aligned and padded.
 void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows);

@@ -1,13 +1,16 @@
-// adafocus demo: what `make demo` runs. On the built-in benchmark (generated if absent) it trains AdaFocusV2 and the
-// baselines it is measured against, evaluates them, and shows the papers' claims on our data: accuracy against
-// GFLOPs, where the learned policy looks (IoU with the item) compared with random and centred patches.
+// adafocus demo: what `make demo` runs. On the built-in benchmark (generated if absent) it trains AdaFocusV2,
+// AdaFocusV3 and the baselines they are measured against, evaluates them, and shows the papers' claims on our data:
+// accuracy against GFLOPs, where the learned policy looks (IoU with the item) compared with random and centred
+// patches, and - for the methods that can stop early - accuracy against the GFLOPs counted at a range of budgets.
 //
-// DIR/data (the benchmark), DIR/runs/<method> (training runs), DIR/<method>.pt (final models), DIR/results.json,
-// DIR/accuracy_vs_gflops.svg, DIR/focus.gif. Finished steps are not redone when the demo is run again.
+// DIR/data (the benchmark; DIR/data_motion for the motion variant's methods), DIR/runs/<method> (training runs),
+// DIR/<method>.pt (final models, with their early-exit thresholds), DIR/results.json, DIR/accuracy_vs_gflops.svg,
+// DIR/focus.gif and DIR/focus_v3.gif. Finished steps are not redone when the demo is run again.
 #include <fmt/format.h>
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -16,6 +19,7 @@
 #include "core/files.h"
 #include "core/progress.h"
 #include "data/synthetic.h"
+#include "infer/early_exit.h"
 #include "infer/evaluate.h"
 #include "infer/predictor.h"
 #include "io/pth.h"
@@ -30,15 +34,24 @@ namespace fs = std::filesystem;
 
 struct DemoArgs {
   std::string out = "demo";
-  std::string methods = "adafocus_v2,random_patch,center_patch,full_frame_low_res,full_frame_full_res";
-  int64_t train_videos = 2000, val_videos = 500, epochs = 0, full_res_epochs = 0, pretrain_images = 20000;
+  std::string methods = "adafocus_v2,adafocus_v3,random_patch,full_frame_low_res,full_frame_full_res";
+  int64_t train_videos = 2000, val_videos = 500, epochs = 0, full_res_epochs = 0, pretrain_images = 20000,
+          calibration_videos = 500;
   std::vector<std::string> overrides;
+};
+
+// One budget of an early-exit curve, on the val videos.
+struct CurvePoint {
+  double budget = 0, gflops = 0, top1 = 0;  // GFLOPs counted as the videos left
+  double random_exit_top1 = 0;              // the same exit proportions at random: the same cost
 };
 
 struct Row {
   std::string method;
-  double gflops = 0, top1 = 0, top5 = 0, map = 0, iou = -1;
+  double gflops = 0, top1 = 0, top5 = 0, map = 0, iou = -1, on_item = -1;
   std::string note;
+  std::vector<double> top1_per_exit, exit_gflops;  // index 0: the glance alone (NaN without a glance exit)
+  std::vector<CurvePoint> curve;
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -49,13 +62,17 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-// An accuracy-vs-GFLOPs scatter plot (log-scaled GFLOPs), as a self-contained SVG.
+// An accuracy-vs-GFLOPs plot (log-scaled GFLOPs), as a self-contained SVG: a point per model, and the budget curve
+// (GFLOPs counted at each budget) of the models that stop early.
 void write_plot(const std::string& path, const std::vector<Row>& rows) {
-  constexpr double W = 640, H = 420, L = 70, R = 190, T = 30, B = 60;
+  constexpr double W = 680, H = 420, L = 70, R = 230, T = 30, B = 60;
   double lo = 1e30, hi = 0, acc_lo = 100, acc_hi = 0;
+  auto extend = [&](double g, double a) {
+    lo = std::min(lo, g), hi = std::max(hi, g), acc_lo = std::min(acc_lo, a), acc_hi = std::max(acc_hi, a);
+  };
   for (const auto& r : rows) {
-    lo = std::min(lo, r.gflops), hi = std::max(hi, r.gflops);
-    acc_lo = std::min(acc_lo, r.top1), acc_hi = std::max(acc_hi, r.top1);
+    extend(r.gflops, r.top1);
+    for (const auto& p : r.curve) extend(p.gflops, p.top1);
   }
   const double x0 = std::log10(lo) - 0.15, x1 = std::log10(hi) + 0.15;
   const double y0 = std::max(0.0, std::floor(acc_lo / 10) * 10 - 5), y1 = std::min(100.0, std::ceil(acc_hi / 10) * 10 + 5);
@@ -66,9 +83,9 @@ void write_plot(const std::string& path, const std::vector<Row>& rows) {
       "<rect width='100%' height='100%' fill='white'/>\n"
       "<text x='{}' y='20' font-size='14'>Built-in benchmark: top-1 vs GFLOPs per video</text>\n"
       "<line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/>\n"
-      "<text x='{}' y='{}'>GFLOPs per video (log scale)</text>\n"
+      "<text x='{}' y='{}'>GFLOPs per video (log scale; lines: early exit at a range of budgets)</text>\n"
       "<text x='15' y='{}' transform='rotate(-90 15 {})'>top-1 (%)</text>\n",
-      W, H, L, L, H - B, W - R, H - B, L, T, L, H - B, (W - R + L) / 2 - 80, H - 20, (H - B + T) / 2, (H - B + T) / 2);
+      W, H, L, L, H - B, W - R, H - B, L, T, L, H - B, L, H - 20, (H - B + T) / 2, (H - B + T) / 2);
   for (double a = y0; a <= y1 + 1e-9; a += 10)
     svg += fmt::format("<text x='{}' y='{}' text-anchor='end'>{:.0f}</text><line x1='{}' y1='{}' x2='{}' y2='{}' "
                        "stroke='#ddd'/>\n",
@@ -79,10 +96,16 @@ void write_plot(const std::string& path, const std::vector<Row>& rows) {
       if (std::log10(g) < x0 || std::log10(g) > x1) continue;
       svg += fmt::format("<text x='{}' y='{}' text-anchor='middle'>{:g}</text>\n", px(g), H - B + 18, g);
     }
-  const char* colours[] = {"#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"};
+  const char* colours[] = {"#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+                           "#7f7f7f", "#bcbd22"};
   for (size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
-    const char* c = colours[i % 7];
+    const char* c = colours[i % 10];
+    if (!r.curve.empty()) {
+      std::string points;
+      for (const auto& p : r.curve) points += fmt::format("{},{} ", px(p.gflops), py(p.top1));
+      svg += fmt::format("<polyline points='{}' fill='none' stroke='{}' stroke-width='2'/>\n", points, c);
+    }
     svg += fmt::format("<circle cx='{}' cy='{}' r='6' fill='{}'/>\n", px(r.gflops), py(r.top1), c);
     svg += fmt::format("<circle cx='{}' cy='{}' r='6' fill='{}'/><text x='{}' y='{}'>{} ({:.1f}%)</text>\n", W - R + 20,
                        T + 20 + 22 * i, c, W - R + 32, T + 24 + 22 * i, r.method, r.top1);
@@ -90,28 +113,80 @@ void write_plot(const std::string& path, const std::vector<Row>& rows) {
   write_file_atomic(path, svg + "</svg>\n");
 }
 
+// Which exits and costs a row lists: index 0 is the glance-only prediction, which AdaFocusV2 does not have.
+void set_exits(Row& row, const std::string& method_kind, const infer::Evaluation& e) {
+  if (e.exit_top1.size() < 2) return;
+  row.top1_per_exit = e.exit_top1;
+  row.exit_gflops = e.flops.exits;
+  if (method_kind == "adafocus_v2") {
+    row.top1_per_exit.insert(row.top1_per_exit.begin(), NAN);
+    row.exit_gflops.insert(row.exit_gflops.begin(), NAN);
+  }
+}
+
+// Mean top-1 over exits [first, last] (cubes or frames), NaN when the row has fewer.
+double mean_exits(const Row& r, size_t first, size_t last) {
+  if (r.top1_per_exit.size() <= last) return NAN;
+  double sum = 0;
+  for (size_t k = first; k <= last; ++k) sum += r.top1_per_exit[k];
+  return sum / static_cast<double>(last - first + 1);
+}
+
+// The best accuracy at an average of at most `gflops` from (cost, accuracy) points sorted by cost: a cheaper point,
+// or a share of the videos at each of two neighbouring points (the line between them). NaN below the cheapest.
+double at_budget(const std::vector<std::pair<double, double>>& points, double gflops) {
+  double best = NAN;
+  for (size_t i = 0; i < points.size(); ++i) {
+    if (points[i].first <= gflops * (1 + 1e-9) && !(points[i].second <= best)) best = points[i].second;
+    if (i + 1 < points.size() && points[i].first < gflops && gflops < points[i + 1].first) {
+      const double w = (gflops - points[i].first) / (points[i + 1].first - points[i].first);
+      best = std::max(best, (1 - w) * points[i].second + w * points[i + 1].second);
+    }
+  }
+  return best;
+}
+
+// A curve's (GFLOPs, top-1) points sorted by cost, the best of equal costs.
+std::vector<std::pair<double, double>> curve_points(const std::vector<CurvePoint>& curve) {
+  std::map<double, double> best;
+  for (const auto& p : curve) best[p.gflops] = std::max(best.count(p.gflops) ? best[p.gflops] : 0.0, p.top1);
+  return {best.begin(), best.end()};
+}
+
+nlohmann::json number(double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); }
+
 int run(const DemoArgs& args, const Runtime& runtime) {
   const auto start = std::chrono::steady_clock::now();
-  const std::string data_dir = args.out + "/data";
+  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
   fs::create_directories(args.out);
-
-  // 1. The benchmark: JPEG frame folders in the official layout, so that the minutes go to training rather than to
-  //    decoding the same videos every epoch (make-synthetic writes H.264 videos by default).
   Config base = Config::defaults();
   base.merge_file("benchmark/adafocus_v2");
   for (const auto& o : args.overrides) base.set(o);
-  if (!fs::exists(data_dir + "/train.txt")) {
-    data::SyntheticOptions o = data::SyntheticOptions::from_config(base);
-    o.out = data_dir;
-    o.train = args.train_videos;
-    o.val = args.val_videos;
-    o.seed = static_cast<uint64_t>(base.get_int("seed"));
-    o.format = "frames";
-    o.threads = runtime.threads;
-    Progress progress("generate benchmark", o.train + o.val, "videos");
-    data::make_synthetic(o, [&](int64_t done) { progress.update(done); });
-    progress.finish();
-  }
+
+  // 1. The benchmark of each variant the methods need: JPEG frame folders in the official layout, so that the
+  //    minutes go to training rather than to decoding the same videos every epoch (make-synthetic writes H.264 videos
+  //    by default).
+  auto benchmark = [&](const Config& config) {
+    const std::string variant = config.get_string("synthetic.variant");
+    const std::string dir = args.out + (variant == "appearance" ? "/data" : "/data_" + variant);
+    if (!fs::exists(dir + "/train.txt")) {
+      data::SyntheticOptions o = data::SyntheticOptions::from_config(config);
+      o.out = dir;
+      o.train = args.train_videos;
+      o.val = args.val_videos;
+      o.calib = args.calibration_videos;
+      o.seed = static_cast<uint64_t>(config.get_int("seed"));
+      o.format = "frames";
+      o.threads = runtime.threads;
+      Progress progress("generate benchmark (" + variant + ")", o.train + o.val + o.calib, "videos");
+      data::make_synthetic(o, [&](int64_t done) { progress.update(done); });
+      progress.finish();
+    }
+    return dir;
+  };
+  benchmark(base);
 
   // 2. The benchmark's stand-in for ImageNet weights: the patch network pretrained on single items.
   const std::string pretrained = args.out + "/pretrained_local.pth";
@@ -126,13 +201,18 @@ int run(const DemoArgs& args, const Runtime& runtime) {
     fmt::print(stderr, "  items held out: {:.1f}% correct\n", p.accuracy);
   }
 
-  // 3. Train and evaluate every method.
+  // 3. Train and evaluate every method; the methods that stop early are calibrated for the budgets of their own
+  //    exits on held-out videos drawn as the training ones (the V3 paper fits Eq. 7 on validation data; the official
+  //    V2 code on training data, on which the glance's p_0 is overconfident - docs/benchmark.md), and evaluated at
+  //    each budget on the val videos.
   std::vector<Row> rows;
-  std::vector<train::TrainSummary> summaries;
+  std::vector<std::pair<std::string, double>> timings;
   for (const std::string& method : split(args.methods)) {
+    const auto method_start = std::chrono::steady_clock::now();
     Config config = Config::defaults();
     config.merge_file("benchmark/" + method);
-    config.set("data.root", data_dir, "demo");
+    for (const auto& o : args.overrides) config.set(o);
+    config.set("data.root", benchmark(config), "demo");
     config.set("model.local.weights", pretrained, "demo");
     config.set("model.backbone.weights", pretrained, "demo");
     config.set("train.eval_every", "0", "demo");  // the demo evaluates the final models itself
@@ -140,8 +220,9 @@ int run(const DemoArgs& args, const Runtime& runtime) {
     if (args.epochs > 0) config.set("train.epochs", std::to_string(args.epochs), "demo");
     if (args.full_res_epochs > 0 && method == "full_frame_full_res")
       config.set("train.epochs", std::to_string(args.full_res_epochs), "demo");
-    for (const auto& o : args.overrides) config.set(o);
     const std::string run_dir = args.out + "/runs/" + method, model = args.out + "/" + method + ".pt";
+    const std::string kind = config.get_string("model.method");
+    const bool budgeted = (kind == "adafocus_v2" || kind == "adafocus_v3") && config.get_string("model.policy") == "learned";
     if (!fs::exists(model)) {
       fmt::print(stderr, "== {} ==\n", method);
       train::TrainOptions to;
@@ -149,14 +230,42 @@ int run(const DemoArgs& args, const Runtime& runtime) {
       to.device = runtime.torch_device();
       to.resume = fs::exists(run_dir + "/last.pt");
       train::train(config, to);
-      fs::copy_file(run_dir + "/last.pt", model + ".tmp", fs::copy_options::overwrite_existing);
-      fs::rename(model + ".tmp", model);
+      methods::Checkpoint c = methods::load_checkpoint(run_dir + "/last.pt");
+      if (budgeted) {  // thresholds for the budgets of its own exits, carried by the model
+        methods::LoadedModel m = methods::load_model(run_dir + "/last.pt", "", {}, runtime.torch_device());
+        infer::EvalOptions co;
+        co.device = runtime.torch_device();
+        m.config.set("data.train_list", "calib.txt", "demo");
+        co.list_key = "data.train_list";
+        c.exits_json = infer::calibrate(*m.method, m.config, co, infer::Criterion::Entropy, {}).to_json();
+      }
+      methods::save_checkpoint(model, c);
     }
     methods::LoadedModel m = methods::load_model(model, "", {}, runtime.torch_device());
     infer::EvalOptions eo;
     eo.device = runtime.torch_device();
     const infer::Evaluation e = infer::evaluate(*m.method, m.config, eo);
-    rows.push_back({method, e.flops.report.gflops(), e.scores.top1, e.scores.top5, e.scores.map, e.iou, ""});
+    Row row{method, e.flops.report.gflops(), e.scores.top1, e.scores.top5, e.scores.map, e.iou, e.on_item, "", {}, {}, {}};
+    set_exits(row, kind, e);
+    if (budgeted) {
+      const infer::ExitTable table = infer::ExitTable::from_json(m.exits_json, model);
+      for (size_t i = 0; i < table.budgets.size(); ++i) {
+        const infer::ExitSetting& s = table.budgets[i];
+        if (i > 0 && s.thresholds == table.budgets[i - 1].thresholds) {  // the same setting: the same result
+          row.curve.push_back(row.curve.back());
+          row.curve.back().budget = s.budget;
+          continue;
+        }
+        eo.exit_rule = infer::ExitRule{table.criterion, s.thresholds};
+        const infer::Evaluation b = infer::evaluate(*m.method, m.config, eo);
+        CurvePoint p{s.budget, b.counted_gflops, b.scores.top1, 0};
+        for (int64_t k = 0; k < b.exits.numel(); ++k)  // each video's share of a random exit with these proportions
+          p.random_exit_top1 += e.exit_top1.at(static_cast<size_t>(b.exits[k].item<int64_t>())) / b.exits.numel();
+        row.curve.push_back(p);
+      }
+      eo.exit_rule.reset();
+    }
+    rows.push_back(row);
     fmt::print(stderr, "  {}: top-1 {:.1f}%, {:.4f} GFLOPs/video{}\n", method, e.scores.top1, e.flops.report.gflops(),
                e.iou >= 0 ? fmt::format(", patch/item IoU {:.3f}", e.iou) : "");
     // The same trained AdaFocusV2 with other patches at test time: does the learned placement matter?
@@ -165,8 +274,10 @@ int run(const DemoArgs& args, const Runtime& runtime) {
         eo.policy = policy;
         const infer::Evaluation swapped = infer::evaluate(*m.method, m.config, eo);
         rows.push_back({"adafocus_v2 (" + policy + " patches at test)", swapped.flops.report.gflops(),
-                        swapped.scores.top1, swapped.scores.top5, swapped.scores.map, swapped.iou, "same model"});
+                        swapped.scores.top1, swapped.scores.top5, swapped.scores.map, swapped.iou, swapped.on_item,
+                        "same model", {}, {}, {}});
       }
+    timings.emplace_back(method, seconds_since(method_start));
   }
 
   // 4. Report.
@@ -177,10 +288,36 @@ int run(const DemoArgs& args, const Runtime& runtime) {
                      fmt::format("{:.1f}", r.map), r.iou >= 0 ? fmt::format("{:.3f}", r.iou) : "-"});
     nlohmann::json j{{"method", r.method}, {"gflops", r.gflops}, {"top1", r.top1}, {"top5", r.top5}, {"map", r.map}};
     if (r.iou >= 0) j["iou"] = r.iou;
+    if (r.on_item >= 0) j["on_item"] = r.on_item;
+    if (!r.top1_per_exit.empty()) {
+      j["top1_per_exit"] = nlohmann::json::array();
+      j["exit_gflops"] = nlohmann::json::array();
+      for (size_t k = 0; k < r.top1_per_exit.size(); ++k) {
+        j["top1_per_exit"].push_back(number(r.top1_per_exit[k]));
+        j["exit_gflops"].push_back(number(r.exit_gflops[k]));
+      }
+    }
+    if (!r.curve.empty()) {
+      j["curve"] = nlohmann::json::array();
+      for (const auto& p : r.curve)
+        j["curve"].push_back({{"budget", p.budget}, {"gflops", p.gflops}, {"top1", p.top1},
+                              {"random_exit_top1", p.random_exit_top1}});
+    }
     results.push_back(j);
   }
   fmt::print("\n");
   print_table({"method", "GFLOPs/video", "top-1", "mAP", "IoU patch/item"}, table);
+  for (const auto& r : rows) {
+    if (r.top1_per_exit.empty()) continue;
+    std::string exits;
+    for (size_t k = 0; k < r.top1_per_exit.size(); ++k)
+      if (!std::isnan(r.top1_per_exit[k])) exits += fmt::format(" {}:{:.1f}", k, r.top1_per_exit[k]);
+    fmt::print("{} top-1 after each exit (0 = the glance alone):{}\n", r.method, exits);
+    if (r.curve.empty()) continue;
+    std::string curve;
+    for (const auto& p : r.curve) curve += fmt::format(" {:.1f}@{:.4f}", p.top1, p.gflops);
+    fmt::print("{} with early exit, top-1@GFLOPs counted:{}\n", r.method, curve);
+  }
   write_file_atomic(args.out + "/results.json", results.dump(2) + "\n");
   std::vector<Row> plotted;
   for (const auto& r : rows)
@@ -195,7 +332,9 @@ int run(const DemoArgs& args, const Runtime& runtime) {
   };
   const Row *v2 = find("adafocus_v2"), *full = find("full_frame_full_res"), *low = find("full_frame_low_res"),
             *random = find("random_patch"), *v2_random = find("adafocus_v2 (random patches at test)"),
-            *v2_center = find("adafocus_v2 (center patches at test)");
+            *v2_center = find("adafocus_v2 (center patches at test)"), *v3 = find("adafocus_v3"),
+            *v3_random = find("v3_random_policy"), *v3_time = find("v3_time_only"), *v3_space = find("v3_space_only"),
+            *v3_pixel = find("v3_pixel_gradient");
   auto claim = [](bool ok, const std::string& text) { fmt::print("  [{}] {}\n", ok ? "yes" : "NO ", text); };
   fmt::print("\nClaims on this run:\n");
   if (v2 && full) {
@@ -213,17 +352,79 @@ int run(const DemoArgs& args, const Runtime& runtime) {
     claim(v2->top1 > v2_random->top1 && v2->top1 > v2_center->top1,
           fmt::format("on the same model, policy patches beat random and centre ones ({:.1f} vs {:.1f} / {:.1f})",
                       v2->top1, v2_random->top1, v2_center->top1));
-
-  // 5. Where AdaFocusV2 looks, on a validation video in which the item shows.
-  if (fs::exists(args.out + "/adafocus_v2.pt")) {
-    methods::LoadedModel m = methods::load_model(args.out + "/adafocus_v2.pt", "", {}, runtime.torch_device());
-    const io::ListFile val = io::read_list(data_dir + "/val.txt");
-    const std::string video = data_dir + "/" + val.entries.front().path;
-    infer::visualize(video, m, infer::predict_video(m, video, runtime.torch_device()), args.out + "/focus.gif");
+  if (v3 && v3_random)
+    claim(mean_exits(*v3, 1, 1) >= mean_exits(*v3_random, 1, 1) + 5,
+          fmt::format("after one cube, learned AdaFocusV3 beats random cubes by >= 5 points ({:.1f} vs {:.1f})",
+                      mean_exits(*v3, 1, 1), mean_exits(*v3_random, 1, 1)));
+  if (v3 && v3_time && v3_space)
+    claim(mean_exits(*v3, 1, 4) > mean_exits(*v3_time, 1, 4) && mean_exits(*v3, 1, 4) > mean_exits(*v3_space, 1, 4),
+          fmt::format("learned space + time beats time-only and space-only (mean over cubes 1-4: {:.1f} vs {:.1f} / {:.1f})",
+                      mean_exits(*v3, 1, 4), mean_exits(*v3_time, 1, 4), mean_exits(*v3_space, 1, 4)));
+  if (v3 && v3_pixel)
+    claim(mean_exits(*v3, 1, 4) >= mean_exits(*v3_pixel, 1, 4),
+          fmt::format("the deep-feature gradient is at least as good as the pixel one (mean over cubes 1-4: {:.1f} vs {:.1f})",
+                      mean_exits(*v3, 1, 4), mean_exits(*v3_pixel, 1, 4)));
+  // Early-exit comparisons at equal average GFLOPs: between operating points, a share of the videos run at each
+  // neighbour, which the line between them gives.
+  if (v3 && v2 && !v3->curve.empty() && !v2->curve.empty()) {
+    // V3 glances at every frame before its first exit: below that cost only V2+ can run.
+    const auto v3_points = curve_points(v3->curve);
+    int held = 0, reachable = 0;
+    double worst_gap = 1e9;
+    for (const auto& p : v2->curve) {
+      const double v3_top1 = at_budget(v3_points, p.gflops);
+      if (std::isnan(v3_top1)) continue;
+      ++reachable;
+      if (v3_top1 >= p.top1) ++held;
+      worst_gap = std::min(worst_gap, v3_top1 - p.top1);
+    }
+    claim(reachable > 0 && held == reachable,
+          fmt::format("with early exit AdaFocusV3 is on or above the V2+ curve at every budget both reach ({} of {}, "
+                      "smallest margin {:+.1f}; {} V2+ budgets lie below V3's first exit, {:.4f} GFLOPs)",
+                      held, reachable, worst_gap, v2->curve.size() - static_cast<size_t>(reachable),
+                      v3_points.front().first));
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  fmt::print("\n{}: results.json, accuracy_vs_gflops.svg, focus.gif and one .pt per method ({:.0f} s)\n", args.out,
-             seconds);
+  if (v3 && !v3->curve.empty()) {
+    const auto v3_points = curve_points(v3->curve);
+    double half = NAN;
+    for (const auto& [g, a] : v3_points)
+      if (g <= v3->gflops / 2 && !(a <= half)) half = a;
+    claim(half >= v3->top1 - 1, fmt::format("AdaFocusV3 reaches its no-exit top-1 within 1 point at <= 1/2 of its "
+                                            "GFLOPs ({:.1f} at <= {:.4f} vs {:.1f} at {:.4f})",
+                                            half, v3->gflops / 2, v3->top1, v3->gflops));
+    // A fixed number of cubes for every video: the exits' own (cost, accuracy), mixed between neighbours.
+    std::vector<std::pair<double, double>> fixed;
+    for (size_t k = 0; k < v3->top1_per_exit.size(); ++k) fixed.emplace_back(v3->exit_gflops[k], v3->top1_per_exit[k]);
+    int beats_fixed = 0, beats_random = 0, compared = 0;
+    double fixed_gap = 1e9, random_gap = 1e9;
+    for (const CurvePoint& p : v3->curve) {
+      const double f = at_budget(fixed, p.gflops);
+      // Budgets that send everyone to one exit are the same as a fixed number of cubes: nothing to compare.
+      if (std::isnan(f) || (std::abs(p.top1 - p.random_exit_top1) < 1e-9 && std::abs(p.top1 - f) < 1e-9)) continue;
+      ++compared;
+      if (p.top1 >= f) ++beats_fixed;
+      if (p.top1 >= p.random_exit_top1) ++beats_random;
+      fixed_gap = std::min(fixed_gap, p.top1 - f);
+      random_gap = std::min(random_gap, p.top1 - p.random_exit_top1);
+    }
+    claim(compared > 0 && beats_fixed == compared && beats_random == compared,
+          fmt::format("entropy exit beats a fixed number of cubes ({} of {} budgets, smallest margin {:+.1f}) and "
+                      "random exits with the same proportions ({} of {}, {:+.1f}) at equal GFLOPs",
+                      beats_fixed, compared, fixed_gap, beats_random, compared, random_gap));
+  }
+
+  // 5. Where AdaFocusV2 and V3 look, on a validation video in which the item shows.
+  for (const auto& [name, gif] : {std::pair<std::string, std::string>{"adafocus_v2", "focus.gif"}, {"adafocus_v3", "focus_v3.gif"}}) {
+    if (!fs::exists(args.out + "/" + name + ".pt")) continue;
+    methods::LoadedModel m = methods::load_model(args.out + "/" + name + ".pt", "", {}, runtime.torch_device());
+    const io::ListFile val = io::read_list(m.config.get_string("data.root") + "/val.txt");
+    const std::string video = m.config.get_string("data.root") + "/" + val.entries.front().path;
+    infer::visualize(video, m, infer::predict_video(m, video, runtime.torch_device()), args.out + "/" + gif);
+  }
+  std::string spent;
+  for (const auto& [method, s] : timings) spent += fmt::format(" {} {:.0f} s,", method, s);
+  fmt::print("\n{}: results.json, accuracy_vs_gflops.svg, focus.gif and one .pt per method ({:.0f} s:{})\n", args.out,
+             seconds_since(start), spent.substr(0, spent.size() - 1));
   return 0;
 }
 
@@ -232,15 +433,19 @@ int run(const DemoArgs& args, const Runtime& runtime) {
 void add_demo_command(CLI::App& app, Commands& commands, const Runtime& runtime) {
   auto args = std::make_shared<DemoArgs>();
   CLI::App* sub = app.add_subcommand(
-      "demo", "train AdaFocusV2 and its baselines on the built-in benchmark and show accuracy vs GFLOPs");
+      "demo", "train AdaFocusV2, V3 and their baselines on the built-in benchmark and show accuracy vs GFLOPs");
   sub->add_option("--out", args->out, "folder for the benchmark, runs, models and results");
-  sub->add_option("--methods", args->methods, "comma-separated presets of configs/benchmark/");
+  sub->add_option("--methods", args->methods,
+                  "comma-separated presets of configs/benchmark/ (also v3_random_policy, v3_time_only, v3_space_only, "
+                  "v3_pixel_gradient, adafocus_v3_tsm, full_frame_tsm)");
   sub->add_option("--train-videos", args->train_videos, "benchmark videos to train on")->check(CLI::PositiveNumber);
   sub->add_option("--val-videos", args->val_videos, "benchmark videos to evaluate on")->check(CLI::PositiveNumber);
   sub->add_option("--epochs", args->epochs, "> 0: override every method's epochs (a quick look)");
   sub->add_option("--full-res-epochs", args->full_res_epochs, "> 0: override full_frame_full_res's epochs");
   sub->add_option("--pretrain-images", args->pretrain_images, "single items the patch network is pretrained on")
       ->check(CLI::PositiveNumber);
+  sub->add_option("--calibration-videos", args->calibration_videos,
+                  "held-out videos (calib.txt) the early-exit thresholds are fitted on")->check(CLI::PositiveNumber);
   sub->add_option("--set", args->overrides, "key=value applied to every method (e.g. --set data.batch_size=16)");
   commands.push_back({sub, [args, &runtime] { return run(*args, runtime); }});
 }

@@ -1,4 +1,5 @@
-// adafocus eval: accuracy, mAP and GFLOPs per video of a trained model on a list.
+// adafocus eval: accuracy, mAP and GFLOPs per video of a trained model on a list; with early-exit thresholds, the
+// accuracy and the GFLOPs counted as the videos left exit by exit, at one budget or at every calibrated one.
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
@@ -13,10 +14,35 @@ namespace adafocus::cli {
 namespace {
 
 struct EvalArgs {
-  std::string checkpoint, preset, data, list, policy;
+  std::string checkpoint, preset, data, list, policy, thresholds;
   std::vector<std::string> overrides;
+  double budget = -1;
   bool json = false;
 };
+
+nlohmann::json scores_json(const infer::Evaluation& e) {
+  nlohmann::json j{{"top1", e.scores.top1}, {"top5", e.scores.top5}, {"mean_class_accuracy", e.scores.mean_class},
+                   {"map", e.scores.map}};
+  if (e.iou >= 0) j["iou"] = e.iou;
+  if (e.on_item >= 0) j["on_item"] = e.on_item;
+  if (!e.on_item_by_region.empty()) j["on_item_by_region"] = e.on_item_by_region;
+  return j;
+}
+
+// One calibrated setting run exit by exit on the list.
+nlohmann::json budget_row(methods::LoadedModel& m, infer::EvalOptions o, const infer::ExitTable& table,
+                          const infer::ExitSetting& s, double budget) {
+  o.exit_rule = infer::ExitRule{table.criterion, s.thresholds};
+  const infer::Evaluation e = infer::evaluate(*m.method, m.config, o);
+  const auto counts = torch::bincount(e.exits, {}, static_cast<int64_t>(s.thresholds.size())).to(torch::kDouble) /
+                      static_cast<double>(e.videos);
+  nlohmann::json j = scores_json(e);
+  j["budget"] = budget;
+  j["gflops"] = e.counted_gflops;
+  j["expected_gflops"] = s.gflops;
+  j["exit_proportions"] = std::vector<double>(counts.data_ptr<double>(), counts.data_ptr<double>() + counts.numel());
+  return j;
+}
 
 int run(const EvalArgs& args, const Runtime& runtime) {
   std::vector<std::string> overrides = args.overrides;
@@ -26,18 +52,41 @@ int run(const EvalArgs& args, const Runtime& runtime) {
   infer::EvalOptions o;
   o.policy = args.policy;
   o.device = runtime.torch_device();
-  const infer::Evaluation e = infer::evaluate(*m.method, m.config, o);
-  nlohmann::json out{{"checkpoint", args.checkpoint},
-                     {"method", m.config.get_string("model.method")},
-                     {"videos", e.videos},
-                     {"top1", e.scores.top1},
-                     {"top5", e.scores.top5},
-                     {"mean_class_accuracy", e.scores.mean_class},
-                     {"map", e.scores.map},
-                     {"gflops", e.flops.report.gflops()},
-                     {"exit_gflops", e.flops.exits}};
-  if (e.iou >= 0) out["iou"] = e.iou;
+  nlohmann::json out{{"checkpoint", args.checkpoint}, {"method", m.config.get_string("model.method")}};
   if (!args.policy.empty()) out["policy"] = args.policy;
+
+  if (!args.thresholds.empty() || args.budget >= 0) {
+    const infer::ExitTable table = exit_table(m, args.thresholds, args.checkpoint);
+    if (static_cast<int64_t>(table.exit_gflops.size()) != m.method->exits())
+      throw Error(fmt::format("thresholds for {} exits, the model has {}", table.exit_gflops.size(), m.method->exits()),
+                  args.thresholds.empty() ? args.checkpoint : args.thresholds, "calibrate this model");
+    out["criterion"] = infer::criterion_name(table.criterion);
+    out["curve"] = nlohmann::json::array();
+    if (args.budget >= 0)
+      out["curve"].push_back(budget_row(m, o, table, table.for_budget(args.budget), args.budget));
+    else
+      for (const auto& s : table.budgets) out["curve"].push_back(budget_row(m, o, table, s, s.budget));
+    if (args.json) {
+      fmt::print("{}\n", out.dump(2));
+      return 0;
+    }
+    fmt::print("{} with early exits ({}), thresholds calibrated on {}:\n", out["method"].get<std::string>(),
+               out["criterion"].get<std::string>(), table.calibration);
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& r : out["curve"])
+      rows.push_back({fmt::format("{:.4g}", r["budget"].get<double>()), fmt::format("{:.4g}", r["gflops"].get<double>()),
+                      fmt::format("{:.4g}", r["expected_gflops"].get<double>()),
+                      fmt::format("{:.2f}", r["top1"].get<double>()), fmt::format("{:.2f}", r["map"].get<double>())});
+    print_table({"budget", "GFLOPs/video (counted)", "expected (calibration)", "top-1", "mAP"}, rows);
+    return 0;
+  }
+
+  const infer::Evaluation e = infer::evaluate(*m.method, m.config, o);
+  out.update(scores_json(e));
+  out["videos"] = e.videos;
+  out["gflops"] = e.flops.report.gflops();
+  out["exit_gflops"] = e.flops.exits;
+  out["exit_top1"] = e.exit_top1;
   if (args.json) {
     fmt::print("{}\n", out.dump(2));
     return 0;
@@ -45,6 +94,12 @@ int run(const EvalArgs& args, const Runtime& runtime) {
   fmt::print("{} on {} videos: top-1 {:.2f}%  top-5 {:.2f}%  mean class {:.2f}%  mAP {:.2f}  {:.4f} GFLOPs/video{}\n",
              m.config.get_string("model.method"), e.videos, e.scores.top1, e.scores.top5, e.scores.mean_class,
              e.scores.map, e.flops.report.gflops(), e.iou >= 0 ? fmt::format("  patch/item IoU {:.3f}", e.iou) : "");
+  if (e.exit_top1.size() > 1) {
+    std::string line;
+    for (size_t k = 0; k < e.exit_top1.size(); ++k)
+      line += fmt::format(" {:.1f}@{:.3g}", e.exit_top1[k], e.flops.exits[k]);
+    fmt::print("top-1 at each exit (@GFLOPs):{}\n", line);
+  }
   return 0;
 }
 
@@ -59,6 +114,10 @@ void add_eval_command(CLI::App& app, Commands& commands, const Runtime& runtime)
   sub->add_option("--list", args->list, "list to evaluate (default: the run's data.val_list)");
   sub->add_option("--policy", args->policy, "swap where patches go at test time: learned, random, center")
       ->check(CLI::IsMember({"learned", "random", "center"}));
+  sub->add_option("--thresholds", args->thresholds,
+                  "early exits with these thresholds (adafocus calibrate --out); alone: every budget in the file");
+  sub->add_option("--budget", args->budget,
+                  "early exits for this many GFLOPs per video (thresholds from --thresholds or the checkpoint)");
   sub->add_flag("--json", args->json, "machine-readable output");
   sub->add_option("overrides", args->overrides, "dotted key=value overrides");
   commands.push_back({sub, [args, &runtime] { return run(*args, runtime); }});

@@ -66,7 +66,7 @@ int method_flops(const FlopsArgs& args, const Config& config) {
   fmt::print("{} ({}): {:.4f} GFLOPs per video, {} frames{} at {}x{}\n", name, args.config.file, f.report.gflops(),
              frames, focus > 0 ? fmt::format(" + {} focus frames", focus) : "", size, size);
   if (f.exits.size() > 1)
-    fmt::print("exits after 1..{} frames: {:.3f} GFLOPs\n", f.exits.size(), fmt::join(f.exits, " "));
+    fmt::print("leaving at exit 0..{} (exit by exit): {:.4f} GFLOPs\n", f.exits.size() - 1, fmt::join(f.exits, " "));
   return 0;
 }
 

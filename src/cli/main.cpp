@@ -31,6 +31,8 @@ int main(int argc, char** argv) {
   cli::add_train_command(app, commands, runtime);
   cli::add_eval_command(app, commands, runtime);
   cli::add_predict_command(app, commands, runtime);
+  cli::add_calibrate_command(app, commands, runtime);
+  cli::add_bench_command(app, commands, runtime);
   cli::add_pretrain_items_command(app, commands, runtime);
   cli::add_flops_command(app, commands, runtime);
   cli::add_features_command(app, commands, runtime);

@@ -12,7 +12,7 @@ namespace {
 struct SyntheticArgs {
   ConfigArgs config;
   std::string out, variant, format;
-  int64_t train = 1000, val = 200, size = 0, frames = 0;
+  int64_t train = 1000, val = 200, calib = 0, size = 0, frames = 0;
   uint64_t seed = 0;
 };
 
@@ -28,13 +28,15 @@ int run(const SyntheticArgs& args, const CLI::App& app, const Runtime& runtime) 
   o.out = args.out;
   o.train = args.train;
   o.val = args.val;
+  o.calib = args.calib;
   o.seed = args.seed;
   o.threads = runtime.threads;
-  Progress progress("make-synthetic", o.train + o.val, "videos");
+  Progress progress("make-synthetic", o.train + o.val + o.calib, "videos");
   data::make_synthetic(o, [&](int64_t done) { progress.update(done); });
   progress.finish();
-  fmt::print("{}: {} train + {} val {} videos ({}x{}, {} frames) with train.txt, val.txt, classInd.txt, meta.jsonl\n",
-             o.out, o.train, o.val, o.variant, o.size, o.size, o.frames);
+  fmt::print("{}: {} train + {} val{} {} videos ({}x{}, {} frames) with train.txt, val.txt{}, classInd.txt, meta.jsonl\n",
+             o.out, o.train, o.val, o.calib > 0 ? fmt::format(" + {} calib", o.calib) : "", o.variant, o.size, o.size,
+             o.frames, o.calib > 0 ? ", calib.txt" : "");
   return 0;
 }
 
@@ -53,6 +55,8 @@ void add_make_synthetic_command(CLI::App& app, Commands& commands, const Runtime
   sub->add_option("--train", args->train, "train videos (items from Fashion-MNIST's train split)")
       ->check(CLI::PositiveNumber);
   sub->add_option("--val", args->val, "val videos (items from its test split)")->check(CLI::PositiveNumber);
+  sub->add_option("--calib", args->calib,
+                  "videos of a held-out split (calib.txt) like the training ones, for adafocus calibrate --list");
   sub->add_option("--seed", args->seed, "same seed, same dataset");
   sub->add_option("--variant", args->variant, "appearance (label = item class) or motion (label = direction)")
       ->check(CLI::IsMember({"appearance", "motion"}));

@@ -68,7 +68,14 @@ DatasetOptions DatasetOptions::from_config(const Config& c, const std::string& l
 }
 
 VideoDataset::VideoDataset(DatasetOptions options)
-    : options_(std::move(options)), list_(io::read_list(options_.list, options_.format)) {}
+    : options_(std::move(options)), list_(io::read_list(options_.list, options_.format)) {
+  const auto n = static_cast<int64_t>(list_.entries.size());
+  if (options_.limit > 0 && options_.limit < n) {  // evenly spread: lists are often sorted by class
+    std::vector<io::ListEntry> kept;
+    for (int64_t i = 0; i < options_.limit; ++i) kept.push_back(list_.entries[static_cast<size_t>(i * n / options_.limit)]);
+    list_.entries = std::move(kept);
+  }
+}
 
 std::string resolve_path(const std::string& root, const io::ListEntry& entry, io::ListFormat format) {
   const std::string direct = relative_to(root, entry.path);

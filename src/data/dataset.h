@@ -28,6 +28,7 @@ struct DatasetOptions {
   int64_t focus_segments = 0;             ///< > 0: a second, independently sampled and cropped clip (V2-TSM: 12)
   int64_t glance_every = 0;               ///< > 0: the clip is a candidate set; glance = one of every this many
   int short_side = 0;                     ///< decode frames with this short side (0: native size)
+  int64_t limit = 0;                      ///< > 0: only this many entries, evenly spread over the list
   TransformOptions transform;
 
   /// From the data.* keys; `list_key` is data.train_list or data.val_list (relative to data.root).

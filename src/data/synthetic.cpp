@@ -229,7 +229,7 @@ void check(const SyntheticOptions& o) {
   if (o.frames < 2) throw Error("at least 2 frames per video");
   if (o.visible[1] > 1.0) throw Error("synthetic.visible is a fraction of the frames, at most 1");
   if (scaled(o.item_size[1], o.size) >= o.size) throw Error("the item does not fit in the frame");
-  if (o.train < 1 || o.val < 1) throw Error("need at least one train and one val video");
+  if (o.train < 1 || o.val < 1 || o.calib < 0) throw Error("need at least one train and one val video");
 }
 
 }  // namespace
@@ -329,6 +329,7 @@ void make_synthetic(const SyntheticOptions& o, const std::function<void(int64_t)
   std::vector<Job> jobs;
   for (int64_t i = 0; i < o.train; ++i) jobs.push_back({"train", i});
   for (int64_t i = 0; i < o.val; ++i) jobs.push_back({"val", i});
+  for (int64_t i = 0; i < o.calib; ++i) jobs.push_back({"calib", i});
 
   std::vector<io::ListEntry> entries(jobs.size());
   std::vector<std::string> meta(jobs.size());
@@ -341,9 +342,10 @@ void make_synthetic(const SyntheticOptions& o, const std::function<void(int64_t)
       try {
         const Job& job = jobs[j];
         // Every video has its own stream: the output is the same whatever the thread count.
-        Rng rng = Rng::derive(o.seed, {job.split == "train" ? 1ULL : 2ULL, static_cast<uint64_t>(job.index)});
+        const uint64_t stream = job.split == "train" ? 1 : job.split == "val" ? 2 : 4;  // 3: item_images
+        Rng rng = Rng::derive(o.seed, {stream, static_cast<uint64_t>(job.index)});
         const std::string name = fmt::format("{}_{:05d}", job.split, job.index);
-        Video v = render(o, job.split == "train" ? train_items : val_items, name, rng);
+        Video v = render(o, job.split == "val" ? val_items : train_items, name, rng);
         io::ListEntry& e = entries[j];
         e.labels = {v.label};
         if (o.format == "video") {
@@ -382,15 +384,15 @@ void make_synthetic(const SyntheticOptions& o, const std::function<void(int64_t)
   for (auto& t : threads) t.join();
   if (error) std::rethrow_exception(error);
 
-  io::ListFile train_list, val_list;
-  train_list.format = val_list.format = o.format == "video" ? io::ListFormat::Video : io::ListFormat::Frames;
+  std::map<std::string, io::ListFile> lists;
   std::string meta_text;
   for (size_t j = 0; j < jobs.size(); ++j) {
-    (jobs[j].split == "train" ? train_list : val_list).entries.push_back(entries[j]);
+    io::ListFile& list = lists[jobs[j].split];
+    list.format = o.format == "video" ? io::ListFormat::Video : io::ListFormat::Frames;
+    list.entries.push_back(entries[j]);
     meta_text += meta[j] + "\n";
   }
-  io::write_list(o.out + "/train.txt", train_list);
-  io::write_list(o.out + "/val.txt", val_list);
+  for (const auto& [split, list] : lists) io::write_list(o.out + "/" + split + ".txt", list);
   io::write_class_index(o.out + "/classInd.txt", synthetic_classes(o.variant));
   write_file_atomic(o.out + "/meta.jsonl", meta_text);
 }

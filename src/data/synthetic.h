@@ -24,6 +24,8 @@ namespace adafocus::data {
 struct SyntheticOptions {
   std::string out;                              ///< output folder
   int64_t train = 1000, val = 200;              ///< videos per split
+  int64_t calib = 0;                            ///< videos of a held-out split (calib.txt) drawn as the training
+                                                ///< ones but never trained on: for fitting early-exit thresholds
   uint64_t seed = 0;
   std::string variant = "appearance";           ///< appearance | motion
   int size = 128;                               ///< frame side, pixels
@@ -45,7 +47,8 @@ struct SyntheticOptions {
   static SyntheticOptions from_config(const Config& config);
 };
 
-/// Writes out/videos/*.mp4 (or out/frames/<video>/image_%05d.jpg), out/train.txt and out/val.txt, out/classInd.txt
+/// Writes out/videos/*.mp4 (or out/frames/<video>/image_%05d.jpg), out/train.txt, out/val.txt (and out/calib.txt),
+/// out/classInd.txt
 /// and out/meta.jsonl (per video: label, class, visible frames and the item's box in every frame). `progress` is
 /// called with the number of videos written so far.
 void make_synthetic(const SyntheticOptions& options, const std::function<void(int64_t)>& progress = {});

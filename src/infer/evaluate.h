@@ -6,8 +6,11 @@
 #include <map>
 #include <string>
 
+#include <optional>
+
 #include "core/config.h"
 #include "data/synthetic.h"
+#include "infer/adaptive.h"
 #include "infer/flops.h"
 #include "infer/metrics.h"
 #include "methods/method.h"
@@ -16,24 +19,39 @@ namespace adafocus::infer {
 
 struct Evaluation {
   int64_t videos = 0;
-  Scores scores;                ///< of the final exit
-  MethodFlops flops;            ///< per video
-  torch::Tensor logits;         ///< (N, K, C) every exit, for calibrating early exits
+  Scores scores;                ///< of the final exit, or with an exit rule of the exit each video left at
+  MethodFlops flops;            ///< per video, every exit run
+  torch::Tensor logits;         ///< (N, K, C) every exit (with an exit rule: NaN after a video left)
   torch::Tensor labels;         ///< (N, L), -1 padded
+  std::vector<double> exit_top1;  ///< top-1 of each exit without early exit (empty with an exit rule)
+  torch::Tensor exits;          ///< with an exit rule: (N,) the exit each video left at
+  double counted_gflops = -1;   ///< with an exit rule: the FLOPs counted as the batches ran, per video
   double iou = -1;              ///< mean IoU of the regions looked at with the item, over frames where it is visible
   int64_t iou_frames = 0;
+  double on_item = -1;          ///< fraction of the frames looked at in which the item is visible
+  std::vector<double> on_item_by_region;  ///< the same for the first, second, ... region a video looked at
   double region_spread = -1;    ///< std of the regions' centres / input side: near 0 means a collapsed policy
 };
 
 struct EvalOptions {
   std::string list_key = "data.val_list";  ///< which list of the config
   std::string policy;                      ///< "": as trained; learned | random | center to swap at test time
+  /// Run exit by exit with this rule (infer/adaptive.h) instead of the whole-clip predict(); no thresholds: every
+  /// exit runs, on the same path (what calibration fits on).
+  std::optional<ExitRule> exit_rule;
+  int64_t max_videos = 0;                  ///< > 0: only the first this many videos of the list
   torch::Device device = torch::kCPU;
   std::function<void(int64_t done, int64_t total)> progress;
 };
 
 /// Runs `method` (eval mode, no gradients) over the list with the test view of the config's data settings. The
-/// meta.jsonl beside the list, when there is one, gives the IoU.
+/// meta.jsonl beside the list, when there is one, gives the IoU and how often the frames looked at show the item.
 Evaluation evaluate(methods::MethodImpl& method, const Config& config, const EvalOptions& options);
+
+/// Fits early-exit thresholds (infer/early_exit.h) for `budgets` (none: the cost of each exit) on the list
+/// options.list_key, from every exit's logits computed on the exit-by-exit path that eval and predict then run with
+/// the thresholds.
+ExitTable calibrate(methods::MethodImpl& method, const Config& config, EvalOptions options, Criterion criterion,
+                    const std::vector<double>& budgets);
 
 }  // namespace adafocus::infer

@@ -205,8 +205,17 @@ MethodFlops method_flops(methods::MethodImpl& method, int64_t frames, int64_t fo
                        focus_frames > 0 ? torch::zeros({1, focus_frames, 3, size, size}, options) : torch::Tensor()};
   MethodFlops out;
   out.report = count_flops(method, [&] { method.predict(clips); });
+  // The exits' costs from the exit-by-exit path itself: what a video leaving there has run.
+  std::unique_ptr<methods::ExitStepper> stepper;
+  int64_t spent = 0;
+  for (int64_t k = 0; k < method.exits(); ++k) {
+    spent += count_flops(method, [&] {
+               if (!stepper) stepper = method.stepper(clips);
+               stepper->next();
+             }).total;
+    out.exits.push_back(static_cast<double>(spent) * 1e-9);
+  }
   method.train(was_training);
-  for (double fraction : method.exit_fractions()) out.exits.push_back(fraction * out.report.gflops());
   return out;
 }
 

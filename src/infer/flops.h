@@ -39,12 +39,12 @@ FlopsReport count_flops(const torch::nn::Module& module, const std::function<voi
 FlopsReport backbone_flops(nn::BackboneImpl& backbone, int64_t height, int64_t width, int64_t frames = 1);
 
 struct MethodFlops {
-  FlopsReport report;          ///< everything one video's prediction runs
-  std::vector<double> exits;   ///< GFLOPs when stopping after each exit (the last = report.gflops())
+  FlopsReport report;          ///< everything one video's predict() runs (as the papers count, auxiliary heads too)
+  std::vector<double> exits;   ///< GFLOPs of a video leaving at each exit of the exit-by-exit path
 };
 
 /// Per-video FLOPs of a method's inference on one clip of `frames` frames (and `focus_frames` focus frames) of
-/// side `size`, in eval mode, and the cost of each of its exits.
+/// side `size`, in eval mode, and the cost of each of its exits, counted on its exit-by-exit path.
 MethodFlops method_flops(methods::MethodImpl& method, int64_t frames, int64_t focus_frames, int64_t size);
 
 }  // namespace adafocus::infer

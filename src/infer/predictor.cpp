@@ -8,41 +8,62 @@
 
 namespace adafocus::infer {
 
-std::vector<Region> frame_regions(const torch::Tensor& regions, const data::Sample& s, int test_resize) {
-  const auto r = regions.to(torch::kCPU, torch::kDouble);  // (R, 4)
+std::vector<Region> frame_regions(const torch::Tensor& regions, const torch::Tensor& region_frames,
+                                  const data::Sample& s, int test_resize) {
+  const auto r = regions.to(torch::kCPU, torch::kDouble);        // (R, 4)
+  const auto positions = region_frames.to(torch::kCPU, torch::kLong);  // (R, F)
   const auto [rw, rh] = io::short_side_size(s.frame_width, s.frame_height, test_resize);
   const double scale = static_cast<double>(s.frame_width) / rw;  // resized frame -> decoded frame
-  const auto& frames = r.size(0) > 1 || s.focus_frames.empty() ? s.frames : s.focus_frames;
+  const bool focus = !s.focus_frames.empty();
+  const auto& frames = focus ? s.focus_frames : s.frames;
+  const data::CropBox& crop = focus ? s.focus_crop : s.crop;
   std::vector<Region> out;
-  for (size_t t = 0; t < frames.size(); ++t) {
-    const auto b = r[r.size(0) > 1 ? static_cast<int64_t>(t) : 0];
+  for (int64_t i = 0; i < r.size(0); ++i) {
+    const auto b = r[i];
     // Undo the centre crop, then the resize.
-    out.push_back({frames[t],
-                   {(b[0].item<double>() + s.crop.x) * scale, (b[1].item<double>() + s.crop.y) * scale,
-                    b[2].item<double>() * scale, b[3].item<double>() * scale}});
+    const std::array<double, 4> box{(b[0].item<double>() + crop.x) * scale, (b[1].item<double>() + crop.y) * scale,
+                                    b[2].item<double>() * scale, b[3].item<double>() * scale};
+    for (int64_t j = 0; j < positions.size(1); ++j)
+      out.push_back({frames.at(static_cast<size_t>(positions[i][j].item<int64_t>())), box});
   }
   return out;
 }
 
-VideoPrediction predict_video(methods::LoadedModel& model, const std::string& video, torch::Device device) {
+VideoPrediction predict_video(methods::LoadedModel& model, const std::string& video, torch::Device device,
+                              const ExitRule* rule) {
   const Config& c = model.config;
   Rng unused(0);  // the test view draws nothing
   const data::Sample s = data::load_clip(video, data::DatasetOptions::from_config(c, "data.val_list", false), unused);
   methods::Clips clips{s.clip.unsqueeze(0).to(device), s.focus.defined() ? s.focus.unsqueeze(0).to(device) : torch::Tensor()};
   torch::NoGradGuard no_grad;
-  const methods::Prediction p = model.method->predict(clips);
-  const auto probs = torch::softmax(p.logits[0][p.logits.size(1) - 1], 0).cpu();  // the final exit
   VideoPrediction out;
+  out.exits = model.method->exits();
+  out.full_gflops = method_flops(*model.method, c.get_int("data.segments"), c.get_int("data.focus_segments"),
+                                 c.get_int("data.input_size"))
+                        .report.gflops();
+  torch::Tensor logits, regions, region_frames;
+  if (rule) {
+    const AdaptiveResult r = run_adaptive(*model.method, clips, *rule, true);
+    logits = r.logits[0];
+    regions = r.regions[0];
+    region_frames = r.region_frames[0];
+    out.exit = r.exits[0].item<int64_t>();
+    out.gflops = static_cast<double>(r.macs) * 1e-9;
+  } else {
+    const methods::Prediction p = model.method->predict(clips);
+    logits = p.logits[0][p.logits.size(1) - 1];  // the final exit
+    if (p.regions.defined()) regions = p.regions[0], region_frames = p.region_frames[0];
+    out.gflops = out.full_gflops;
+  }
+  const auto probs = torch::softmax(logits, 0).cpu();
   const auto order = std::get<1>(probs.sort(0, true));
   for (int64_t i = 0; i < order.size(0); ++i) {
     const int64_t k = order[i].item<int64_t>();
     out.classes.emplace_back(model.classes.at(static_cast<size_t>(k)), probs[k].item<double>());
   }
   out.frames = s.frames;
-  if (p.regions.defined()) out.regions = frame_regions(p.regions[0], s, static_cast<int>(c.get_int("data.test_resize")));
-  out.gflops = method_flops(*model.method, c.get_int("data.segments"), c.get_int("data.focus_segments"),
-                            c.get_int("data.input_size"))
-                   .report.gflops();
+  if (regions.defined())
+    out.regions = frame_regions(regions, region_frames, s, static_cast<int>(c.get_int("data.test_resize")));
   return out;
 }
 

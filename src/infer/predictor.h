@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "infer/adaptive.h"
 #include "methods/checkpoint.h"
 
 namespace adafocus::infer {
@@ -20,16 +21,21 @@ struct VideoPrediction {
   std::vector<std::pair<std::string, double>> classes;  ///< every class with its probability, most likely first
   std::vector<Region> regions;                          ///< what the local network saw (none for full-frame models)
   std::vector<int64_t> frames;                          ///< the frames the model read, in the order fed
-  double gflops = 0;
+  double gflops = 0;                                    ///< what this prediction cost (counted with early exits)
+  int64_t exit = -1, exits = 1;                         ///< with early exits: the exit it stopped at, of `exits`
+  double full_gflops = 0;                               ///< the cost without early exits
 };
 
-/// Runs `model` on the test view of `video` (its configuration's data settings).
-VideoPrediction predict_video(methods::LoadedModel& model, const std::string& video, torch::Device device);
+/// Runs `model` on the test view of `video` (its configuration's data settings); with `rule`, exit by exit until
+/// the prediction is confident enough.
+VideoPrediction predict_video(methods::LoadedModel& model, const std::string& video, torch::Device device,
+                              const infer::ExitRule* rule = nullptr);
 
-/// One video's regions (R, 4) in network-input pixels as a region per frame read, in the decoded frames' pixels (test
-/// view: the centre crop of the frame resized to `test_resize`). R = T: one per frame of the clip; R = 1: the same
-/// region in every frame of the focus clip (or of the clip).
-std::vector<Region> frame_regions(const torch::Tensor& regions, const data::Sample& sample, int test_resize);
+/// One video's regions (R, 4) in network-input pixels, spanning the clip positions `region_frames` (R, F) (of the
+/// focus clip when the sample has one), as a region per frame read, in the decoded frames' pixels (test view: the
+/// centre crop of the frame resized to `test_resize`).
+std::vector<Region> frame_regions(const torch::Tensor& regions, const torch::Tensor& region_frames,
+                                  const data::Sample& sample, int test_resize);
 
 /// Writes the frames the model read, with its regions and its top class drawn on them, as a .gif or .mp4.
 void visualize(const std::string& video, const methods::LoadedModel& model, const VideoPrediction& prediction,

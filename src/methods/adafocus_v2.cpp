@@ -144,6 +144,7 @@ Prediction AdaFocusV2Impl::predict(const Clips& clips) {
   Prediction p;
   p.logits = logits;  // (B, T, C): exit t has seen frames 0..t
   p.regions = nn::patch_boxes(a, g.frames.size(2), g.frames.size(3), patch_).view({-1, frames_, 4});  // (B, T, 4)
+  p.region_frames = torch::arange(frames_, torch::kLong).view({1, frames_, 1}).expand({logits.size(0), frames_, 1});
   // The official forward runs the auxiliary heads at test time too, and the papers' GFLOPs include them (facts §8).
   p.glance_logits = global_CNN_fc->forward(g.feature).view({-1, frames_, logits.size(2)});  // (B, T, C)
   p.local_logits = local_CNN_fc->forward(local).view({-1, frames_, logits.size(2)});        // (B, T, C)
@@ -176,6 +177,58 @@ Losses AdaFocusV2Impl::loss(const Clips& clips, const torch::Tensor& target, con
   return out;
 }
 
+// The same computations as predict(), one frame at a time: the GRU advances one step, the classifier keeps its
+// running max. The auxiliary heads do not change the prediction and are not run.
+class V2Stepper : public ExitStepper {
+ public:
+  V2Stepper(AdaFocusV2Impl& m, const torch::Tensor& clip) : m_(m), clip_(clip) {
+    TORCH_CHECK(clip.dim() == 5 && clip.size(1) == m.frames_, "AdaFocusV2: expected clips (B, ", m.frames_,
+                ", 3, S, S), got ", clip.sizes());
+  }
+
+  ExitStep next() override {
+    TORCH_CHECK(t_ < m_.frames_, "AdaFocusV2 has ", m_.frames_, " exits");
+    // Only this frame of the videos still present is gathered: the batch shrinks without copying whole clips.
+    const auto frame = present_.defined() ? clip_.select(1, t_).index_select(0, present_) : clip_.select(1, t_);  // (n, 3, S, S)
+    const auto map = m_.global_CNN->feature_map(resize_frames(frame, m_.glance_size_, m_.resize_));  // (n, Cg, h, w)
+    torch::Tensor a;
+    if (m_.policy_ == "learned") {
+      const auto state = m_.policy_stn->encoder->forward(map).unsqueeze(1);                    // (n, 1, H)
+      auto [out, h] = m_.policy_stn->gru->forward(state, hidden_);
+      hidden_ = h;                                                                               // (1, n, H)
+      a = m_.policy_stn->fc->forward(out.squeeze(1));                                           // (n, 2)
+    } else {
+      a = fixed_actions(m_.policy_, frame.size(0), frame.options());
+    }
+    const auto local = m_.local_CNN->pool(m_.local_CNN->feature_map(nn::crop_patches(frame, a, m_.patch_)));
+    const auto fused = m_.fuse_ == "concat" ? torch::cat({m_.global_CNN->pool(map), local}, 1) : local;  // (n, D)
+    const auto z = m_.classifier->mlp_layers->forward(fused);                                    // (n, H)
+    pooled_ = t_ == 0 ? z : torch::max(pooled_, z);
+    ExitStep step;
+    step.logits = m_.classifier->classifiers[t_]->as<torch::nn::Sequential>()->forward(pooled_);  // (n, C)
+    step.regions = nn::patch_boxes(a, frame.size(2), frame.size(3), m_.patch_).unsqueeze(1);     // (n, 1, 4)
+    step.region_frames = torch::full({frame.size(0), 1, 1}, t_, torch::kLong);
+    ++t_;
+    return step;
+  }
+
+  void keep(const torch::Tensor& rows) override {
+    present_ = present_.defined() ? present_.index_select(0, rows) : rows;
+    if (hidden_.defined()) hidden_ = hidden_.index_select(1, rows);
+    if (pooled_.defined()) pooled_ = pooled_.index_select(0, rows);
+  }
+
+ private:
+  AdaFocusV2Impl& m_;
+  torch::Tensor clip_, present_;          // (B, T, 3, S, S), the rows of the n videos still present (all if undefined)
+  torch::Tensor hidden_, pooled_;         // GRU state (1, n, H), running max (n, H)
+  int64_t t_ = 0;
+};
+
+std::unique_ptr<ExitStepper> AdaFocusV2Impl::stepper(const Clips& clips) {
+  return std::make_unique<V2Stepper>(*this, clips.frames);
+}
+
 std::vector<ParamGroup> AdaFocusV2Impl::param_groups() {
   auto named = prefixed_parameters;
   auto join = [](auto a, const auto& b) {
@@ -187,13 +240,6 @@ std::vector<ParamGroup> AdaFocusV2Impl::param_groups() {
           {"glance", join(named("global_CNN", *global_CNN), named("global_CNN_fc", *global_CNN_fc)), lr_glance_},
           {"local", join(named("local_CNN", *local_CNN), named("local_CNN_fc", *local_CNN_fc)), lr_local_},
           {"classifier", named("classifier", *classifier), lr_classifier_}};
-}
-
-std::vector<double> AdaFocusV2Impl::exit_fractions() const {
-  // Frames are processed one after another: stopping after frame t costs t/T of the whole (official assumption).
-  std::vector<double> f;
-  for (int64_t t = 1; t <= frames_; ++t) f.push_back(static_cast<double>(t) / static_cast<double>(frames_));
-  return f;
 }
 
 nn::StateDict AdaFocusV2Impl::import_state_dict(const nn::StateDict& state) const {

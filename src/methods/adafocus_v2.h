@@ -49,7 +49,9 @@ class AdaFocusV2Impl : public MethodImpl {
   Prediction predict(const Clips& clips) override;
   Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
   std::vector<ParamGroup> param_groups() override;
-  std::vector<double> exit_fractions() const override;
+  int64_t exits() const override { return frames_; }
+  /// Frame by frame: glance, policy step, patch and classifier step of frame t give exit t.
+  std::unique_ptr<ExitStepper> stepper(const Clips& clips) override;
   nn::StateDict import_state_dict(const nn::StateDict& state) const override;
   void load_pretrained(const Config& config) override;
   void set_policy(const std::string& policy) override;
@@ -60,6 +62,7 @@ class AdaFocusV2Impl : public MethodImpl {
   PoolingClassifier classifier{nullptr};
 
  private:
+  friend class V2Stepper;
   struct Glance {
     torch::Tensor frames;  // (B*T, 3, S, S)
     torch::Tensor map;     // (B*T, Cg, h, w)

@@ -84,6 +84,7 @@ Prediction AdaFocusV2TSMImpl::predict(const Clips& clips) {
   Prediction p;
   p.logits = (g.logits + focus(clips.focus, a).first).unsqueeze(1);  // (B, 1, C)
   p.regions = nn::patch_boxes(a, clips.focus.size(3), clips.focus.size(4), patch_).unsqueeze(1);  // (B, 1, 4)
+  p.region_frames = torch::arange(focus_frames_, torch::kLong).view({1, 1, -1}).expand({a.size(0), 1, focus_frames_});
   return p;
 }
 

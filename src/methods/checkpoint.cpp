@@ -43,6 +43,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& c) {
   std::string classes;
   for (const auto& name : c.classes) classes += name + "\n";
   dict.insert("classes", classes);
+  if (!c.exits_json.empty()) dict.insert("exits", c.exits_json);
   io::write_pth(path, dict);
 }
 
@@ -78,6 +79,8 @@ Checkpoint load_checkpoint(const std::string& path) {
     c.epoch_sums.assign(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
   }
   c.config_yaml = text("config");
+  if (const io::PyValue* exits = root.get("exits"); exits && exits->kind == io::PyValue::Kind::String)
+    c.exits_json = exits->text;
   std::istringstream names(text("classes"));
   for (std::string line; std::getline(names, line);) c.classes.push_back(line);
   return c;
@@ -86,7 +89,7 @@ Checkpoint load_checkpoint(const std::string& path) {
 LoadedModel load_model(const std::string& path, const std::string& preset, const std::vector<std::string>& overrides,
                        torch::Device device) {
   Checkpoint c = load_checkpoint(path);
-  LoadedModel m{Config::defaults(), c.classes, nullptr};
+  LoadedModel m{Config::defaults(), c.classes, nullptr, c.exits_json};
   if (!c.config_yaml.empty()) m.config.merge_yaml(c.config_yaml, path + " (its configuration)");
   if (!preset.empty()) m.config.merge_file(preset);
   if (c.config_yaml.empty() && preset.empty())

@@ -21,6 +21,7 @@ struct Checkpoint {
   double best_metric = -1;
   int64_t best_epoch = -1;
   std::vector<double> epoch_sums;       ///< running sums of the interrupted epoch (loss, correct, videos)
+  std::string exits_json;               ///< early-exit thresholds (adafocus calibrate --embed), "" if none
 };
 
 /// Writes atomically (temporary file + fsync + rename).
@@ -33,6 +34,7 @@ struct LoadedModel {
   Config config;
   std::vector<std::string> classes;
   Method method;
+  std::string exits_json;  ///< the early-exit thresholds it carries, "" if none
 };
 
 /// The model of a checkpoint, in eval mode on `device`. `preset` (a file or built-in name, may be "") supplies the

@@ -4,9 +4,36 @@
 #include "io/pth.h"
 #include "methods/adafocus_v2.h"
 #include "methods/adafocus_v2_tsm.h"
+#include "methods/adafocus_v3.h"
 #include "methods/baselines.h"
 
 namespace adafocus::methods {
+
+namespace {
+
+// The exit-by-exit path of a method with one exit: predict() itself.
+class WholeStepper : public ExitStepper {
+ public:
+  WholeStepper(MethodImpl& method, Clips clips) : method_(method), clips_(std::move(clips)) {}
+  ExitStep next() override {
+    TORCH_CHECK(!done_, "this method has one exit");
+    done_ = true;
+    const Prediction p = method_.predict(clips_);
+    return {p.logits.select(1, p.logits.size(1) - 1), p.regions, p.region_frames};
+  }
+  void keep(const torch::Tensor&) override {}
+
+ private:
+  MethodImpl& method_;
+  Clips clips_;
+  bool done_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<ExitStepper> MethodImpl::stepper(const Clips& clips) {
+  return std::make_unique<WholeStepper>(*this, clips);
+}
 
 void MethodImpl::set_policy(const std::string& policy) {
   throw Error("this method places no patches: a test-time policy ('" + policy + "') does not apply");
@@ -16,9 +43,10 @@ Method make_method(const Config& config, int64_t num_classes) {
   const std::string method = config.get_string("model.method");
   if (method == "adafocus_v2") return std::make_shared<AdaFocusV2Impl>(config, num_classes);
   if (method == "adafocus_v2_tsm") return std::make_shared<AdaFocusV2TSMImpl>(config, num_classes);
+  if (method == "adafocus_v3") return std::make_shared<AdaFocusV3Impl>(config, num_classes);
   if (method == "full_frame") return std::make_shared<FullFrameImpl>(config, num_classes);
   throw Error("unknown method '" + method + "'", config.origin("model.method"),
-              "use adafocus_v2, adafocus_v2_tsm or full_frame");
+              "use adafocus_v2, adafocus_v2_tsm, adafocus_v3 or full_frame");
 }
 
 nn::BackboneOptions backbone_options(const Config& c, const std::string& section, int64_t num_classes,

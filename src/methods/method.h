@@ -2,11 +2,12 @@
 // work over all of them.
 //
 // Legend: B videos, T frames of the clip, Tf frames of the focus clip, S input side, C classes, K exits,
-// R regions looked at per video.
+// R regions looked at per video, F frames a region spans, n videos still in a batch that is leaving exit by exit.
 #pragma once
 
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,8 +25,9 @@ struct Clips {
 
 struct Prediction {
   torch::Tensor logits;   ///< (B, K, C): the prediction after each exit, the last one final
-  torch::Tensor regions;  ///< (B, R, 4) boxes (x, y, w, h) in input pixels; R = T (one per frame of `frames`), or
-                          ///< R = 1 (one box for every focus frame); undefined for full-frame methods
+  torch::Tensor regions;  ///< (B, R, 4) boxes (x, y, w, h) in input pixels; undefined for full-frame methods
+  torch::Tensor region_frames;  ///< (B, R, F) int64: the clip positions each region spans, in the focus clip when
+                                ///< the method has one, else in the clip (V2: R = T, F = 1; V2-TSM: R = 1, F = Tf)
   torch::Tensor glance_logits, local_logits;  ///< V2: (B, T, C) the auxiliary heads' per-frame predictions from the
                                               ///< glance alone and from the patch alone; undefined otherwise
 };
@@ -36,12 +38,32 @@ struct Losses {
   torch::Tensor logits;                                    ///< (B, C) final prediction of the step (accuracy)
 };
 
+/// What one exit of the exit-by-exit path gives for the n videos still in the batch.
+struct ExitStep {
+  torch::Tensor logits;         ///< (n, C): the prediction at this exit
+  torch::Tensor regions;        ///< (n, R, 4): what this exit looked at, as Prediction; undefined when nothing
+  torch::Tensor region_frames;  ///< (n, R, F), as Prediction
+};
+
+/// Exit-by-exit inference on one batch (eval mode, no gradients), so that videos leave as soon as their prediction
+/// is good enough and the work shrinks with the batch: next() runs exit 0, then 1, ... for the videos still present;
+/// keep() drops those that left. The logits equal predict()'s.
+class ExitStepper {
+ public:
+  virtual ~ExitStepper() = default;
+  virtual ExitStep next() = 0;
+  /// Keeps the videos at `rows` (n') int64 of those present, in that order, and drops the rest.
+  virtual void keep(const torch::Tensor& rows) = 0;
+};
+
 /// Per-step facts a method's training may depend on.
 struct StepContext {
   int64_t epoch = 0;
   /// The policy branch is trained from this epoch on; before it only the random-patch branch runs (benchmark
   /// warm-up: the crop's gradient is local, so a policy trained from the start on a weak local network collapses).
   int64_t policy_from_epoch = 0;
+  /// From policy_from_epoch on, only the policy learns; the rest is frozen (AdaFocusV3-TSM's second stage).
+  bool policy_only = false;
 };
 
 /// Parameters sharing a learning-rate multiplier (the official per-group ratios).
@@ -59,8 +81,10 @@ class MethodImpl : public torch::nn::Module {
   virtual Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) = 0;
   /// The parameters by learning-rate group; every parameter in exactly one group.
   virtual std::vector<ParamGroup> param_groups() = 0;
-  /// Cost of each exit as a fraction of the whole forward (V2: frame k of T costs k/T; one exit: {1}).
-  virtual std::vector<double> exit_fractions() const { return {1.0}; }
+  /// K, the number of exits (predict's logits.size(1)).
+  virtual int64_t exits() const { return 1; }
+  /// The exit-by-exit path on a batch. The default has one exit, predict() itself.
+  virtual std::unique_ptr<ExitStepper> stepper(const Clips& clips);
   /// Translates checkpoints written by the official code (names, backbone layouts) to ours.
   virtual nn::StateDict import_state_dict(const nn::StateDict& state) const { return state; }
   /// Loads ImageNet (torchvision-layout) weights into the backbones named in the config, classifiers excluded.

@@ -11,6 +11,41 @@ torch::Tensor BackboneImpl::pool(const torch::Tensor& map) const {
   return torch::adaptive_avg_pool2d(map, {1, 1}).flatten(1);
 }
 
+namespace {
+
+// Every block with a temporal shift, whatever the architecture.
+std::vector<int64_t*> shift_segments(BackboneImpl& backbone) {
+  std::vector<int64_t*> out;
+  for (auto& m : backbone.modules(/*include_self=*/false)) {
+    int64_t* segments = nullptr;
+    if (auto* b = m->as<BasicBlockImpl>()) segments = &b->tsm_segments_;
+    if (auto* b = m->as<BottleneckImpl>()) segments = &b->tsm_segments_;
+    if (auto* b = m->as<InvertedResidualImpl>()) segments = &b->tsm_segments_;
+    if (segments && *segments > 0) out.push_back(segments);
+  }
+  return out;
+}
+
+}  // namespace
+
+int64_t BackboneImpl::tsm_segments() {
+  const auto blocks = shift_segments(*this);
+  return blocks.empty() ? 0 : *blocks.front();
+}
+
+void BackboneImpl::set_tsm_segments(int64_t segments) {
+  for (int64_t* s : shift_segments(*this)) *s = segments;
+}
+
+TemporalShiftSegments::TemporalShiftSegments(BackboneImpl& backbone, int64_t segments)
+    : backbone_(backbone), previous_(backbone.tsm_segments()) {
+  if (previous_ > 0) backbone_.set_tsm_segments(segments);
+}
+
+TemporalShiftSegments::~TemporalShiftSegments() {
+  if (previous_ > 0) backbone_.set_tsm_segments(previous_);
+}
+
 StateDict BackboneImpl::import_state_dict(const StateDict& state) const {
   // TSM wraps the shifted convolution in a module named "net": layer1.0.conv1.net.weight -> layer1.0.conv1.weight.
   StateDict out;

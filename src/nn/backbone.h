@@ -47,14 +47,34 @@ class BackboneImpl : public torch::nn::Module {
 
   /// C, the channels of the feature map.
   virtual int64_t feature_dim() const = 0;
+  /// Input pixels per feature-map cell (32; 8 or 16 with the small ResNet stems).
+  virtual int64_t stride() const = 0;
   /// Name prefix of the classifier's parameters ("fc." or "classifier.").
   virtual std::string classifier_prefix() const = 0;
+  /// Frames per clip of the temporal shift (0: the network has none).
+  int64_t tsm_segments();
+  /// Makes the temporal shift treat every `segments` consecutive frames as a clip; no-op without the shift.
+  void set_tsm_segments(int64_t segments);
   /// Translates a state dict of another layout of this architecture (official AdaFocus MobileNetV2, TSM's
   /// ".net." wrappers) to ours; torchvision keys pass unchanged.
   virtual StateDict import_state_dict(const StateDict& state) const;
 };
 
 using Backbone = std::shared_ptr<BackboneImpl>;
+
+/// While alive, `backbone`'s temporal shift (if any) sees clips of `segments` frames: AdaFocusV3's deep-feature
+/// gradient runs a TSM network on cubes one frame longer than those it was built for.
+class TemporalShiftSegments {
+ public:
+  TemporalShiftSegments(BackboneImpl& backbone, int64_t segments);
+  ~TemporalShiftSegments();
+  TemporalShiftSegments(const TemporalShiftSegments&) = delete;
+  TemporalShiftSegments& operator=(const TemporalShiftSegments&) = delete;
+
+ private:
+  BackboneImpl& backbone_;
+  int64_t previous_;
+};
 
 /// Builds a backbone with torchvision's initialisation; throws adafocus::Error for an unknown arch.
 Backbone make_backbone(const BackboneOptions& options);

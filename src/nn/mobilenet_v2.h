@@ -31,9 +31,7 @@ class InvertedResidualImpl : public torch::nn::Module {
   torch::nn::Sequential conv;  // "conv": [ConvBNReLU6 expand,] ConvBNReLU6 depthwise, Conv2d project, BatchNorm2d
   bool use_residual;
   int64_t expand_ratio;
-
- private:
-  int64_t tsm_segments_, shift_div_;
+  int64_t tsm_segments_, shift_div_;  // 0 segments: no temporal shift
 };
 TORCH_MODULE(InvertedResidual);
 
@@ -45,6 +43,7 @@ class MobileNetV2Impl : public BackboneImpl {
   /// pooled: (N, C) -> (N, K); dropout 0.2 then linear
   torch::Tensor classify(const torch::Tensor& pooled) override;
   int64_t feature_dim() const override { return last_channel_; }
+  int64_t stride() const override { return 32; }
   std::string classifier_prefix() const override { return "classifier."; }
   StateDict import_state_dict(const StateDict& state) const override;
 

@@ -18,9 +18,7 @@ class BasicBlockImpl : public torch::nn::Module {
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
   torch::nn::Sequential downsample{nullptr};  // "downsample.0" 1x1 conv, "downsample.1" BN; only when shapes change
-
- private:
-  int64_t tsm_segments_, shift_div_;
+  int64_t tsm_segments_, shift_div_;          // 0 segments: no temporal shift
 };
 TORCH_MODULE(BasicBlock);
 
@@ -35,9 +33,7 @@ class BottleneckImpl : public torch::nn::Module {
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   torch::nn::Sequential downsample{nullptr};
-
- private:
-  int64_t tsm_segments_, shift_div_;
+  int64_t tsm_segments_, shift_div_;  // 0 segments: no temporal shift
 };
 TORCH_MODULE(Bottleneck);
 
@@ -49,6 +45,7 @@ class ResNetImpl : public BackboneImpl {
   /// pooled: (N, C) -> (N, K)
   torch::Tensor classify(const torch::Tensor& pooled) override { return fc(pooled); }
   int64_t feature_dim() const override { return feature_dim_; }
+  int64_t stride() const override { return stem_ == "imagenet" ? 32 : stem_ == "small" ? 8 : 16; }
   std::string classifier_prefix() const override { return "fc."; }
 
   torch::nn::Conv2d conv1{nullptr};

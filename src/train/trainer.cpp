@@ -112,6 +112,8 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
   const int64_t checkpoint_every = config.get_int("train.checkpoint_every");
   methods::StepContext context;
   context.policy_from_epoch = config.get_int("train.policy_from_epoch");
+  const bool two_stages = config.get_bool("train.policy_only") && context.policy_from_epoch > 0 &&
+                          context.policy_from_epoch < epochs;
 
   std::vector<std::string> metrics = metrics_before(metrics_path, state.epoch);
   auto save = [&](const std::string& path, int64_t epoch, int64_t batch, const std::vector<double>& sums) {
@@ -130,6 +132,10 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
   eval_options.device = o.device;
   for (int64_t epoch = state.epoch; epoch < epochs; ++epoch) {
     context.epoch = epoch;
+    context.policy_only = two_stages && epoch >= context.policy_from_epoch;
+    // Two stages (train.policy_only) each have their own learning-rate schedule.
+    const int64_t stage_start = context.policy_only ? context.policy_from_epoch : 0;
+    const int64_t stage_epochs = !two_stages ? epochs : context.policy_only ? epochs - stage_start : context.policy_from_epoch;
     const int64_t first = epoch == state.epoch ? state.batch : 0;
     std::vector<double> sums = epoch == state.epoch && state.epoch_sums.size() == 3 ? state.epoch_sums
                                                                                      : std::vector<double>{0, 0, 0};
@@ -141,7 +147,7 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
       std::optional<data::Batch> batch = loader.next();
       // Dropout and random patches draw from a stream fixed by (seed, epoch, step): resuming repeats them.
       torch::manual_seed(Rng::derive(seed, {static_cast<uint64_t>(epoch), static_cast<uint64_t>(step)}).next());
-      lr = learning_rate(schedule, lr0, epoch, step, steps, epochs, warmup);
+      lr = learning_rate(schedule, lr0, epoch - stage_start, step, steps, stage_epochs, warmup);
       const methods::Clips clips{batch->clips.to(o.device),
                                  batch->focus.defined() ? batch->focus.to(o.device) : torch::Tensor()};
       const auto target = batch->target.to(o.device);

@@ -259,6 +259,9 @@ train: {epochs: 2, optimizer: adam, lr: 0.003, schedule: onecycle, eval_every: 1
 """
 
 
+TINY_V3 = TINY_V2.replace("method: adafocus_v2", "method: adafocus_v3").replace("epochs: 2,", "epochs: 2, policy_from_epoch: 1,")
+
+
 def metrics_lines(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return f.read().splitlines()
@@ -335,7 +338,11 @@ class Methods(unittest.TestCase):
         for key in ["top1", "top5", "mean_class_accuracy", "map", "gflops", "iou", "exit_gflops"]:
             self.assertIn(key, out)
         self.assertEqual(len(out["exit_gflops"]), 4)  # one exit per frame
-        self.assertAlmostEqual(out["exit_gflops"][-1], out["gflops"], places=9)
+        self.assertEqual(len(out["exit_top1"]), 4)
+        self.assertAlmostEqual(out["exit_top1"][-1], out["top1"], places=9)
+        # The exit-by-exit path skips the auxiliary heads that the official forward (and the papers' count) runs.
+        self.assertLess(out["exit_gflops"][-1], out["gflops"])
+        self.assertGreater(out["exit_gflops"][-1], 0.99 * out["gflops"])
         flops = json.loads(self.ok("flops", "-c", self.preset, "model.num_classes=10", "--json"))
         self.assertAlmostEqual(flops["gflops"], out["gflops"], places=9)
         swapped = json.loads(self.ok("eval", "--checkpoint", os.path.join(self.run_dir, "best.pt"), "--data",
@@ -386,6 +393,19 @@ class Methods(unittest.TestCase):
             out = json.loads(self.ok("flops", "-c", preset, "--json"))
             self.assertAlmostEqual(out["gflops"], expected, delta=0.05)
 
+    def test_v3_presets_flops_are_the_papers_networks(self):
+        # The paper gives only early-exit averages; its networks' share of the no-exit cost follows from the official
+        # per-frame constants: MobileNetV2@224 on every glance frame, ResNet-50@P on every frame of every cube.
+        mbv2, r50 = 0.299511328, {96: 0.750725056, 128: 1.334601664}
+        for preset, glance, cube_frames, p in [("activitynet_v3", 18, 18, 128), ("activitynet_v3_p96", 18, 18, 96),
+                                               ("sthv1_v3_tsm", 8, 24, 128)]:
+            out = json.loads(self.ok("flops", "-c", preset, "--json", "--verbose"))
+            part = lambda prefix: sum(l["macs"] for l in out["layers"] if l["name"].startswith(prefix)) * 1e-9
+            self.assertAlmostEqual(part("global_CNN."), glance * mbv2, delta=1e-6)
+            self.assertAlmostEqual(part("local_CNN."), cube_frames * r50[p], delta=1e-6)
+            self.assertAlmostEqual(out["exits"][-1], out["gflops"], delta=1e-9)  # V3 runs no auxiliary head
+            self.assertLess(out["exits"][0], 0.25 * out["gflops"])               # the glance alone is cheap
+
     def test_item_pretraining_repeats_with_the_seed(self):
         # Each run is a new process: LibTorch seeds its default generator at random, so the seed must come first.
         paths = [os.path.join(self.dir, f"items{i}.pth") for i in range(2)]
@@ -399,21 +419,133 @@ class Methods(unittest.TestCase):
     def test_demo_smoke(self):
         out_dir = os.path.join(self.dir, "demo")
         r = run("demo", "--out", out_dir, "--train-videos", "16", "--val-videos", "8", "--epochs", "1",
-                "--pretrain-images", "256", "--set", "data.batch_size=8")
+                "--pretrain-images", "256", "--calibration-videos", "8", "--set", "data.batch_size=8")
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(os.path.join(out_dir, "results.json")) as f:
             rows = {row["method"]: row for row in json.load(f)}
-        for m in ["adafocus_v2", "random_patch", "center_patch", "full_frame_low_res", "full_frame_full_res"]:
+        for m in ["adafocus_v2", "adafocus_v3", "random_patch", "full_frame_low_res", "full_frame_full_res"]:
             self.assertIn(m, rows)
             self.assertTrue(os.path.exists(os.path.join(out_dir, m + ".pt")), m)
             self.assertTrue(0 <= rows[m]["top1"] <= 100)
         self.assertIn("iou", rows["adafocus_v2"])
         self.assertNotIn("iou", rows["full_frame_full_res"])
+        # Exits: V2 has none for the glance alone (index 0), V3 does; both have a budget curve of counted GFLOPs.
+        self.assertIsNone(rows["adafocus_v2"]["top1_per_exit"][0])
+        self.assertEqual(len(rows["adafocus_v2"]["top1_per_exit"]), 9)
+        self.assertEqual(len(rows["adafocus_v3"]["top1_per_exit"]), 9)
+        for m in ["adafocus_v2", "adafocus_v3"]:
+            curve = rows[m]["curve"]
+            self.assertGreater(len(curve), 1)
+            self.assertTrue(all(set(p) >= {"budget", "gflops", "top1"} for p in curve), curve)
+            self.assertLessEqual(max(p["gflops"] for p in curve), rows[m]["gflops"] * (1 + 1e-6))
+        self.assertNotIn("curve", rows["random_patch"])
         self.assertLess(rows["adafocus_v2"]["gflops"], rows["full_frame_full_res"]["gflops"] / 3)
         self.assertIn("Claims on this run", r.stdout)
         with open(os.path.join(out_dir, "accuracy_vs_gflops.svg")) as f:
             self.assertIn("<svg", f.read())
         self.assertTrue(os.path.getsize(os.path.join(out_dir, "focus.gif")) > 0)
+
+
+class AdaptiveInference(unittest.TestCase):
+    """calibrate, eval with thresholds, predict --budget and bench, on a tiny AdaFocusV3."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = cls.tmp.name
+        cls.data = os.path.join(cls.dir, "data")
+        r = run("make-synthetic", "--out", cls.data, "--train", "16", "--val", "6", "--calib", "12", "--seed", "7",
+                "--frames", "8", "--size", "64")
+        assert r.returncode == 0, r.stderr
+        preset = os.path.join(cls.dir, "tiny_v3.yaml")
+        with open(preset, "w") as f:
+            f.write(TINY_V3)
+        cls.run_dir = os.path.join(cls.dir, "run")
+        r = run("train", "-c", preset, "--data", cls.data, "--out", cls.run_dir, "train.eval_every=0",
+                "train.eval_last=0")
+        assert r.returncode == 0, r.stderr
+        cls.plain = os.path.join(cls.run_dir, "last.pt")  # no thresholds
+        cls.model = os.path.join(cls.dir, "model.pt")
+        with open(cls.plain, "rb") as a, open(cls.model, "wb") as b:
+            b.write(a.read())
+        cls.exits = json.loads(run("flops", "-c", preset, "model.num_classes=10", "--json").stdout)["exits"]
+        cls.table = os.path.join(cls.dir, "exits.json")
+        # Budgets between the exits' costs, so that videos leave at several exits.
+        cls.budgets = [(cls.exits[1] + cls.exits[2]) / 2, (cls.exits[2] + cls.exits[4]) / 2]
+        r = run("calibrate", "--checkpoint", cls.model, "--list", "calib.txt", "--budgets",
+                ",".join(str(b) for b in cls.budgets), "--out", cls.table, "--embed")
+        assert r.returncode == 0, r.stderr
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def ok(self, *args):
+        r = run(*args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def test_exit_costs_are_counted_on_the_exit_by_exit_path(self):
+        self.assertEqual(len(self.exits), 5)  # the glance alone, then one per frame-wise cube
+        self.assertTrue(all(a < b for a, b in zip(self.exits, self.exits[1:])), self.exits)
+
+    def test_counted_gflops_equal_the_expectation_on_the_calibration_set(self):
+        with open(self.table) as f:
+            table = json.load(f)
+        self.assertEqual(table["criterion"], "entropy")
+        self.assertEqual([b["budget"] for b in table["budgets"]], self.budgets)
+        self.assertAlmostEqual(table["exit_gflops"][-1], self.exits[-1], places=12)
+        out = json.loads(self.ok("eval", "--checkpoint", self.model, "--thresholds", self.table, "--list",
+                                 "calib.txt", "--json"))
+        self.assertEqual(len(out["curve"]), 2)
+        for point, fitted in zip(out["curve"], table["budgets"]):
+            self.assertLessEqual(fitted["gflops"], fitted["budget"] * (1 + 1e-9))
+            # Counted as the batches ran, exit by exit, and the fitted expectation: the same on the same videos.
+            self.assertAlmostEqual(point["gflops"], point["expected_gflops"], delta=1e-9 * point["gflops"])
+            self.assertAlmostEqual(point["top1"], fitted["top1"], places=6)
+            self.assertAlmostEqual(sum(point["exit_proportions"]), 1.0, places=9)
+        self.assertLess(out["curve"][0]["gflops"], out["curve"][1]["gflops"])
+        # On other videos the cost follows the budget without equalling the expectation exactly.
+        val = json.loads(self.ok("eval", "--checkpoint", self.model, "--budget", str(self.budgets[0]), "--json"))
+        self.assertLess(val["curve"][0]["gflops"], self.exits[-1])
+
+    def test_predict_stops_early_under_a_budget(self):
+        video = os.path.join(self.data, "videos", "val_00001.mp4")
+        tiny = json.loads(self.ok("predict", "--checkpoint", self.model, video, "--budget", "1e-9", "--json"))
+        self.assertLessEqual(tiny["exit"], 1)
+        self.assertEqual(tiny["exits"], 5)
+        self.assertAlmostEqual(tiny["gflops"], self.exits[tiny["exit"]], delta=1e-9)
+        self.assertLess(tiny["gflops"], tiny["full_gflops"])
+        self.assertEqual(len(tiny["regions"]), tiny["exit"])  # one frame-wise cube per exit after the glance
+        whole = json.loads(self.ok("predict", "--checkpoint", self.model, video, "--budget", "1e9", "--json"))
+        self.assertGreaterEqual(whole["exit"], tiny["exit"])
+        frames = [r["frame"] for r in whole["regions"]]
+        self.assertEqual(len(frames), len(set(frames)))  # no frame processed twice
+        text = self.ok("predict", "--checkpoint", self.model, video, "--budget", "1e-9")
+        self.assertIn("stopped after exit", text)
+
+    def test_budget_without_thresholds_is_an_error_with_a_hint(self):
+        r = run("predict", "--checkpoint", self.plain, os.path.join(self.data, "videos", "val_00001.mp4"),
+                "--budget", "0.01")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("calibrate", r.stderr)
+        r = run("eval", "--checkpoint", self.plain, "--budget", "0.01")
+        self.assertIn("no early-exit thresholds", r.stderr)
+        self.assertIn("nowhere to write", run("calibrate", "--checkpoint", self.plain).stderr)
+
+    def test_bench_reports_speed_beside_gflops(self):
+        out = json.loads(self.ok("bench", "--checkpoint", self.model, "--videos", "4", "--batch", "2", "--rounds", "1",
+                                 "--warmup", "1", "--json"))
+        names = [v["name"] for v in out["variants"]]
+        self.assertEqual(names, ["early exits", "no early exit", "full frame"])
+        for v in out["variants"]:
+            self.assertGreater(v["videos_per_second"], 0)
+            self.assertLessEqual(v["latency_p50_ms"], v["latency_p90_ms"])
+        full = out["variants"][-1]
+        self.assertAlmostEqual(full["gflops_ratio"], 1.0)
+        self.assertLess(out["variants"][1]["gflops"], full["gflops"])
+        self.assertLessEqual(out["variants"][0]["gflops"], out["variants"][1]["gflops"])
+        self.assertGreater(out["decode_ms_per_video"], 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,182 @@
+// adafocus bench: how fast a trained model really is. In one run and on the same decoded videos it times the model
+// with early exits (batches run exit by exit, videos leave as they become confident), the same model without exits,
+// and the full-frame TSN of the same local network at the full input size, and sets each measured speedup beside
+// the ratio of GFLOPs. Decoding is timed on its own. Variants are timed in turns, so that a machine whose speed
+// drifts slows them alike.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "cli/common.h"
+#include "core/error.h"
+#include "data/dataset.h"
+#include "infer/adaptive.h"
+#include "infer/flops.h"
+#include "methods/checkpoint.h"
+
+namespace adafocus::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct BenchArgs {
+  std::string checkpoint, preset, data, list, thresholds;
+  std::vector<std::string> overrides;
+  double budget = -1;
+  int64_t batch = 8, videos = 64, warmup = 2, rounds = 3;
+  bool json = false;
+};
+
+struct Variant {
+  Variant(std::string n, std::function<void(const methods::Clips&)> r, double g)
+      : name(std::move(n)), run(std::move(r)), gflops(g) {}
+  std::string name;
+  std::function<void(const methods::Clips&)> run;
+  double gflops;
+  std::vector<double> latencies;  // seconds per batch
+  double seconds = 0;             // all timed batches
+  int64_t videos = 0;
+};
+
+double percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(std::min<double>(v.size() - 1, std::floor(p * (v.size() - 1) + 0.5)))];
+}
+
+int run(const BenchArgs& args, const Runtime& runtime) {
+  std::vector<std::string> overrides = args.overrides;
+  if (!args.data.empty()) overrides.push_back("data.root=" + args.data);
+  if (!args.list.empty()) overrides.push_back("data.val_list=" + args.list);
+  const torch::Device device = runtime.torch_device();
+  methods::LoadedModel m = methods::load_model(args.checkpoint, args.preset, overrides, device);
+  const Config& c = m.config;
+
+  // Decoding and transforms, timed apart from the networks.
+  data::DatasetOptions dataset_options = data::DatasetOptions::from_config(c, "data.val_list", false);
+  dataset_options.limit = args.videos;
+  data::VideoDataset dataset(dataset_options);
+  std::vector<methods::Clips> batches;
+  const auto decode_start = Clock::now();
+  for (size_t first = 0; first < dataset.size(); first += static_cast<size_t>(args.batch)) {
+    std::vector<torch::Tensor> frames, focus;
+    for (size_t i = first; i < std::min(dataset.size(), first + static_cast<size_t>(args.batch)); ++i) {
+      Rng unused(0);  // the test view draws nothing
+      data::Sample s = dataset.get(i, unused);
+      frames.push_back(s.clip);
+      if (s.focus.defined()) focus.push_back(s.focus);
+    }
+    batches.push_back({torch::stack(frames).to(device), focus.empty() ? torch::Tensor() : torch::stack(focus).to(device)});
+  }
+  const double decode_seconds = std::chrono::duration<double>(Clock::now() - decode_start).count();
+  if (batches.empty()) throw Error("no videos to time", dataset_options.list, "check --data / --list");
+
+  std::optional<infer::ExitRule> rule;
+  if (m.method->exits() > 1 && (args.budget >= 0 || !args.thresholds.empty() || !m.exits_json.empty())) {
+    const infer::ExitTable table = exit_table(m, args.thresholds, args.checkpoint);
+    const infer::ExitSetting s = table.for_budget(args.budget >= 0 ? args.budget : table.exit_gflops.back());
+    rule = infer::ExitRule{table.criterion, s.thresholds};
+  }
+
+  // The full-frame TSN of the same local network, at the full input size (random weights: only time and GFLOPs).
+  Config ff = c;
+  ff.set("model.method", "full_frame", "bench");
+  ff.set("model.backbone.arch", c.get_string("model.local.arch"), "bench");
+  ff.set("model.backbone.stem", c.get_string("model.local.stem"), "bench");
+  ff.set("model.backbone.width_mult", fmt::format("{}", c.get_float("model.local.width_mult")), "bench");
+  ff.set("model.backbone.base_width", fmt::format("{}", c.get_int("model.local.base_width")), "bench");
+  ff.set("model.backbone.tsm", c.get_bool("model.local.tsm") ? "true" : "false", "bench");
+  ff.set("model.backbone.resolution", "0", "bench");
+  methods::Method full_frame = methods::make_method(ff, static_cast<int64_t>(m.classes.size()));
+  full_frame->to(device);
+  full_frame->eval();
+
+  torch::NoGradGuard no_grad;
+  methods::MethodImpl& model = *m.method;
+  model.eval();
+  const int64_t frames = c.get_int("data.segments"), focus = c.get_int("data.focus_segments"),
+                size = c.get_int("data.input_size");
+  std::vector<Variant> variants;
+  if (rule) {
+    int64_t macs = 0;
+    for (const auto& b : batches) macs += infer::run_adaptive(model, b, *rule, true).macs;
+    variants.emplace_back("early exits", [&](const methods::Clips& b) { infer::run_adaptive(model, b, *rule, false); },
+                          static_cast<double>(macs) * 1e-9 / static_cast<double>(dataset.size()));
+  }
+  variants.emplace_back("no early exit", [&](const methods::Clips& b) { model.predict(b); },
+                        infer::method_flops(model, frames, focus, size).report.gflops());
+  variants.emplace_back("full frame", [&](const methods::Clips& b) { full_frame->predict(b); },
+                        infer::method_flops(*full_frame, frames, focus, size).report.gflops());
+
+  for (auto& v : variants)
+    for (int64_t i = 0; i < args.warmup; ++i) v.run(batches[static_cast<size_t>(i) % batches.size()]);
+  for (int64_t r = 0; r < args.rounds; ++r)
+    for (auto& v : variants)
+      for (const auto& b : batches) {
+        const auto start = Clock::now();
+        v.run(b);
+        const double s = std::chrono::duration<double>(Clock::now() - start).count();
+        v.latencies.push_back(s);
+        v.seconds += s;
+        v.videos += b.frames.size(0);
+      }
+
+  const Variant& baseline = variants.back();
+  nlohmann::json out{{"checkpoint", args.checkpoint}, {"method", c.get_string("model.method")}, {"batch", args.batch},
+                     {"videos", dataset.size()}, {"threads", runtime.threads}, {"device", runtime.device},
+                     {"decode_ms_per_video", 1e3 * decode_seconds / static_cast<double>(dataset.size())}};
+  if (args.budget >= 0) out["budget"] = args.budget;
+  out["variants"] = nlohmann::json::array();
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& v : variants) {
+    const double per_second = static_cast<double>(v.videos) / v.seconds;
+    const double speedup = baseline.seconds / v.seconds * static_cast<double>(v.videos) / baseline.videos;
+    const double ratio = baseline.gflops / v.gflops;
+    out["variants"].push_back({{"name", v.name}, {"gflops", v.gflops}, {"videos_per_second", per_second},
+                               {"latency_p50_ms", 1e3 * percentile(v.latencies, 0.5)},
+                               {"latency_p90_ms", 1e3 * percentile(v.latencies, 0.9)},
+                               {"speedup_over_full_frame", speedup}, {"gflops_ratio", ratio},
+                               {"speedup_over_gflops_ratio", speedup / ratio}});
+    rows.push_back({v.name, fmt::format("{:.4g}", v.gflops), fmt::format("{:.1f}", per_second),
+                    fmt::format("{:.2f}", 1e3 * percentile(v.latencies, 0.5)),
+                    fmt::format("{:.2f}", 1e3 * percentile(v.latencies, 0.9)), fmt::format("{:.2f}x", speedup),
+                    fmt::format("{:.2f}x", ratio), fmt::format("{:.2f}", speedup / ratio)});
+  }
+  if (args.json) {
+    fmt::print("{}\n", out.dump(2));
+    return 0;
+  }
+  fmt::print("{} on {} videos, batch {}, {} thread(s), {}; decoding {:.2f} ms/video (not in the times below)\n",
+             c.get_string("model.method"), dataset.size(), args.batch, runtime.threads, runtime.device,
+             out["decode_ms_per_video"].get<double>());
+  print_table({"variant", "GFLOPs/video", "videos/s", "p50 ms/batch", "p90 ms/batch", "speedup", "GFLOPs ratio",
+               "speedup / ratio"},
+              rows);
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, Commands& commands, const Runtime& runtime) {
+  auto args = std::make_shared<BenchArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "bench", "measured speed of a model with and without early exits and of the full-frame baseline");
+  sub->add_option("--checkpoint", args->checkpoint, "a trained model")->required();
+  sub->add_option("-c,--config", args->preset, "preset for checkpoints without a configuration (official ones)");
+  sub->add_option("--data", args->data, "dataset folder (data.root)");
+  sub->add_option("--list", args->list, "videos to run (default: the run's data.val_list)");
+  sub->add_option("--budget", args->budget, "GFLOPs per video for the early exits (default: the checkpoint's largest)");
+  sub->add_option("--thresholds", args->thresholds, "early-exit thresholds (adafocus calibrate --out)");
+  sub->add_option("--batch", args->batch, "videos per batch")->check(CLI::PositiveNumber);
+  sub->add_option("--videos", args->videos, "videos to time, evenly spread over the list")->check(CLI::PositiveNumber);
+  sub->add_option("--warmup", args->warmup, "untimed batches per variant first");
+  sub->add_option("--rounds", args->rounds, "timed passes over the videos per variant")->check(CLI::PositiveNumber);
+  sub->add_flag("--json", args->json, "machine-readable output");
+  sub->add_option("overrides", args->overrides, "dotted key=value overrides");
+  commands.push_back({sub, [args, &runtime] { return run(*args, runtime); }});
+}
+
+}  // namespace adafocus::cli

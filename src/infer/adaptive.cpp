@@ -1,0 +1,65 @@
+#include "infer/adaptive.h"
+
+#include "infer/flops.h"
+
+namespace adafocus::infer {
+
+AdaptiveResult run_adaptive(methods::MethodImpl& method, const methods::Clips& clips, const ExitRule& rule,
+                            bool count) {
+  const int64_t b = clips.frames.size(0), k = method.exits();
+  TORCH_CHECK(rule.thresholds.empty() || static_cast<int64_t>(rule.thresholds.size()) == k, "run_adaptive: ",
+              rule.thresholds.size(), " thresholds for ", k, " exits");
+  AdaptiveResult out;
+  out.regions.resize(static_cast<size_t>(b));
+  out.region_frames.resize(static_cast<size_t>(b));
+  std::vector<std::vector<torch::Tensor>> boxes(static_cast<size_t>(b)), positions(static_cast<size_t>(b));
+  auto run = [&] {
+    auto stepper = method.stepper(clips);
+    auto present = torch::arange(b, torch::TensorOptions(torch::kLong).device(clips.frames.device()));
+    for (int64_t e = 0; e < k && present.numel() > 0; ++e) {
+      const methods::ExitStep step = stepper->next();  // (n, C) for the n videos present
+      if (!out.exit_logits.defined()) {
+        out.exit_logits = torch::full({b, k, step.logits.size(1)}, NAN, step.logits.options());
+        out.logits = torch::empty({b, step.logits.size(1)}, step.logits.options());
+        out.exits = torch::empty({b}, present.options());
+      }
+      out.exit_logits.select(1, e).index_copy_(0, present, step.logits);
+      if (step.regions.defined()) {
+        const auto ids = present.cpu();
+        for (int64_t i = 0; i < ids.size(0); ++i) {
+          boxes[static_cast<size_t>(ids[i].item<int64_t>())].push_back(step.regions[i]);
+          positions[static_cast<size_t>(ids[i].item<int64_t>())].push_back(step.region_frames[i]);
+        }
+      }
+      torch::Tensor leave;  // (n,) bool
+      if (e + 1 == k)
+        leave = torch::ones({present.size(0)}, present.options().dtype(torch::kBool));
+      else if (rule.thresholds.empty())
+        leave = torch::zeros({present.size(0)}, present.options().dtype(torch::kBool));
+      else
+        leave = exit_scores(step.logits.unsqueeze(1), rule.criterion).squeeze(1) >= rule.thresholds[static_cast<size_t>(e)];
+      const auto gone = present.masked_select(leave);
+      out.logits.index_copy_(0, gone, step.logits.index_select(0, leave.nonzero().squeeze(1)));
+      out.exits.index_fill_(0, gone, e);
+      if (gone.numel() == present.numel()) break;
+      if (gone.numel() > 0) {
+        const auto rows = (~leave).nonzero().squeeze(1);
+        stepper->keep(rows);
+        present = present.index_select(0, rows);
+      }
+    }
+  };
+  if (count)
+    out.macs = count_flops(method, run).total;
+  else
+    run();
+  for (size_t i = 0; i < boxes.size(); ++i)
+    if (!boxes[i].empty()) {
+      out.regions[i] = torch::cat(boxes[i]);
+      out.region_frames[i] = torch::cat(positions[i]);
+    }
+  out.exits = out.exits.cpu();
+  return out;
+}
+
+}  // namespace adafocus::infer

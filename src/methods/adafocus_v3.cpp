@@ -1,0 +1,381 @@
+#include "methods/adafocus_v3.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "methods/baselines.h"
+#include "nn/cube_crop.h"
+
+namespace adafocus::methods {
+
+namespace {
+
+torch::nn::Sequential dropout_linear(double dropout, int64_t in, int64_t out) {
+  return torch::nn::Sequential(torch::nn::Dropout(dropout), torch::nn::Linear(in, out));
+}
+
+torch::nn::Sequential mlp(int64_t in, int64_t hidden) {
+  return torch::nn::Sequential(torch::nn::Linear(in, hidden), torch::nn::BatchNorm1d(hidden), torch::nn::ReLU());
+}
+
+// Choice: before training, cubes start at the centre of the frame and spread over the clip in time, coarse to fine
+// (the middle position first, then each time the one farthest from those taken - like V2's input_order), so that an
+// untrained policy covers the video instead of stacking every cube on one frame. Returns K time fractions.
+std::vector<double> spread_times(int64_t cubes, int64_t positions) {
+  std::vector<int64_t> taken;
+  std::vector<double> out;
+  for (int64_t k = 0; k < cubes; ++k) {
+    int64_t best = positions > 1 ? (positions - 1) / 2 : 0, best_distance = -1;
+    for (int64_t p = 0; !taken.empty() && p < positions; ++p) {
+      int64_t distance = positions;
+      for (int64_t t : taken) distance = std::min(distance, std::abs(p - t));
+      if (distance > best_distance) best = p, best_distance = distance;
+    }
+    taken.push_back(best);
+    // A fraction strictly inside (0, 1), 0.4 of a position away from the ends, so that the sigmoid can reach it.
+    const double span = static_cast<double>(std::max<int64_t>(1, positions - 1));
+    out.push_back(std::clamp(static_cast<double>(best) / span, 0.4 / span, 1.0 - 0.4 / span));
+  }
+  return out;
+}
+
+}  // namespace
+
+CubePolicyImpl::CubePolicyImpl(int64_t map_channels, int64_t frames, int64_t map_h, int64_t map_w, int64_t channels,
+                               const std::vector<double>& start_times)
+    : cubes_(static_cast<int64_t>(start_times.size())) {
+  namespace nn = torch::nn;
+  encoder->push_back(nn::Conv3d(nn::Conv3dOptions(map_channels, channels, 1).bias(false)));
+  encoder->push_back(nn::BatchNorm3d(channels));
+  encoder->push_back(nn::ReLU());
+  for (int i = 0; i < 2; ++i) {
+    encoder->push_back(nn::Conv3d(nn::Conv3dOptions(channels, channels, 3).padding(1).bias(false)));
+    encoder->push_back(nn::BatchNorm3d(channels));
+    encoder->push_back(nn::ReLU());
+  }
+  register_module("encoder", encoder);
+  fc = register_module("fc", nn::Linear(channels * frames * map_h * map_w, 3 * cubes_));
+  torch::NoGradGuard no_grad;
+  fc->weight.zero_();
+  auto bias = torch::zeros({cubes_, 3});  // rows and columns: sigmoid(0) = the centre
+  for (int64_t k = 0; k < cubes_; ++k) {
+    const double t = start_times[static_cast<size_t>(k)];
+    bias[k][2] = std::log(t / (1 - t));
+  }
+  fc->bias.copy_(bias.flatten());
+}
+
+torch::Tensor CubePolicyImpl::forward(const torch::Tensor& maps) {
+  const auto x = encoder->forward(maps.permute({0, 2, 1, 3, 4}));  // (B, c, T, h, w)
+  return torch::sigmoid(fc(x.flatten(1))).view({-1, cubes_, 3});   // (B, K, 3)
+}
+
+CubeClassifierImpl::CubeClassifierImpl(int64_t glance_dim, int64_t local_dim, int64_t hidden, int64_t cubes,
+                                       int64_t num_classes, double dropout, bool concat)
+    : concat_(concat) {
+  global_mlp = register_module("global_mlp", mlp(glance_dim, hidden));
+  local_mlp = register_module("local_mlp", mlp(local_dim, hidden));
+  classifiers->push_back(dropout_linear(dropout, hidden, num_classes));
+  for (int64_t k = 1; k <= cubes; ++k) classifiers->push_back(dropout_linear(dropout, concat ? 2 * hidden : hidden, num_classes));
+  register_module("classifiers", classifiers);
+}
+
+torch::Tensor CubeClassifierImpl::glance(const torch::Tensor& features) {
+  const int64_t b = features.size(0), t = features.size(1);
+  return std::get<0>(global_mlp->forward(features.reshape({b * t, -1})).view({b, t, -1}).max(1));  // (B, H)
+}
+
+torch::Tensor CubeClassifierImpl::local(const torch::Tensor& features) { return local_mlp->forward(features); }
+
+torch::Tensor CubeClassifierImpl::head(int64_t k, const torch::Tensor& local, const torch::Tensor& glance) {
+  const auto& h = classifiers[static_cast<size_t>(k)]->as<torch::nn::Sequential>();
+  if (k == 0) return h->forward(glance);
+  return h->forward(concat_ ? torch::cat({local, glance}, 1) : local);  // (B, C)
+}
+
+torch::Tensor CubeClassifierImpl::forward(const torch::Tensor& glance_features, const torch::Tensor& local_features) {
+  const int64_t b = local_features.size(0), k = local_features.size(1);
+  const auto zg = glance(glance_features);                                                          // (B, H)
+  const auto zl = std::get<0>(torch::cummax(local(local_features.reshape({b * k, -1})).view({b, k, -1}), 1));  // (B, K, H)
+  std::vector<torch::Tensor> logits{head(0, {}, zg)};
+  for (int64_t i = 1; i <= k; ++i) logits.push_back(head(i, zl.select(1, i - 1), zg));
+  return torch::stack(logits, 1);  // (B, K + 1, C)
+}
+
+AdaFocusV3Impl::AdaFocusV3Impl(const Config& c, int64_t num_classes)
+    : frames_(c.get_int("data.segments")),
+      length_(c.get_int("model.cube_frames")),
+      patch_(c.get_int("model.patch_size")),
+      glance_size_(c.get_int("model.glance.resolution")),
+      resize_(c.get_string("model.resize")),
+      gradient_(c.get_string("model.policy_gradient")),
+      lr_policy_(c.get_float("train.lr_policy")),
+      lr_glance_(c.get_float("train.lr_glance")),
+      lr_local_(c.get_float("train.lr_local")),
+      lr_classifier_(c.get_float("train.lr_classifier")) {
+  set_policy(c.get_string("model.policy"));
+  if (gradient_ != "feature" && gradient_ != "pixel")
+    throw Error("model.policy_gradient must be feature or pixel, not '" + gradient_ + "'",
+                c.origin("model.policy_gradient"));
+  if (c.get_bool("data.input_order"))
+    throw Error("adafocus_v3 places cubes in time: it needs the frames in time order", c.origin("data.input_order"),
+                "set data.input_order=false");
+  const int64_t input = c.get_int("data.input_size");
+  const int64_t source_frames = c.get_int("data.focus_segments") > 0 ? c.get_int("data.focus_segments") : frames_;
+  if (length_ < 1 || length_ > source_frames)
+    throw Error("model.cube_frames must be in [1, " + std::to_string(source_frames) + "] (the frames cubes are cut from)",
+                c.origin("model.cube_frames"));
+  // Choice: by default as many cubes as fit side by side in time (frame-wise: one per frame; 12 of 24: 2).
+  source_frames_ = source_frames;
+  cubes_ = c.get_int("model.cubes") > 0 ? c.get_int("model.cubes") : source_frames / length_;
+  if (length_ == 1 && cubes_ > source_frames)
+    throw Error("model.cubes " + std::to_string(cubes_) + ": frame-wise cubes take each frame at most once, and the clip has " +
+                    std::to_string(source_frames),
+                c.origin("model.cubes"));
+  if (patch_ <= 0 || patch_ > input)
+    throw Error("model.patch_size " + std::to_string(patch_) + " must be in (0, data.input_size = " +
+                    std::to_string(input) + "]",
+                c.origin("model.patch_size"));
+
+  global_CNN = register_module("global_CNN", nn::make_backbone(backbone_options(c, "model.glance", 1000, frames_)));
+  local_CNN = register_module("local_CNN", nn::make_backbone(backbone_options(c, "model.local", 1000, length_)));
+  const double fc_dropout = c.get_float("model.fc_dropout");
+  global_CNN_fc = register_module("global_CNN_fc", dropout_linear(fc_dropout, global_CNN->feature_dim(), num_classes));
+  local_CNN_fc = register_module("local_CNN_fc", dropout_linear(fc_dropout, local_CNN->feature_dim(), num_classes));
+  if (gradient_ == "feature" && length_ + 1 > source_frames)
+    throw Error("the deep-feature gradient cuts cubes one frame longer (" + std::to_string(length_ + 1) +
+                    " frames): they do not fit in the " + std::to_string(source_frames) + " frames cubes are cut from",
+                c.origin("model.policy_gradient"), "use fewer model.cube_frames or model.policy_gradient=pixel");
+
+  torch::Tensor map;
+  {
+    torch::NoGradGuard no_grad;
+    global_CNN->eval();
+    map = global_CNN->feature_map(torch::zeros({frames_, 3, glance_size_, glance_size_}));  // (T, Cg, h, w)
+    global_CNN->train();
+  }
+  policy = register_module("policy", CubePolicy(map.size(1), frames_, map.size(2), map.size(3),
+                                                c.get_int("model.policy_channels"),
+                                                spread_times(cubes_, source_frames - length_ + 1)));
+  if (c.get_string("model.fuse") != "concat" && c.get_string("model.fuse") != "local")
+    throw Error("model.fuse must be concat or local", c.origin("model.fuse"));
+  classifier = register_module(
+      "classifier", CubeClassifier(global_CNN->feature_dim(), local_CNN->feature_dim(), c.get_int("model.classifier_hidden"),
+                                   cubes_, num_classes, c.get_float("model.dropout"), c.get_string("model.fuse") == "concat"));
+}
+
+void AdaFocusV3Impl::set_policy(const std::string& p) {
+  if (p != "learned" && p != "random" && p != "center" && p != "time_only" && p != "space_only")
+    throw Error("model.policy must be learned, random, center, time_only or space_only for adafocus_v3, not '" + p + "'");
+  policy_ = p;
+}
+
+AdaFocusV3Impl::Glance AdaFocusV3Impl::glance(const torch::Tensor& clip) {
+  TORCH_CHECK(clip.dim() == 5 && clip.size(1) == frames_, "AdaFocusV3: expected clips (B, ", frames_,
+              ", 3, S, S), got ", clip.sizes());
+  const int64_t b = clip.size(0);
+  const auto frames = clip.reshape({-1, clip.size(2), clip.size(3), clip.size(4)});     // (B*T, 3, S, S)
+  const auto maps = global_CNN->feature_map(resize_frames(frames, glance_size_, resize_));  // (B*T, Cg, h, w)
+  return {maps.view({b, frames_, maps.size(1), maps.size(2), maps.size(3)}), global_CNN->pool(maps).view({b, frames_, -1})};
+}
+
+const torch::Tensor& AdaFocusV3Impl::source(const Clips& clips) const {
+  return clips.focus.defined() ? clips.focus : clips.frames;
+}
+
+torch::Tensor AdaFocusV3Impl::actions(const Glance& g, const std::string& p) {
+  const int64_t b = g.maps.size(0), starts = source_frames_ - length_ + 1;  // where a cube can start in time
+  const auto o = g.maps.options();
+  if (p == "center") {
+    auto a = torch::full({b, cubes_, 3}, 0.5, o);
+    a.select(2, 2).copy_(torch::tensor(spread_times(cubes_, starts), o).unsqueeze(0).expand({b, cubes_}));
+    return a;
+  }
+  torch::Tensor learned;
+  if (p != "random") learned = policy->forward(g.maps.detach());  // (B, K, 3); stop-gradient on the glance, as V2
+  if (p == "learned") return learned;
+  // Random: uniform in space; in time distinct frames for frame-wise cubes (what test-time removal would give),
+  // uniform starts otherwise.
+  const auto space = torch::rand({b, cubes_, 2}, o);
+  const torch::Tensor time =
+      (length_ == 1 ? torch::rand({b, starts}, o).argsort(/*dim=*/1, /*descending=*/false).narrow(1, 0, cubes_).to(o.dtype()) /
+                          static_cast<double>(std::max<int64_t>(1, starts - 1))
+                    : torch::rand({b, cubes_}, o))
+          .unsqueeze(2);  // (B, K, 1)
+  if (p == "random") return torch::cat({space, time}, 2);
+  if (p == "time_only") return torch::cat({space, learned.narrow(2, 2, 1)}, 2);
+  return torch::cat({learned.narrow(2, 0, 2), time}, 2);  // space_only
+}
+
+torch::Tensor AdaFocusV3Impl::test_corners(const torch::Tensor& actions, const torch::Tensor& source) const {
+  auto q = nn::cube_corners(actions, source.size(3), source.size(4), source_frames_, patch_, length_);  // (B, K, 3)
+  // Whole frames at test time (no frames mixed); frame-wise cubes never take a frame twice.
+  const auto t = length_ == 1 ? nn::assign_frames(q.select(2, 2), source_frames_).to(q.dtype())
+                              : torch::round(q.select(2, 2));
+  return torch::cat({q.narrow(2, 0, 2), t.unsqueeze(2)}, 2);
+}
+
+torch::Tensor AdaFocusV3Impl::cube_features(const torch::Tensor& cubes) {
+  const int64_t n = cubes.size(0);
+  const auto maps = local_CNN->feature_map(cubes.reshape({n * length_, cubes.size(2), cubes.size(3), cubes.size(4)}));
+  return local_CNN->pool(maps).view({n, length_, -1}).mean(1);  // (N, Cl)
+}
+
+torch::Tensor AdaFocusV3Impl::train_features(const torch::Tensor& source, const torch::Tensor& actions, bool learned) {
+  const int64_t b = source.size(0), s = source.size(3);
+  auto q = nn::cube_corners(actions, s, source.size(4), source_frames_, patch_, length_);  // (B, K, 3)
+  if (!learned || gradient_ == "pixel") {
+    // Fixed placements are cut at whole frames; the pixel estimator (Eq. 2-4) interpolates between frames.
+    if (!learned) q = torch::cat({q.narrow(2, 0, 2), torch::round(q.narrow(2, 2, 1))}, 2);
+    const auto cubes = nn::sample_cubes(source, q, patch_, length_);  // (B, K, L, 3, P, P)
+    return cube_features(cubes.reshape({b * cubes_, length_, 3, patch_, patch_})).view({b, cubes_, -1});
+  }
+  // Eq. 5-6: features of cubes one cell larger, interpolated at the real position.
+  const nn::EnlargedCubes e = nn::enlarge_cubes(q, source_frames_, patch_, length_, local_CNN->stride());
+  const auto cubes = nn::sample_cubes(source, e.corners, e.side, e.length);  // (B, K, L+1, 3, P+s, P+s)
+  const int64_t n = b * cubes_;
+  torch::Tensor maps;
+  {
+    nn::TemporalShiftSegments segments(*local_CNN, e.length);  // TSM local networks see the L+1 frames as one clip
+    maps = local_CNN->feature_map(cubes.reshape({n * e.length, 3, e.side, e.side}));  // (N*(L+1), Cl, h+1, w+1)
+  }
+  const auto cube_maps = nn::interpolate_cube_features(
+      maps.view({n, e.length, maps.size(1), maps.size(2), maps.size(3)}), e.offsets.view({n, 3}));  // (N, L, Cl, h, w)
+  return cube_maps.mean({3, 4}).mean(1).view({b, cubes_, -1});  // (B, K, Cl)
+}
+
+Prediction AdaFocusV3Impl::predict(const Clips& clips) {
+  const Glance g = glance(clips.frames);
+  const auto& src = source(clips);
+  const int64_t b = src.size(0);
+  const auto corners = test_corners(actions(g, policy_), src);                    // (B, K, 3)
+  const auto cubes = nn::sample_cubes(src, corners, patch_, length_);              // (B, K, L, 3, P, P)
+  const auto local = cube_features(cubes.reshape({b * cubes_, length_, 3, patch_, patch_})).view({b, cubes_, -1});
+  Prediction p;
+  p.logits = classifier->forward(g.features, local);                             // (B, K + 1, C)
+  const auto side = torch::full({b, cubes_, 1}, static_cast<double>(patch_), corners.options());
+  p.regions = torch::cat({corners.narrow(2, 1, 1), corners.narrow(2, 0, 1), side, side}, 2);  // (B, K, 4) x, y, w, h
+  p.region_frames = corners.select(2, 2).round().to(torch::kLong).unsqueeze(2) +
+                    torch::arange(length_, torch::TensorOptions(torch::kLong).device(corners.device()));  // (B, K, L)
+  return p;
+}
+
+Losses AdaFocusV3Impl::loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) {
+  namespace F = torch::nn::functional;
+  const bool learns = policy_ == "learned" || policy_ == "time_only" || policy_ == "space_only";
+  const bool policy_joined = learns && context.epoch >= context.policy_from_epoch;
+  const bool policy_alone = policy_joined && context.policy_only;
+  if (policy_alone)  // the paper's second stage: everything but the policy frozen, BN statistics included; the
+                     // gradient still flows through the frozen networks to the policy
+    for (torch::nn::Module* m : std::initializer_list<torch::nn::Module*>{
+             global_CNN.get(), local_CNN.get(), classifier.get(), global_CNN_fc.get(), local_CNN_fc.get()}) {
+      m->eval();
+      for (auto& p : m->parameters()) p.requires_grad_(false);
+    }
+  const Glance g = glance(clips.frames);
+  const auto& src = source(clips);
+  const int64_t b = src.size(0);
+  std::vector<std::string> branches;
+  if (policy_alone)
+    branches = {policy_};
+  else if (policy_joined)
+    branches = {policy_, "random"};  // V2's pipeline: the policy's cubes and random ones
+  else
+    branches = {learns ? "random" : policy_};
+  const auto glance_ce = F::cross_entropy(global_CNN_fc->forward(g.features.reshape({b * frames_, -1})),
+                                          target.repeat_interleave(frames_));
+  Losses out;
+  torch::Tensor total = torch::zeros({}, g.features.options());
+  for (const auto& branch : branches) {
+    const bool learned = branch != "random" && branch != "center";
+    const auto local = train_features(src, actions(g, branch), learned);  // (B, K, Cl)
+    const auto logits = classifier->forward(g.features, local);          // (B, K + 1, C)
+    // Eq. 1: cross-entropy of every exit's prediction (averaged over exits, as V2 averages over frames).
+    const auto exits_ce = F::cross_entropy(logits.reshape({b * (cubes_ + 1), -1}), target.repeat_interleave(cubes_ + 1));
+    total = total + exits_ce;
+    out.terms.emplace_back(branch + "_exits", exits_ce.detach());
+    if (!policy_alone) {
+      const auto local_ce = F::cross_entropy(local_CNN_fc->forward(local.reshape({b * cubes_, -1})),
+                                             target.repeat_interleave(cubes_));
+      total = total + glance_ce + local_ce;
+      out.terms.emplace_back(branch + "_local", local_ce.detach());
+    }
+    if (!out.logits.defined()) out.logits = logits.select(1, cubes_).detach();
+  }
+  if (!policy_alone) out.terms.emplace_back("glance", glance_ce.detach());
+  out.total = total / static_cast<double>(branches.size());
+  return out;
+}
+
+std::vector<ParamGroup> AdaFocusV3Impl::param_groups() {
+  auto join = [](auto a, const auto& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  return {{"policy", prefixed_parameters("policy", *policy), lr_policy_},
+          {"glance", join(prefixed_parameters("global_CNN", *global_CNN), prefixed_parameters("global_CNN_fc", *global_CNN_fc)),
+           lr_glance_},
+          {"local", join(prefixed_parameters("local_CNN", *local_CNN), prefixed_parameters("local_CNN_fc", *local_CNN_fc)),
+           lr_local_},
+          {"classifier", prefixed_parameters("classifier", *classifier), lr_classifier_}};
+}
+
+// predict() exit by exit: exit 0 runs the glance and the policy and predicts from the glance alone; exit k cuts
+// cube k at the same place predict() does and runs the local network on it.
+class V3Stepper : public ExitStepper {
+ public:
+  V3Stepper(AdaFocusV3Impl& m, const Clips& clips) : m_(m), source_(m.source(clips)) {
+    const AdaFocusV3Impl::Glance g = m.glance(clips.frames);
+    corners_ = m.test_corners(m.actions(g, m.policy_), source_);  // (n, K, 3)
+    glance_ = m.classifier->glance(g.features);                    // (n, H)
+    present_ = torch::arange(source_.size(0), torch::TensorOptions(torch::kLong).device(source_.device()));
+  }
+
+  ExitStep next() override {
+    TORCH_CHECK(k_ <= m_.cubes_, "AdaFocusV3 has ", m_.cubes_ + 1, " exits");
+    ExitStep step;
+    if (k_ > 0) {
+      const int64_t n = present_.size(0), length = m_.length_, frames = source_.size(1);
+      const auto corner = corners_.select(1, k_ - 1);  // (n, 3), whole frames in time
+      // Gather only the cube's frames of the videos still present, then cut the cube out of them.
+      const auto first = corner.select(1, 2).to(torch::kLong);
+      const auto rows = ((present_ * frames + first).unsqueeze(1) + torch::arange(length, present_.options())).flatten();
+      const auto clips = source_.reshape({-1, source_.size(2), source_.size(3), source_.size(4)}).index_select(0, rows);
+      const auto at = torch::cat({corner.narrow(1, 0, 2), torch::zeros({n, 1}, corner.options())}, 1).unsqueeze(1);
+      const auto cube = nn::sample_cubes(clips.view({n, length, clips.size(1), clips.size(2), clips.size(3)}), at,
+                                         m_.patch_, length);                                     // (n, 1, L, 3, P, P)
+      const auto z = m_.classifier->local(m_.cube_features(cube.reshape({n, length, 3, m_.patch_, m_.patch_})));
+      local_ = k_ == 1 ? z : torch::max(local_, z);                                               // (n, H)
+      const auto side = torch::full({n, 1}, static_cast<double>(m_.patch_), corner.options());
+      step.regions = torch::cat({corner.narrow(1, 1, 1), corner.narrow(1, 0, 1), side, side}, 1).unsqueeze(1);  // (n, 1, 4)
+      step.region_frames = (first.unsqueeze(1) + torch::arange(length, first.options())).unsqueeze(1);        // (n, 1, L)
+    }
+    step.logits = m_.classifier->head(k_, local_, glance_);  // (n, C)
+    ++k_;
+    return step;
+  }
+
+  void keep(const torch::Tensor& rows) override {
+    present_ = present_.index_select(0, rows);
+    corners_ = corners_.index_select(0, rows);
+    glance_ = glance_.index_select(0, rows);
+    if (local_.defined()) local_ = local_.index_select(0, rows);
+  }
+
+ private:
+  AdaFocusV3Impl& m_;
+  torch::Tensor source_, present_;         // (B, Tc, 3, S, S) as given; rows of the n videos still present
+  torch::Tensor corners_, glance_, local_;  // (n, K, 3), (n, H), running max (n, H)
+  int64_t k_ = 0;
+};
+
+std::unique_ptr<ExitStepper> AdaFocusV3Impl::stepper(const Clips& clips) { return std::make_unique<V3Stepper>(*this, clips); }
+
+void AdaFocusV3Impl::load_pretrained(const Config& c) {
+  if (!c.get_string("model.glance.weights").empty())
+    load_backbone_weights(*global_CNN, c.get_string("model.glance.weights"));
+  if (!c.get_string("model.local.weights").empty())
+    load_backbone_weights(*local_CNN, c.get_string("model.local.weights"));
+}
+
+}  // namespace adafocus::methods

@@ -8,10 +8,6 @@ namespace adafocus::methods {
 
 namespace {
 
-torch::nn::Sequential dropout_linear(double dropout, int64_t in, int64_t out) {
-  return torch::nn::Sequential(torch::nn::Dropout(dropout), torch::nn::Linear(in, out));
-}
-
 // Cross-entropy of per-frame logits (N*T, C) against the video label repeated over the frames, as official.
 torch::Tensor per_frame_ce(const torch::Tensor& logits, const torch::Tensor& target, int64_t frames) {
   return torch::nn::functional::cross_entropy(logits, target.repeat_interleave(frames));
@@ -230,16 +226,13 @@ std::unique_ptr<ExitStepper> AdaFocusV2Impl::stepper(const Clips& clips) {
 }
 
 std::vector<ParamGroup> AdaFocusV2Impl::param_groups() {
-  auto named = prefixed_parameters;
-  auto join = [](auto a, const auto& b) {
-    a.insert(a.end(), b.begin(), b.end());
-    return a;
-  };
   // The official groups: policy_stn, global_CNN(+fc), local_CNN(+fc), classifier.
-  return {{"policy", named("policy_stn", *policy_stn), lr_policy_},
-          {"glance", join(named("global_CNN", *global_CNN), named("global_CNN_fc", *global_CNN_fc)), lr_glance_},
-          {"local", join(named("local_CNN", *local_CNN), named("local_CNN_fc", *local_CNN_fc)), lr_local_},
-          {"classifier", named("classifier", *classifier), lr_classifier_}};
+  return {{"policy", prefixed_parameters("policy_stn", *policy_stn), lr_policy_},
+          {"glance", prefixed_parameters({{"global_CNN", global_CNN.get()}, {"global_CNN_fc", global_CNN_fc.ptr().get()}}),
+           lr_glance_},
+          {"local", prefixed_parameters({{"local_CNN", local_CNN.get()}, {"local_CNN_fc", local_CNN_fc.ptr().get()}}),
+           lr_local_},
+          {"classifier", prefixed_parameters("classifier", *classifier), lr_classifier_}};
 }
 
 nn::StateDict AdaFocusV2Impl::import_state_dict(const nn::StateDict& state) const {
@@ -254,11 +247,6 @@ nn::StateDict AdaFocusV2Impl::import_state_dict(const nn::StateDict& state) cons
   return out;
 }
 
-void AdaFocusV2Impl::load_pretrained(const Config& c) {
-  if (!c.get_string("model.glance.weights").empty())
-    load_backbone_weights(*global_CNN, c.get_string("model.glance.weights"));
-  if (!c.get_string("model.local.weights").empty())
-    load_backbone_weights(*local_CNN, c.get_string("model.local.weights"));
-}
+void AdaFocusV2Impl::load_pretrained(const Config& c) { load_glance_and_local_weights(c, *global_CNN, *local_CNN); }
 
 }  // namespace adafocus::methods

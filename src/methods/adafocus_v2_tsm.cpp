@@ -138,10 +138,7 @@ nn::StateDict AdaFocusV2TSMImpl::import_state_dict(const nn::StateDict& state) c
 }
 
 void AdaFocusV2TSMImpl::load_pretrained(const Config& c) {
-  if (!c.get_string("model.glance.weights").empty())
-    load_backbone_weights(*global_CNN->base_model, c.get_string("model.glance.weights"));
-  if (!c.get_string("model.local.weights").empty())
-    load_backbone_weights(*local_CNN->base_model, c.get_string("model.local.weights"));
+  load_glance_and_local_weights(c, *global_CNN->base_model, *local_CNN->base_model);
 }
 
 }  // namespace adafocus::methods

@@ -10,10 +10,6 @@ namespace adafocus::methods {
 
 namespace {
 
-torch::nn::Sequential dropout_linear(double dropout, int64_t in, int64_t out) {
-  return torch::nn::Sequential(torch::nn::Dropout(dropout), torch::nn::Linear(in, out));
-}
-
 torch::nn::Sequential mlp(int64_t in, int64_t hidden) {
   return torch::nn::Sequential(torch::nn::Linear(in, hidden), torch::nn::BatchNorm1d(hidden), torch::nn::ReLU());
 }
@@ -282,8 +278,10 @@ Losses AdaFocusV3Impl::loss(const Clips& clips, const torch::Tensor& target, con
     branches = {policy_, "random"};  // V2's pipeline: the policy's cubes and random ones
   else
     branches = {learns ? "random" : policy_};
-  const auto glance_ce = F::cross_entropy(global_CNN_fc->forward(g.features.reshape({b * frames_, -1})),
-                                          target.repeat_interleave(frames_));
+  // The auxiliary glance head (V2's pipeline), trained with the networks, not in the policy's own stage.
+  const auto glance_ce = policy_alone ? torch::Tensor()
+                                      : F::cross_entropy(global_CNN_fc->forward(g.features.reshape({b * frames_, -1})),
+                                                         target.repeat_interleave(frames_));
   Losses out;
   torch::Tensor total = torch::zeros({}, g.features.options());
   for (const auto& branch : branches) {
@@ -308,14 +306,10 @@ Losses AdaFocusV3Impl::loss(const Clips& clips, const torch::Tensor& target, con
 }
 
 std::vector<ParamGroup> AdaFocusV3Impl::param_groups() {
-  auto join = [](auto a, const auto& b) {
-    a.insert(a.end(), b.begin(), b.end());
-    return a;
-  };
   return {{"policy", prefixed_parameters("policy", *policy), lr_policy_},
-          {"glance", join(prefixed_parameters("global_CNN", *global_CNN), prefixed_parameters("global_CNN_fc", *global_CNN_fc)),
+          {"glance", prefixed_parameters({{"global_CNN", global_CNN.get()}, {"global_CNN_fc", global_CNN_fc.ptr().get()}}),
            lr_glance_},
-          {"local", join(prefixed_parameters("local_CNN", *local_CNN), prefixed_parameters("local_CNN_fc", *local_CNN_fc)),
+          {"local", prefixed_parameters({{"local_CNN", local_CNN.get()}, {"local_CNN_fc", local_CNN_fc.ptr().get()}}),
            lr_local_},
           {"classifier", prefixed_parameters("classifier", *classifier), lr_classifier_}};
 }
@@ -371,11 +365,6 @@ class V3Stepper : public ExitStepper {
 
 std::unique_ptr<ExitStepper> AdaFocusV3Impl::stepper(const Clips& clips) { return std::make_unique<V3Stepper>(*this, clips); }
 
-void AdaFocusV3Impl::load_pretrained(const Config& c) {
-  if (!c.get_string("model.glance.weights").empty())
-    load_backbone_weights(*global_CNN, c.get_string("model.glance.weights"));
-  if (!c.get_string("model.local.weights").empty())
-    load_backbone_weights(*local_CNN, c.get_string("model.local.weights"));
-}
+void AdaFocusV3Impl::load_pretrained(const Config& c) { load_glance_and_local_weights(c, *global_CNN, *local_CNN); }
 
 }  // namespace adafocus::methods

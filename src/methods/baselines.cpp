@@ -11,6 +11,16 @@ std::vector<std::pair<std::string, torch::Tensor>> prefixed_parameters(const std
   return out;
 }
 
+std::vector<std::pair<std::string, torch::Tensor>> prefixed_parameters(
+    std::initializer_list<std::pair<std::string, const torch::nn::Module*>> modules) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& [prefix, module] : modules) {
+    const auto some = prefixed_parameters(prefix, *module);
+    out.insert(out.end(), some.begin(), some.end());
+  }
+  return out;
+}
+
 TSNImpl::TSNImpl(const nn::BackboneOptions& options, int64_t num_classes, double p, bool detached_head) {
   base_model = register_module("base_model", nn::make_backbone(options));
   dropout = register_module("dropout", torch::nn::Dropout(p));

@@ -50,5 +50,8 @@ class FullFrameImpl : public MethodImpl {
 /// Named parameters of `module` with `prefix.` in front, for ParamGroup.
 std::vector<std::pair<std::string, torch::Tensor>> prefixed_parameters(const std::string& prefix,
                                                                        const torch::nn::Module& module);
+/// The same for several modules, in order.
+std::vector<std::pair<std::string, torch::Tensor>> prefixed_parameters(
+    std::initializer_list<std::pair<std::string, const torch::nn::Module*>> modules);
 
 }  // namespace adafocus::methods

@@ -72,6 +72,15 @@ void load_backbone_weights(nn::BackboneImpl& backbone, const std::string& path) 
   nn::load_state_dict(backbone, kept, path);
 }
 
+void load_glance_and_local_weights(const Config& c, nn::BackboneImpl& glance, nn::BackboneImpl& local) {
+  if (!c.get_string("model.glance.weights").empty()) load_backbone_weights(glance, c.get_string("model.glance.weights"));
+  if (!c.get_string("model.local.weights").empty()) load_backbone_weights(local, c.get_string("model.local.weights"));
+}
+
+torch::nn::Sequential dropout_linear(double dropout, int64_t in, int64_t out) {
+  return torch::nn::Sequential(torch::nn::Dropout(dropout), torch::nn::Linear(in, out));
+}
+
 torch::Tensor resize_frames(const torch::Tensor& frames, int64_t side, const std::string& mode) {
   if (frames.size(2) == side && frames.size(3) == side) return frames;
   namespace F = torch::nn::functional;

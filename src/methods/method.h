@@ -106,6 +106,11 @@ nn::BackboneOptions backbone_options(const Config& config, const std::string& se
 
 /// Loads a torchvision-layout state dict into `backbone`, all but its classifier (whose size differs by dataset).
 void load_backbone_weights(nn::BackboneImpl& backbone, const std::string& path);
+/// The weights model.glance.weights and model.local.weights name, when they do, into the two networks.
+void load_glance_and_local_weights(const Config& config, nn::BackboneImpl& glance, nn::BackboneImpl& local);
+
+/// Dropout then a linear layer: the official heads ("0" dropout, "1" linear).
+torch::nn::Sequential dropout_linear(double dropout, int64_t in, int64_t out);
 
 /// Frames (N, 3, H, W) shrunk to side x side: bilinear with align_corners=True (the official glance resize) or
 /// area averaging; returned unchanged when already that size.

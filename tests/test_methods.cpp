@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "infer/flops.h"
+#include "infer/predictor.h"
 #include "io/pth.h"
 #include "methods/adafocus_v2.h"
 #include "methods/checkpoint.h"
@@ -57,6 +58,74 @@ TEST(AdaFocusV2, ATinyTrainingRunLowersTheLoss) {
     losses.push_back(l.total.item<double>());
   }
   EXPECT_LT(losses.back(), 0.5 * losses.front()) << losses.front() << " -> " << losses.back();
+}
+
+TEST(AdaFocusV2, TrainingStepReportsWhereThePolicyLooked) {
+  torch::manual_seed(2);
+  auto m = methods::make_method(tiny_v2(), 3);
+  m->eval();  // batch norm as predict() runs it, so that both see the same glance
+  const auto clips = torch::randn({2, 4, 3, 64, 64});
+  const auto target = torch::tensor({0, 1}, torch::kLong);
+  methods::StepContext warmup;
+  warmup.policy_from_epoch = 1;  // epoch 0: only random patches run
+  EXPECT_FALSE(m->loss({clips, {}}, target, warmup).regions.defined());
+  const auto l = m->loss({clips, {}}, target, methods::StepContext{});
+  EXPECT_FALSE(l.regions.requires_grad());
+  torch::NoGradGuard no_grad;
+  const auto p = m->predict({clips, {}});
+  EXPECT_TRUE(torch::allclose(l.regions, p.regions, 1e-5, 1e-4));
+  EXPECT_TRUE(torch::equal(l.region_frames, p.region_frames));
+}
+
+// The crop's gradient is zero unless the patch overlaps what matters; the deep-feature gradient also sees what lies
+// within half a feature cell beyond the patch.
+TEST(AdaFocusV2, FeatureGradientReachesThePolicyFromBeyondThePatch) {
+  for (const std::string gradient : {"pixel", "feature"}) {
+    Config c = tiny_v2();
+    c.set("model.policy_zero_init=true");  // every patch at the centre: rows and columns 20..43
+    c.set("model.policy_gradient=" + gradient);
+    torch::manual_seed(3);
+    auto m = methods::make_method(c, 3);
+    m->eval();  // deterministic; the loss and its gradient do not need training mode
+    auto clips = torch::zeros({1, 4, 3, 64, 64});
+    clips.narrow(3, 15, 3).narrow(4, 15, 3).fill_(3.0);  // a blob 3 px up-left of the patch, 2 px from its edge
+    const auto l = m->loss({clips, {}}, torch::tensor({1}, torch::kLong), methods::StepContext{});
+    l.total.backward();
+    double sum = 0;
+    for (const auto& group : m->param_groups())
+      if (group.name == "policy")
+        for (const auto& [name, p] : group.params)
+          if (p.grad().defined()) sum += p.grad().abs().sum().item<double>();
+    if (gradient == "pixel")
+      EXPECT_EQ(sum, 0.0);
+    else
+      EXPECT_GT(sum, 1e-6);
+  }
+}
+
+TEST(Regions, TestAndTrainingViewsMapBackToTheDecodedFrame) {
+  data::Sample s;
+  s.frames = {3, 7};
+  s.frame_width = 200;
+  s.frame_height = 100;
+  const auto box = torch::tensor({{4.0, 6.0, 8.0, 8.0}});           // (R=1, 4) in 32 px input pixels
+  const auto second = torch::tensor({{1}}, torch::kLong);          // the clip's second frame: video frame 7
+  // Training view: a 64 x 48 crop at (10, 20) of the decoded frame, flipped, resized to the 32 px input.
+  s.crop = {10, 20, 64, 48, true};
+  auto r = infer::frame_regions(box, second, s, 32, 0);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].frame, 7);
+  // x: 4 * 2 = 8, w 16, flipped in the 64 px crop: 64 - 8 - 16 = 40, + 10; y: 6 * 1.5 + 20; h 8 * 1.5.
+  EXPECT_DOUBLE_EQ(r[0].box[0], 50.0);
+  EXPECT_DOUBLE_EQ(r[0].box[1], 29.0);
+  EXPECT_DOUBLE_EQ(r[0].box[2], 16.0);
+  EXPECT_DOUBLE_EQ(r[0].box[3], 12.0);
+  // Test view: short side 100 -> 50 (frame 100 x 50, x 2 to the decoded frame), centre crop of 32 at (34, 9).
+  s.crop = {34, 9, 32, 32, false};
+  r = infer::frame_regions(box, second, s, 32, 50);
+  EXPECT_DOUBLE_EQ(r[0].box[0], (4.0 + 34) * 2);
+  EXPECT_DOUBLE_EQ(r[0].box[1], (6.0 + 9) * 2);
+  EXPECT_DOUBLE_EQ(r[0].box[2], 16.0);
 }
 
 TEST(AdaFocusV2, PolicyLearnsOnlyThroughThePatchAndGlanceOnlyThroughItsHead) {

@@ -1,5 +1,7 @@
 #include "cli/common.h"
 
+#include <sstream>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -39,6 +41,14 @@ infer::ExitTable exit_table(const methods::LoadedModel& model, const std::string
   if (!model.exits_json.empty()) return infer::ExitTable::from_json(model.exits_json, checkpoint + " (its thresholds)");
   throw Error("no early-exit thresholds: the checkpoint carries none and no --thresholds file was given", checkpoint,
               "run adafocus calibrate --checkpoint " + checkpoint + " --embed (or --out F.json, then --thresholds F.json)");
+}
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::istringstream in(s);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
 }
 
 void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {

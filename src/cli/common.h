@@ -43,6 +43,19 @@ void add_check_data_command(CLI::App& app, Commands& commands, const Runtime& ru
 void add_make_list_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_make_synthetic_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 
+/// What `adafocus demo` runs (its flags); `adafocus sweep` runs it once per benchmark setting.
+struct DemoArgs {
+  std::string out = "demo";
+  std::string methods = "adafocus_v2,adafocus_v3,random_patch,full_frame_low_res,full_frame_full_res";
+  int64_t train_videos = 2000, val_videos = 500, epochs = 0, full_res_epochs = 0, pretrain_images = 20000,
+          calibration_videos = 500;
+  std::vector<std::string> overrides;  ///< key=value applied to every method and to the generator
+};
+/// Generates the benchmark, trains and evaluates the methods into args.out (steps already done are skipped), prints
+/// the table and the claims, and writes results.json; returns the exit status.
+int run_demo(const DemoArgs& args, const Runtime& runtime);
+void add_sweep_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+
 /// `-c/--config FILE`, trailing `key=value` overrides and `--print-config` on a subcommand.
 struct ConfigArgs {
   std::string file;
@@ -63,6 +76,9 @@ nn::BackboneOptions backbone_options(const Config& config);
 /// The early-exit thresholds for `model`: from `file` when given, else those its checkpoint carries; throws with a
 /// hint when there are none.
 infer::ExitTable exit_table(const methods::LoadedModel& model, const std::string& file, const std::string& checkpoint);
+
+/// "a,b,,c" -> {"a", "b", "c"}.
+std::vector<std::string> split_commas(const std::string& s);
 
 /// Prints rows under a header, columns left-aligned and padded.
 void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows);

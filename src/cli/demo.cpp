@@ -32,14 +32,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct DemoArgs {
-  std::string out = "demo";
-  std::string methods = "adafocus_v2,adafocus_v3,random_patch,full_frame_low_res,full_frame_full_res";
-  int64_t train_videos = 2000, val_videos = 500, epochs = 0, full_res_epochs = 0, pretrain_images = 20000,
-          calibration_videos = 500;
-  std::vector<std::string> overrides;
-};
-
 // One budget of an early-exit curve, on the val videos.
 struct CurvePoint {
   double budget = 0, gflops = 0, top1 = 0;  // GFLOPs counted as the videos left
@@ -48,19 +40,11 @@ struct CurvePoint {
 
 struct Row {
   std::string method;
-  double gflops = 0, top1 = 0, top5 = 0, map = 0, iou = -1, on_item = -1;
+  double gflops = 0, top1 = 0, top5 = 0, map = 0, iou = -1, on_item = -1, region_spread = -1, glance_top1 = -1;
   std::string note;
   std::vector<double> top1_per_exit, exit_gflops;  // index 0: the glance alone (NaN without a glance exit)
   std::vector<CurvePoint> curve;
 };
-
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::istringstream in(s);
-  for (std::string item; std::getline(in, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
 
 // An accuracy-vs-GFLOPs plot (log-scaled GFLOPs), as a self-contained SVG: a point per model, and the budget curve
 // (GFLOPs counted at each budget) of the models that stop early.
@@ -155,7 +139,9 @@ std::vector<std::pair<double, double>> curve_points(const std::vector<CurvePoint
 
 nlohmann::json number(double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); }
 
-int run(const DemoArgs& args, const Runtime& runtime) {
+}  // namespace
+
+int run_demo(const DemoArgs& args, const Runtime& runtime) {
   const auto start = std::chrono::steady_clock::now();
   auto seconds_since = [](std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -198,6 +184,7 @@ int run(const DemoArgs& args, const Runtime& runtime) {
     const train::Pretrained p = train::pretrain_on_items(methods::backbone_options(base, "model.local", 10, 1),
                                                         data::SyntheticOptions::from_config(base), po);
     io::write_state_dict(pretrained, nn::state_dict(*p.backbone));
+    write_file_atomic(args.out + "/pretrained_local.json", nlohmann::json{{"items_top1", p.accuracy}}.dump() + "\n");
     fmt::print(stderr, "  items held out: {:.1f}% correct\n", p.accuracy);
   }
 
@@ -207,7 +194,7 @@ int run(const DemoArgs& args, const Runtime& runtime) {
   //    each budget on the val videos.
   std::vector<Row> rows;
   std::vector<std::pair<std::string, double>> timings;
-  for (const std::string& method : split(args.methods)) {
+  for (const std::string& method : split_commas(args.methods)) {
     const auto method_start = std::chrono::steady_clock::now();
     Config config = Config::defaults();
     config.merge_file("benchmark/" + method);
@@ -222,7 +209,8 @@ int run(const DemoArgs& args, const Runtime& runtime) {
       config.set("train.epochs", std::to_string(args.full_res_epochs), "demo");
     const std::string run_dir = args.out + "/runs/" + method, model = args.out + "/" + method + ".pt";
     const std::string kind = config.get_string("model.method");
-    const bool budgeted = (kind == "adafocus_v2" || kind == "adafocus_v3") && config.get_string("model.policy") == "learned";
+    const bool budgeted = (kind == "adafocus_v2" || kind == "adafocus_v3") &&
+                          config.get_string("model.policy") == "learned" && args.calibration_videos > 0;
     if (!fs::exists(model)) {
       fmt::print(stderr, "== {} ==\n", method);
       train::TrainOptions to;
@@ -245,7 +233,8 @@ int run(const DemoArgs& args, const Runtime& runtime) {
     infer::EvalOptions eo;
     eo.device = runtime.torch_device();
     const infer::Evaluation e = infer::evaluate(*m.method, m.config, eo);
-    Row row{method, e.flops.report.gflops(), e.scores.top1, e.scores.top5, e.scores.map, e.iou, e.on_item, "", {}, {}, {}};
+    Row row{method, e.flops.report.gflops(), e.scores.top1, e.scores.top5, e.scores.map, e.iou, e.on_item,
+            e.region_spread, e.glance_top1, "", {}, {}, {}};
     set_exits(row, kind, e);
     if (budgeted) {
       const infer::ExitTable table = infer::ExitTable::from_json(m.exits_json, model);
@@ -275,7 +264,7 @@ int run(const DemoArgs& args, const Runtime& runtime) {
         const infer::Evaluation swapped = infer::evaluate(*m.method, m.config, eo);
         rows.push_back({"adafocus_v2 (" + policy + " patches at test)", swapped.flops.report.gflops(),
                         swapped.scores.top1, swapped.scores.top5, swapped.scores.map, swapped.iou, swapped.on_item,
-                        "same model", {}, {}, {}});
+                        swapped.region_spread, -1, "same model", {}, {}, {}});
       }
     timings.emplace_back(method, seconds_since(method_start));
   }
@@ -289,6 +278,8 @@ int run(const DemoArgs& args, const Runtime& runtime) {
     nlohmann::json j{{"method", r.method}, {"gflops", r.gflops}, {"top1", r.top1}, {"top5", r.top5}, {"map", r.map}};
     if (r.iou >= 0) j["iou"] = r.iou;
     if (r.on_item >= 0) j["on_item"] = r.on_item;
+    if (r.region_spread >= 0) j["region_spread"] = r.region_spread;
+    if (r.glance_top1 >= 0) j["glance_top1"] = r.glance_top1;
     if (!r.top1_per_exit.empty()) {
       j["top1_per_exit"] = nlohmann::json::array();
       j["exit_gflops"] = nlohmann::json::array();
@@ -428,8 +419,6 @@ int run(const DemoArgs& args, const Runtime& runtime) {
   return 0;
 }
 
-}  // namespace
-
 void add_demo_command(CLI::App& app, Commands& commands, const Runtime& runtime) {
   auto args = std::make_shared<DemoArgs>();
   CLI::App* sub = app.add_subcommand(
@@ -445,9 +434,10 @@ void add_demo_command(CLI::App& app, Commands& commands, const Runtime& runtime)
   sub->add_option("--pretrain-images", args->pretrain_images, "single items the patch network is pretrained on")
       ->check(CLI::PositiveNumber);
   sub->add_option("--calibration-videos", args->calibration_videos,
-                  "held-out videos (calib.txt) the early-exit thresholds are fitted on")->check(CLI::PositiveNumber);
+                  "held-out videos (calib.txt) the early-exit thresholds are fitted on; 0: no early-exit curves")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--set", args->overrides, "key=value applied to every method (e.g. --set data.batch_size=16)");
-  commands.push_back({sub, [args, &runtime] { return run(*args, runtime); }});
+  commands.push_back({sub, [args, &runtime] { return run_demo(*args, runtime); }});
 }
 
 }  // namespace adafocus::cli

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
 
   cli::Commands commands;
   cli::add_demo_command(app, commands, runtime);
+  cli::add_sweep_command(app, commands, runtime);
   cli::add_train_command(app, commands, runtime);
   cli::add_eval_command(app, commands, runtime);
   cli::add_predict_command(app, commands, runtime);

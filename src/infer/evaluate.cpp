@@ -7,42 +7,54 @@
 
 namespace adafocus::infer {
 
-namespace {
+OverlapMeter::OverlapMeter(const std::string& list, int input_size, int test_resize)
+    : input_size_(input_size), test_resize_(test_resize) {
+  const auto meta = std::filesystem::path(list).parent_path() / "meta.jsonl";
+  if (std::filesystem::exists(meta)) truth_ = data::read_synthetic_truth(meta.string());
+}
 
-// Where the regions looked at fall, against the ground truth, in original frame pixels.
-struct Overlap {
-  double iou_sum = 0;
-  int64_t iou_frames = 0;       // frames looked at in which the item is visible
-  int64_t frames = 0;           // frames looked at
-  std::vector<double> on_item;  // by the order of the regions: visible frames among those looked at
-  std::vector<int64_t> counts;
-};
-
-void add_overlap(const data::Sample& s, const std::string& path, const torch::Tensor& regions,
-                 const torch::Tensor& region_frames, const std::map<std::string, data::VideoTruth>& truth,
-                 int test_resize, Overlap& o) {
-  auto it = truth.find(path);
-  if (it == truth.end()) return;
+void OverlapMeter::add(const data::Sample& s, const std::string& path, const torch::Tensor& regions,
+                       const torch::Tensor& region_frames) {
+  auto it = truth_.find(path);
+  if (it == truth_.end()) return;
   const double to_original = static_cast<double>(it->second.size) / s.frame_width;  // decoded -> generated frame
   const auto r = static_cast<size_t>(regions.size(0));
-  if (o.on_item.size() < r) o.on_item.resize(r), o.counts.resize(r);
+  if (on_item_.size() < r) on_item_.resize(r), counts_.resize(r);
   for (size_t i = 0; i < r; ++i) {
     const auto frames = frame_regions(regions.narrow(0, static_cast<int64_t>(i), 1),
-                                      region_frames.narrow(0, static_cast<int64_t>(i), 1), s, test_resize);
+                                      region_frames.narrow(0, static_cast<int64_t>(i), 1), s, input_size_, test_resize_);
     for (const Region& region : frames) {
-      ++o.frames;
+      ++frames_;
       if (region.frame < it->second.first_visible || region.frame > it->second.last_visible) continue;
       std::array<double, 4> b = region.box;
       for (double& v : b) v *= to_original;
-      o.iou_sum += box_iou(b, it->second.boxes.at(static_cast<size_t>(region.frame)));
-      ++o.iou_frames;
-      o.on_item[i] += 1.0 / static_cast<double>(frames.size());
+      const double iou = box_iou(b, it->second.boxes.at(static_cast<size_t>(region.frame)));
+      iou_sum_ += iou;
+      hits_ += iou > 0;
+      ++iou_frames_;
+      on_item_[i] += 1.0 / static_cast<double>(frames.size());
     }
-    ++o.counts[i];
+    ++counts_[i];
   }
 }
 
-}  // namespace
+double OverlapMeter::iou() const { return iou_frames_ > 0 ? iou_sum_ / static_cast<double>(iou_frames_) : -1; }
+double OverlapMeter::hits() const { return iou_frames_ > 0 ? static_cast<double>(hits_) / static_cast<double>(iou_frames_) : -1; }
+double OverlapMeter::on_item() const { return frames_ > 0 ? static_cast<double>(iou_frames_) / static_cast<double>(frames_) : -1; }
+
+void OverlapMeter::clear() {
+  iou_sum_ = 0;
+  iou_frames_ = hits_ = frames_ = 0;
+  on_item_.clear();
+  counts_.clear();
+}
+
+std::vector<double> OverlapMeter::on_item_by_region() const {
+  std::vector<double> out;
+  for (size_t i = 0; i < on_item_.size(); ++i)
+    out.push_back(on_item_[i] / static_cast<double>(std::max<int64_t>(1, counts_[i])));
+  return out;
+}
 
 Evaluation evaluate(methods::MethodImpl& method, const Config& config, const EvalOptions& options) {
   data::DatasetOptions dataset_options = data::DatasetOptions::from_config(config, options.list_key, false);
@@ -51,18 +63,15 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
   data::LoaderOptions lo = data::LoaderOptions::from_config(config, false);
   data::Loader loader(dataset, lo);
 
-  std::map<std::string, data::VideoTruth> truth;
-  const auto meta = std::filesystem::path(dataset.options().list).parent_path() / "meta.jsonl";
-  if (std::filesystem::exists(meta)) truth = data::read_synthetic_truth(meta.string());
-  const int test_resize = static_cast<int>(config.get_int("data.test_resize"));
+  OverlapMeter overlap(dataset.options().list, static_cast<int>(config.get_int("data.input_size")),
+                       static_cast<int>(config.get_int("data.test_resize")));
 
   if (!options.policy.empty()) method.set_policy(options.policy);
   method.eval();
   torch::NoGradGuard no_grad;
   torch::manual_seed(static_cast<uint64_t>(config.get_int("seed")));  // random test-time patches repeat
   Evaluation e;
-  std::vector<torch::Tensor> logits, labels, centres, final_logits, exits;
-  Overlap overlap;
+  std::vector<torch::Tensor> logits, labels, centres, final_logits, exits, glance_logits;
   int64_t macs = 0;
   loader.start_epoch(0);
   const int64_t batches = loader.batches_per_epoch();
@@ -82,6 +91,7 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
     } else {
       const methods::Prediction p = method.predict(clips);
       logits.push_back(p.logits.cpu());
+      if (p.glance_logits.defined()) glance_logits.push_back(p.glance_logits.mean(1).cpu());
       for (int64_t i = 0; p.regions.defined() && i < p.regions.size(0); ++i) {
         regions.push_back(p.regions[i]);
         region_frames.push_back(p.region_frames[i]);
@@ -92,8 +102,7 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
       if (!regions[i].defined()) continue;
       const auto r = regions[i].cpu();
       centres.push_back(torch::stack({r.select(1, 0) + r.select(1, 2) / 2, r.select(1, 1) + r.select(1, 3) / 2}));
-      add_overlap(batch->samples[i], dataset.entry(batch->indices[i]).path, r, region_frames[i], truth, test_resize,
-                  overlap);
+      overlap.add(batch->samples[i], dataset.entry(batch->indices[i]).path, r, region_frames[i]);
     }
     if (options.progress) options.progress(++done, batches);
   }
@@ -114,11 +123,11 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
     const auto top1 = (exit_correct(e.logits, e.labels).to(torch::kDouble).mean(0) * 100.0).contiguous();
     e.exit_top1.assign(top1.data_ptr<double>(), top1.data_ptr<double>() + top1.numel());
   }
-  if (overlap.iou_frames > 0) e.iou = overlap.iou_sum / static_cast<double>(overlap.iou_frames);
-  if (overlap.frames > 0) e.on_item = static_cast<double>(overlap.iou_frames) / static_cast<double>(overlap.frames);
-  for (size_t i = 0; i < overlap.on_item.size(); ++i)
-    e.on_item_by_region.push_back(overlap.on_item[i] / static_cast<double>(std::max<int64_t>(1, overlap.counts[i])));
-  e.iou_frames = overlap.iou_frames;
+  if (!glance_logits.empty()) e.glance_top1 = classification_scores(torch::cat(glance_logits), e.labels).top1;
+  e.iou = overlap.iou();
+  e.on_item = overlap.on_item();
+  e.on_item_by_region = overlap.on_item_by_region();
+  e.iou_frames = overlap.iou_frames();
   if (!centres.empty()) e.region_spread = torch::cat(centres, 1).std().item<double>() / config.get_int("data.input_size");
   e.flops = method_flops(method, config.get_int("data.segments"), config.get_int("data.focus_segments"),
                          config.get_int("data.input_size"));

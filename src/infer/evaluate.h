@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "core/config.h"
+#include "data/dataset.h"
 #include "data/synthetic.h"
 #include "infer/adaptive.h"
 #include "infer/flops.h"
@@ -31,6 +32,33 @@ struct Evaluation {
   double on_item = -1;          ///< fraction of the frames looked at in which the item is visible
   std::vector<double> on_item_by_region;  ///< the same for the first, second, ... region a video looked at
   double region_spread = -1;    ///< std of the regions' centres / input side: near 0 means a collapsed policy
+  double glance_top1 = -1;      ///< AdaFocusV2: top-1 of the glance's auxiliary head alone (mean over frames)
+};
+
+/// Where the regions a method looked at fall, against the benchmark's ground truth (the meta.jsonl beside a list),
+/// in the generated frames' pixels, accumulated over videos. Without a meta.jsonl it measures nothing (-1).
+class OverlapMeter {
+ public:
+  /// `test_resize` as frame_regions (infer/predictor.h): > 0 the test view, 0 the training view.
+  OverlapMeter(const std::string& list, int input_size, int test_resize);
+  /// One video's regions (R, 4) and their clip positions (R, F), as Prediction has them.
+  void add(const data::Sample& sample, const std::string& path, const torch::Tensor& regions,
+           const torch::Tensor& region_frames);
+  double iou() const;      ///< mean IoU with the item over the frames looked at in which it is visible
+  double hits() const;     ///< fraction of those frames in which the region overlaps the item at all
+  double on_item() const;  ///< fraction of the frames looked at in which the item is visible
+  std::vector<double> on_item_by_region() const;  ///< the same for the first, second, ... region
+  int64_t iou_frames() const { return iou_frames_; }
+  /// Forgets what was added (keeps the ground truth).
+  void clear();
+
+ private:
+  int input_size_, test_resize_;
+  std::map<std::string, data::VideoTruth> truth_;
+  double iou_sum_ = 0;
+  int64_t iou_frames_ = 0, hits_ = 0, frames_ = 0;
+  std::vector<double> on_item_;
+  std::vector<int64_t> counts_;
 };
 
 struct EvalOptions {

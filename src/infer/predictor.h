@@ -31,11 +31,12 @@ struct VideoPrediction {
 VideoPrediction predict_video(methods::LoadedModel& model, const std::string& video, torch::Device device,
                               const infer::ExitRule* rule = nullptr);
 
-/// One video's regions (R, 4) in network-input pixels, spanning the clip positions `region_frames` (R, F) (of the
-/// focus clip when the sample has one), as a region per frame read, in the decoded frames' pixels (test view: the
-/// centre crop of the frame resized to `test_resize`).
+/// One video's regions (R, 4) in network-input pixels (input_size x input_size), spanning the clip positions
+/// `region_frames` (R, F) (of the focus clip when the sample has one), as a region per frame read, in the decoded
+/// frames' pixels. Test view (test_resize > 0): the centre crop of the frame resized to test_resize; training view
+/// (test_resize = 0): the sample's crop of the decoded frame, maybe flipped.
 std::vector<Region> frame_regions(const torch::Tensor& regions, const torch::Tensor& region_frames,
-                                  const data::Sample& sample, int test_resize);
+                                  const data::Sample& sample, int input_size, int test_resize);
 
 /// Writes the frames the model read, with its regions and its top class drawn on them, as a .gif or .mp4.
 void visualize(const std::string& video, const methods::LoadedModel& model, const VideoPrediction& prediction,

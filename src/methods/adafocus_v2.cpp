@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "methods/baselines.h"
+#include "nn/cube_crop.h"
 #include "nn/patch_crop.h"
 
 namespace adafocus::methods {
@@ -72,11 +73,15 @@ AdaFocusV2Impl::AdaFocusV2Impl(const Config& c, int64_t num_classes)
       resize_(c.get_string("model.resize")),
       policy_(c.get_string("model.policy")),
       fuse_(c.get_string("model.fuse")),
+      gradient_(c.get_string("model.policy_gradient") == "paper" ? "pixel" : c.get_string("model.policy_gradient")),
       lr_policy_(c.get_float("train.lr_policy")),
       lr_glance_(c.get_float("train.lr_glance")),
       lr_local_(c.get_float("train.lr_local")),
       lr_classifier_(c.get_float("train.lr_classifier")) {
   set_policy(policy_);
+  if (gradient_ != "feature" && gradient_ != "pixel")
+    throw Error("model.policy_gradient must be pixel, feature or paper, not '" + gradient_ + "'",
+                c.origin("model.policy_gradient"));
   if (fuse_ != "concat" && fuse_ != "local")
     throw Error("model.fuse must be concat or local, not '" + fuse_ + "'", c.origin("model.fuse"));
   const int64_t input = c.get_int("data.input_size");
@@ -126,11 +131,43 @@ torch::Tensor AdaFocusV2Impl::actions(const Glance& g, const std::string& policy
   return policy_stn->forward(g.map.detach(), frames_);  // (B*T, 2)
 }
 
-std::pair<torch::Tensor, torch::Tensor> AdaFocusV2Impl::focus(const Glance& g, const torch::Tensor& actions) {
-  const auto patches = nn::crop_patches(g.frames, actions, patch_);           // (B*T, 3, P, P)
-  const auto local = local_CNN->pool(local_CNN->feature_map(patches));        // (B*T, Cl)
+std::pair<torch::Tensor, torch::Tensor> AdaFocusV2Impl::focus(const Glance& g, const torch::Tensor& actions,
+                                                               bool feature_gradient) {
+  const auto local = feature_gradient ? feature_gradient_local(g.frames, actions)  // (B*T, Cl)
+                                      : local_CNN->pool(local_CNN->feature_map(nn::crop_patches(g.frames, actions, patch_)));
   const auto fused = fuse_ == "concat" ? torch::cat({g.feature, local}, 1) : local;  // (B*T, D)
   return {classifier->forward(fused.view({-1, frames_, fused.size(1)})), local};   // (B, T, C), (B*T, Cl)
+}
+
+torch::Tensor AdaFocusV2Impl::frame_positions(int64_t b, const torch::Device& device) const {
+  return torch::arange(frames_, torch::TensorOptions(torch::kLong).device(device)).view({1, frames_, 1}).expand({b, frames_, 1});
+}
+
+// AdaFocusV3's deep-feature estimator (Eq. 5-6) on V2's patches, a patch being a one-frame cube: the features of a
+// patch one feature cell larger, centred on the real one and cut without gradient, interpolated at the real patch's
+// place. The crop's own gradient is the image's spatial gradient inside the patch - zero unless the patch already
+// overlaps the item; this one is how the features change across a cell, which a cell's receptive field makes
+// reach further. Not in the paper's AdaFocusV2 (model.policy_gradient: pixel there).
+torch::Tensor AdaFocusV2Impl::feature_gradient_local(const torch::Tensor& frames, const torch::Tensor& actions) {
+  const int64_t n = frames.size(0), s = local_CNN->stride();
+  const auto range = torch::tensor({static_cast<double>(frames.size(2) - patch_), static_cast<double>(frames.size(3) - patch_)},
+                                   actions.options());
+  const auto q = actions * range;  // (N, 2) corners (y, x) in pixels, with the policy's gradient
+  const auto fixed = q.detach();
+  const auto no_time = torch::zeros({n, 1}, q.options());
+  torch::Tensor patches;
+  {
+    torch::NoGradGuard no_grad;
+    const auto corners = torch::cat({fixed - s / 2.0, no_time}, 1).unsqueeze(1);  // (N, 1, 3) half a cell out
+    patches = nn::sample_cubes(frames.unsqueeze(1), corners, patch_ + s, 1).view({n, frames.size(1), patch_ + s, patch_ + s});
+  }
+  const auto maps = local_CNN->feature_map(patches);  // (N, Cl, h+1, w+1)
+  // Eq. 6: the offset's value is half a cell, its gradient that of the real corner. One frame: the map stands in for
+  // the enlarged cube's second frame too, at time offset 0, where it has no weight.
+  const auto offsets = torch::cat({(q - fixed) / static_cast<double>(s) + 0.5, no_time}, 1);  // (N, 3)
+  const auto local = nn::interpolate_cube_features(maps.unsqueeze(1).expand({n, 2, maps.size(1), maps.size(2), maps.size(3)}),
+                                                   offsets);  // (N, 1, Cl, h, w)
+  return local.mean({1, 3, 4});                                  // (N, Cl)
 }
 
 Prediction AdaFocusV2Impl::predict(const Clips& clips) {
@@ -140,7 +177,7 @@ Prediction AdaFocusV2Impl::predict(const Clips& clips) {
   Prediction p;
   p.logits = logits;  // (B, T, C): exit t has seen frames 0..t
   p.regions = nn::patch_boxes(a, g.frames.size(2), g.frames.size(3), patch_).view({-1, frames_, 4});  // (B, T, 4)
-  p.region_frames = torch::arange(frames_, torch::kLong).view({1, frames_, 1}).expand({logits.size(0), frames_, 1});
+  p.region_frames = frame_positions(logits.size(0), logits.device());
   // The official forward runs the auxiliary heads at test time too, and the papers' GFLOPs include them (facts §8).
   p.glance_logits = global_CNN_fc->forward(g.feature).view({-1, frames_, logits.size(2)});  // (B, T, C)
   p.local_logits = local_CNN_fc->forward(local).view({-1, frames_, logits.size(2)});        // (B, T, C)
@@ -159,7 +196,12 @@ Losses AdaFocusV2Impl::loss(const Clips& clips, const torch::Tensor& target, con
   Losses out;
   torch::Tensor total = torch::zeros({}, g.frames.options());
   for (const auto& branch : branches) {
-    const auto [logits, local] = focus(g, actions(g, branch));  // (B, T, C), (B*T, Cl)
+    const auto a = actions(g, branch);                      // (B*T, 2)
+    const auto [logits, local] = focus(g, a, branch == "learned" && gradient_ == "feature");  // (B, T, C), (B*T, Cl)
+    if (branch == "learned") {
+      out.regions = nn::patch_boxes(a.detach(), g.frames.size(2), g.frames.size(3), patch_).view({-1, frames_, 4});
+      out.region_frames = frame_positions(logits.size(0), logits.device());
+    }
     const auto fused_ce = per_frame_ce(logits.reshape({-1, logits.size(2)}), target, frames_);
     const auto global_ce = per_frame_ce(global_logits, target, frames_);
     const auto local_ce = per_frame_ce(local_CNN_fc->forward(local), target, frames_);

@@ -72,10 +72,17 @@ class AdaFocusV2Impl : public MethodImpl {
   /// Patch positions (B*T, 2) for `policy` (learned | random | center).
   torch::Tensor actions(const Glance& g, const std::string& policy);
   /// Fused per-step logits (B, T, C) and the local features (B*T, Cl) of the patches at `actions`.
-  std::pair<torch::Tensor, torch::Tensor> focus(const Glance& g, const torch::Tensor& actions);
+  /// With `feature_gradient` the local features come from feature_gradient_local().
+  std::pair<torch::Tensor, torch::Tensor> focus(const Glance& g, const torch::Tensor& actions,
+                                                bool feature_gradient = false);
+  /// Training, model.policy_gradient = feature: local features (N, Cl) of the patches at `actions` (N, 2) of frames
+  /// (N, 3, S, S), with AdaFocusV3's deep-feature gradient to the policy.
+  torch::Tensor feature_gradient_local(const torch::Tensor& frames, const torch::Tensor& actions);
+  /// Prediction::region_frames of a patch per frame: (B, T, 1) = t.
+  torch::Tensor frame_positions(int64_t b, const torch::Device& device) const;
 
   int64_t frames_, patch_, glance_size_;
-  std::string resize_, policy_, fuse_;
+  std::string resize_, policy_, fuse_, gradient_;
   double lr_policy_, lr_glance_, lr_local_, lr_classifier_;
 };
 

@@ -1,6 +1,7 @@
 #include "methods/adafocus_v3.h"
 
 #include <cmath>
+#include <tuple>
 
 #include "core/error.h"
 #include "methods/baselines.h"
@@ -104,14 +105,14 @@ AdaFocusV3Impl::AdaFocusV3Impl(const Config& c, int64_t num_classes)
       patch_(c.get_int("model.patch_size")),
       glance_size_(c.get_int("model.glance.resolution")),
       resize_(c.get_string("model.resize")),
-      gradient_(c.get_string("model.policy_gradient")),
+      gradient_(c.get_string("model.policy_gradient") == "paper" ? "feature" : c.get_string("model.policy_gradient")),
       lr_policy_(c.get_float("train.lr_policy")),
       lr_glance_(c.get_float("train.lr_glance")),
       lr_local_(c.get_float("train.lr_local")),
       lr_classifier_(c.get_float("train.lr_classifier")) {
   set_policy(c.get_string("model.policy"));
   if (gradient_ != "feature" && gradient_ != "pixel")
-    throw Error("model.policy_gradient must be feature or pixel, not '" + gradient_ + "'",
+    throw Error("model.policy_gradient must be feature, pixel or paper, not '" + gradient_ + "'",
                 c.origin("model.policy_gradient"));
   if (c.get_bool("data.input_order"))
     throw Error("adafocus_v3 places cubes in time: it needs the frames in time order", c.origin("data.input_order"),
@@ -249,11 +250,15 @@ Prediction AdaFocusV3Impl::predict(const Clips& clips) {
   const auto local = cube_features(cubes.reshape({b * cubes_, length_, 3, patch_, patch_})).view({b, cubes_, -1});
   Prediction p;
   p.logits = classifier->forward(g.features, local);                             // (B, K + 1, C)
-  const auto side = torch::full({b, cubes_, 1}, static_cast<double>(patch_), corners.options());
-  p.regions = torch::cat({corners.narrow(2, 1, 1), corners.narrow(2, 0, 1), side, side}, 2);  // (B, K, 4) x, y, w, h
-  p.region_frames = corners.select(2, 2).round().to(torch::kLong).unsqueeze(2) +
-                    torch::arange(length_, torch::TensorOptions(torch::kLong).device(corners.device()));  // (B, K, L)
+  std::tie(p.regions, p.region_frames) = regions(corners);
   return p;
+}
+
+std::pair<torch::Tensor, torch::Tensor> AdaFocusV3Impl::regions(const torch::Tensor& corners) const {
+  const auto side = torch::full({corners.size(0), cubes_, 1}, static_cast<double>(patch_), corners.options());
+  return {torch::cat({corners.narrow(2, 1, 1), corners.narrow(2, 0, 1), side, side}, 2),     // (B, K, 4) x, y, w, h
+          corners.select(2, 2).round().to(torch::kLong).unsqueeze(2) +
+              torch::arange(length_, torch::TensorOptions(torch::kLong).device(corners.device()))};  // (B, K, L)
 }
 
 Losses AdaFocusV3Impl::loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) {
@@ -286,7 +291,11 @@ Losses AdaFocusV3Impl::loss(const Clips& clips, const torch::Tensor& target, con
   torch::Tensor total = torch::zeros({}, g.features.options());
   for (const auto& branch : branches) {
     const bool learned = branch != "random" && branch != "center";
-    const auto local = train_features(src, actions(g, branch), learned);  // (B, K, Cl)
+    const auto a = actions(g, branch);                                   // (B, K, 3)
+    const auto local = train_features(src, a, learned);                  // (B, K, Cl)
+    if (learned)
+      std::tie(out.regions, out.region_frames) =
+          regions(nn::cube_corners(a.detach(), src.size(3), src.size(4), source_frames_, patch_, length_));
     const auto logits = classifier->forward(g.features, local);          // (B, K + 1, C)
     // Eq. 1: cross-entropy of every exit's prediction (averaged over exits, as V2 averages over frames).
     const auto exits_ce = F::cross_entropy(logits.reshape({b * (cubes_ + 1), -1}), target.repeat_interleave(cubes_ + 1));

@@ -99,6 +99,8 @@ class AdaFocusV3Impl : public MethodImpl {
   torch::Tensor cube_features(const torch::Tensor& cubes);
   /// Training: local features (B, K, Cl) of the cubes at `actions`, with the policy's gradient estimator.
   torch::Tensor train_features(const torch::Tensor& source, const torch::Tensor& actions, bool learned);
+  /// Prediction's regions (B, K, 4) and region_frames (B, K, L) of cubes at `corners` (B, K, 3).
+  std::pair<torch::Tensor, torch::Tensor> regions(const torch::Tensor& corners) const;
 
   int64_t frames_, source_frames_, cubes_, length_, patch_, glance_size_;
   std::string resize_, policy_, gradient_;

@@ -81,7 +81,11 @@ Prediction FullFrameImpl::predict(const Clips& clips) {
 Losses FullFrameImpl::loss(const Clips& clips, const torch::Tensor& target, const StepContext&) {
   const auto l = logits(clips.frames);
   const auto ce = torch::nn::functional::cross_entropy(l, target);
-  return {ce, {{"ce", ce.detach()}}, l.detach()};
+  Losses out;
+  out.total = ce;
+  out.terms = {{"ce", ce.detach()}};
+  out.logits = l.detach();
+  return out;
 }
 
 std::vector<ParamGroup> FullFrameImpl::param_groups() {

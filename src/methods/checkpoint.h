@@ -20,7 +20,7 @@ struct Checkpoint {
   int64_t batch = 0;                    ///< batches of `epoch` already done
   double best_metric = -1;
   int64_t best_epoch = -1;
-  std::vector<double> epoch_sums;       ///< running sums of the interrupted epoch (loss, correct, videos)
+  std::vector<double> epoch_sums;       ///< running sums of the interrupted epoch (loss, correct, videos, the policy's)
   std::string exits_json;               ///< early-exit thresholds (adafocus calibrate --embed), "" if none
 };
 

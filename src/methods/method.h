@@ -36,6 +36,9 @@ struct Losses {
   torch::Tensor total;                                     ///< scalar, what is minimised
   std::vector<std::pair<std::string, torch::Tensor>> terms;  ///< named parts, for the log
   torch::Tensor logits;                                    ///< (B, C) final prediction of the step (accuracy)
+  /// Where the learned policy looked in this step, detached, as Prediction's regions (B, R, 4) and region_frames
+  /// (B, R, F): the training log follows the policy. Undefined when no learned policy ran.
+  torch::Tensor regions, region_frames;
 };
 
 /// What one exit of the exit-by-exit path gives for the n videos still in the batch.

@@ -42,6 +42,37 @@ bool evaluates(const Config& c, int64_t epoch, int64_t epochs) {
   return (every > 0 && ((epoch + 1) % every == 0 || epoch + 1 == epochs)) || epoch >= epochs - last;
 }
 
+// Running sums of an epoch, kept in last.pt so that a resumed epoch logs what an uninterrupted one would.
+enum Sum { kLoss, kCorrect, kVideos, kIou, kVisible, kHits, kSpread, kGrad, kPolicySteps, kSums };
+
+// What the learned policy did in one training step, added to the epoch's sums: where its regions fell against the
+// benchmark's ground truth (training view), how far apart they are, and how much gradient reached it. Diagnostics
+// of a policy that does not learn (docs/benchmark.md).
+void add_policy_step(const methods::Losses& losses, const data::Batch& batch, const data::VideoDataset& set,
+                     methods::MethodImpl& method, int input_size, infer::OverlapMeter& overlap,
+                     std::vector<double>& sums) {
+  if (!losses.regions.defined()) return;
+  overlap.clear();
+  for (size_t i = 0; i < batch.samples.size(); ++i)
+    overlap.add(batch.samples[i], set.entry(batch.indices[i]).path, losses.regions[static_cast<int64_t>(i)].cpu(),
+                losses.region_frames[static_cast<int64_t>(i)]);
+  if (overlap.iou_frames() > 0) {
+    sums[kIou] += overlap.iou() * static_cast<double>(overlap.iou_frames());
+    sums[kHits] += overlap.hits() * static_cast<double>(overlap.iou_frames());
+    sums[kVisible] += static_cast<double>(overlap.iou_frames());
+  }
+  const auto r = losses.regions;  // (B, R, 4)
+  const auto centres = torch::stack({r.select(2, 0) + r.select(2, 2) / 2, r.select(2, 1) + r.select(2, 3) / 2});
+  sums[kSpread] += centres.std().item<double>() / input_size;
+  double squares = 0;
+  for (const auto& group : method.param_groups())
+    if (group.name == "policy")
+      for (const auto& [name, p] : group.params)
+        if (p.grad().defined()) squares += p.grad().pow(2).sum().item<double>();
+  sums[kGrad] += std::sqrt(squares);
+  sums[kPolicySteps] += 1;
+}
+
 nlohmann::json scores_json(const infer::Evaluation& e) {
   nlohmann::json j{{"val_top1", e.scores.top1}, {"val_top5", e.scores.top5}, {"val_mean_class", e.scores.mean_class},
                    {"val_map", e.scores.map},   {"gflops", e.flops.report.gflops()}};
@@ -110,6 +141,8 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
   const std::string schedule = config.get_string("train.schedule"), metric = config.get_string("train.metric");
   if (metric != "map" && metric != "top1") throw Error("train.metric must be map or top1", config.origin("train.metric"));
   const int64_t checkpoint_every = config.get_int("train.checkpoint_every");
+  const int input_size = static_cast<int>(config.get_int("data.input_size"));
+  infer::OverlapMeter train_overlap(train_set.options().list, input_size, 0);  // training view
   methods::StepContext context;
   context.policy_from_epoch = config.get_int("train.policy_from_epoch");
   const bool two_stages = config.get_bool("train.policy_only") && context.policy_from_epoch > 0 &&
@@ -137,8 +170,9 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
     const int64_t stage_start = context.policy_only ? context.policy_from_epoch : 0;
     const int64_t stage_epochs = !two_stages ? epochs : context.policy_only ? epochs - stage_start : context.policy_from_epoch;
     const int64_t first = epoch == state.epoch ? state.batch : 0;
-    std::vector<double> sums = epoch == state.epoch && state.epoch_sums.size() == 3 ? state.epoch_sums
-                                                                                     : std::vector<double>{0, 0, 0};
+    std::vector<double> sums(kSums, 0.0);
+    if (epoch == state.epoch)  // resumed within the epoch (checkpoints before the policy's sums have only 3)
+      std::copy_n(state.epoch_sums.begin(), std::min<size_t>(kSums, state.epoch_sums.size()), sums.begin());
     loader.start_epoch(epoch, first);
     Progress progress(fmt::format("epoch {}/{}", epoch + 1, epochs), steps, "steps");
     method->train();
@@ -158,20 +192,29 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
                     "lower train.lr or set train.clip_grad; last.pt still holds the last good state");
       optimizer.zero_grad();
       losses.total.backward();
+      add_policy_step(losses, *batch, train_set, *method, input_size, train_overlap, sums);
       if (clip > 0) optimizer.clip_grad_norm(clip);
       optimizer.step(lr);
       const int64_t b = target.size(0);
-      sums[0] += value * b;
-      sums[1] += (losses.logits.argmax(1) == target).sum().item<double>();
-      sums[2] += b;
-      if (!o.quiet) progress.update(step + 1, fmt::format("loss {:.3f} acc {:.1f}%", sums[0] / sums[2], 100 * sums[1] / sums[2]));
+      sums[kLoss] += value * b;
+      sums[kCorrect] += (losses.logits.argmax(1) == target).sum().item<double>();
+      sums[kVideos] += b;
+      if (!o.quiet) progress.update(step + 1, fmt::format("loss {:.3f} acc {:.1f}%", sums[kLoss] / sums[kVideos], 100 * sums[kCorrect] / sums[kVideos]));
       if (checkpoint_every > 0 && (step + 1) % checkpoint_every == 0 && step + 1 < steps)
         save(last_path, epoch, step + 1, sums);
     }
-    if (!o.quiet) progress.finish(fmt::format("loss {:.3f} acc {:.1f}%", sums[0] / sums[2], 100 * sums[1] / sums[2]));
+    if (!o.quiet) progress.finish(fmt::format("loss {:.3f} acc {:.1f}%", sums[kLoss] / sums[kVideos], 100 * sums[kCorrect] / sums[kVideos]));
 
-    nlohmann::json line{{"epoch", epoch}, {"lr", lr}, {"train_loss", sums[0] / sums[2]},
-                        {"train_top1", 100 * sums[1] / sums[2]}};
+    nlohmann::json line{{"epoch", epoch}, {"lr", lr}, {"train_loss", sums[kLoss] / sums[kVideos]},
+                        {"train_top1", 100 * sums[kCorrect] / sums[kVideos]}};
+    if (sums[kPolicySteps] > 0) {  // the learned policy during this epoch's training steps
+      line["policy_spread"] = sums[kSpread] / sums[kPolicySteps];
+      line["policy_grad"] = sums[kGrad] / sums[kPolicySteps];
+      if (sums[kVisible] > 0) {
+        line["train_iou"] = sums[kIou] / sums[kVisible];
+        line["train_hits"] = sums[kHits] / sums[kVisible];
+      }
+    }
     if (evaluates(config, epoch, epochs)) {
       summary.last = infer::evaluate(*method, config, eval_options);
       line.update(scores_json(summary.last));
@@ -179,7 +222,7 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
       if (value > state.best_metric) {
         state.best_metric = value;
         state.best_epoch = epoch;
-        save(best_path, epoch + 1, 0, {0, 0, 0});
+        save(best_path, epoch + 1, 0, std::vector<double>(kSums, 0.0));
       }
       if (!o.quiet)
         fmt::print(stderr, "  val top1 {:.2f}  mAP {:.2f}{}  ({:.3f} GFLOPs/video)\n", summary.last.scores.top1,
@@ -190,7 +233,7 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
     std::string text;
     for (const auto& l : metrics) text += l + "\n";
     write_file_atomic(metrics_path, text);  // before last.pt: a crash in between redoes this epoch's line
-    save(last_path, epoch + 1, 0, {0, 0, 0});
+    save(last_path, epoch + 1, 0, std::vector<double>(kSums, 0.0));
   }
   summary.epochs = epochs;
   summary.metric = metric;

@@ -1,0 +1,195 @@
+// adafocus sweep: the demo's methods over a grid of benchmark settings, so that a claim is shown only where it
+// survives variation. Each cell (a generator setting and a seed) is a whole demo run in DIR/<setting>_seed<S>/ (its
+// own videos, pretraining and training runs; finished steps are not redone), with every preset unchanged; the sweep
+// gathers the cells' results.json and training logs into one table and DIR/sweep.json.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/common.h"
+#include "core/error.h"
+#include "core/files.h"
+
+namespace adafocus::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// A variant of the generator (pixels at 128 px frames; the demo's: items 32-40, 8-12 fragments, visible 30-70%).
+struct Setting {
+  std::string name, description;
+  std::vector<std::string> overrides;
+};
+
+const std::vector<Setting>& settings() {
+  static const std::vector<Setting> all{
+      {"default", "the demo's generator", {}},
+      {"small", "items 24-28 px", {"synthetic.item_size=[24, 28]"}},
+      {"clutter", "14-18 fragments", {"synthetic.clutter=[14, 18]"}},
+      {"brief", "visible in 20-35% of the frames", {"synthetic.visible=[0.2, 0.35]"}},
+      {"hard", "items 24-32 px, 12-16 fragments, visible 25-45%",
+       {"synthetic.item_size=[24, 32]", "synthetic.clutter=[12, 16]", "synthetic.visible=[0.25, 0.45]"}},
+  };
+  return all;
+}
+
+struct SweepArgs {
+  std::string out = "sweep";
+  // AdaFocusV2 and the baselines its claims name; adafocus_v3 and v3_pixel_gradient add ~2.5 min per cell each.
+  std::string methods = "adafocus_v2,random_patch,full_frame_low_res";
+  std::string settings = "default,small,clutter,brief,hard", seeds = "0,1";
+  int64_t train_videos = 1000, val_videos = 300, epochs = 0, pretrain_images = 20000;
+  bool quick = false;
+  std::vector<std::string> overrides;
+};
+
+nlohmann::json read_json(const std::string& path) {
+  try {
+    return nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("not valid JSON: ") + e.what(), path, "delete the cell's folder to redo it");
+  }
+}
+
+// The training log's last epoch: where the learned policy looked while it trained.
+nlohmann::json last_epoch(const std::string& metrics) {
+  if (!fs::exists(metrics)) return {};
+  std::istringstream in(read_file(metrics));
+  std::string line, last;
+  while (std::getline(in, line))
+    if (!line.empty()) last = line;
+  return last.empty() ? nlohmann::json() : nlohmann::json::parse(last);
+}
+
+std::string cell(const nlohmann::json& row, const char* key, const char* format) {
+  return row.contains(key) && row[key].is_number() ? fmt::format(fmt::runtime(format), row[key].get<double>()) : "-";
+}
+
+int run(const SweepArgs& given, const Runtime& runtime) {
+  SweepArgs args = given;
+  if (args.quick) {  // the demo's setting and the hardest, one seed
+    args.settings = "default,hard";
+    args.seeds = "0";
+  }
+  std::vector<Setting> chosen;
+  for (const auto& name : split_commas(args.settings)) {
+    auto it = std::find_if(settings().begin(), settings().end(), [&](const Setting& s) { return s.name == name; });
+    if (it == settings().end()) {
+      std::string names;
+      for (const auto& s : settings()) names += (names.empty() ? "" : ", ") + s.name;
+      throw Error("unknown setting '" + name + "'", "--settings", "one of: " + names);
+    }
+    chosen.push_back(*it);
+  }
+  std::vector<int64_t> seeds;
+  for (const auto& s : split_commas(args.seeds)) {
+    try {
+      seeds.push_back(std::stoll(s));
+    } catch (const std::exception&) {
+      throw Error("not a seed: '" + s + "'", "--seeds", "e.g. --seeds 0,1");
+    }
+  }
+  if (chosen.empty() || seeds.empty() || split_commas(args.methods).empty())
+    throw Error("nothing to run", "--settings/--seeds/--methods", "name at least one of each");
+  fs::create_directories(args.out);
+
+  const auto start = std::chrono::steady_clock::now();
+  nlohmann::json rows = nlohmann::json::array(), cells = nlohmann::json::array();
+  for (const Setting& setting : chosen)
+    for (int64_t seed : seeds) {
+      const std::string name = fmt::format("{}_seed{}", setting.name, seed);
+      fmt::print(stderr, "==== {} ({}, seed {}) ====\n", name, setting.description, seed);
+      const auto cell_start = std::chrono::steady_clock::now();
+      DemoArgs demo;
+      demo.out = args.out + "/" + name;
+      demo.methods = args.methods;
+      demo.train_videos = args.train_videos;
+      demo.val_videos = args.val_videos;
+      demo.epochs = args.epochs;
+      demo.pretrain_images = args.pretrain_images;
+      demo.calibration_videos = 0;  // accuracy at full cost; the budget curves are the demo's
+      demo.overrides = setting.overrides;
+      demo.overrides.push_back(fmt::format("seed={}", seed));
+      demo.overrides.insert(demo.overrides.end(), args.overrides.begin(), args.overrides.end());
+      if (const int status = run_demo(demo, runtime); status != 0) return status;
+      const double items = read_json(demo.out + "/pretrained_local.json").at("items_top1").get<double>();
+      for (nlohmann::json row : read_json(demo.out + "/results.json")) {
+        row["setting"] = setting.name;
+        row["seed"] = seed;
+        row["items_top1"] = items;  // the pretrained patch network on this setting's single items
+        const nlohmann::json log = last_epoch(demo.out + "/runs/" + row["method"].get<std::string>() + "/metrics.jsonl");
+        for (const char* key : {"train_top1", "train_iou", "train_hits", "policy_spread", "policy_grad"})
+          if (log.contains(key)) row[key] = log[key];
+        rows.push_back(row);
+      }
+      cells.push_back({{"name", name}, {"setting", setting.name}, {"description", setting.description},
+                       {"overrides", setting.overrides}, {"seed", seed},
+                       {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - cell_start).count()}});
+    }
+
+  // One table, and the claims the robustness issue asks of AdaFocusV2 in every cell.
+  std::vector<std::vector<std::string>> table;
+  for (const auto& r : rows)
+    table.push_back({r["setting"].get<std::string>(), std::to_string(r["seed"].get<int64_t>()), r["method"].get<std::string>(),
+                     cell(r, "gflops", "{:.4f}"), cell(r, "top1", "{:.1f}"), cell(r, "iou", "{:.3f}"),
+                     cell(r, "glance_top1", "{:.1f}"), cell(r, "train_iou", "{:.3f}"), cell(r, "train_hits", "{:.2f}"),
+                     cell(r, "policy_grad", "{:.2g}"), cell(r, "items_top1", "{:.1f}")});
+  fmt::print("\n");
+  print_table({"setting", "seed", "method", "GFLOPs", "top-1", "IoU", "glance", "train IoU", "train hits", "policy grad",
+               "items"},
+              table);
+  auto find = [&](const nlohmann::json& c, const std::string& method) -> const nlohmann::json* {
+    for (const auto& r : rows)
+      if (r["setting"] == c["setting"] && r["seed"] == c["seed"] && r["method"] == method) return &r;
+    return nullptr;
+  };
+  int held = 0, checked = 0;
+  fmt::print("\nAdaFocusV2 per cell (>= 5 points over random_patch, IoU >= 2x, above full_frame_low_res):\n");
+  for (const auto& c : cells) {
+    const nlohmann::json *v2 = find(c, "adafocus_v2"), *random = find(c, "random_patch"), *low = find(c, "full_frame_low_res");
+    if (!v2 || !random) continue;
+    const double margin = (*v2)["top1"].get<double>() - (*random)["top1"].get<double>();
+    const double iou = v2->value("iou", 0.0), random_iou = random->value("iou", 0.0);
+    const double low_margin = low ? (*v2)["top1"].get<double>() - (*low)["top1"].get<double>() : NAN;
+    const bool ok = margin >= 5 && iou >= 2 * random_iou && (!low || low_margin > 0);
+    ++checked;
+    held += ok;
+    fmt::print("  [{}] {:<16} {:+5.1f} vs random_patch, IoU {:.3f} vs {:.3f}{}\n", ok ? "yes" : "NO ",
+               c["name"].get<std::string>(), margin, iou, random_iou,
+               low ? fmt::format(", {:+5.1f} vs low-res", low_margin) : "");
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (checked > 0) fmt::print("  held in {} of {} cells\n", held, checked);
+  write_file_atomic(args.out + "/sweep.json",
+                    nlohmann::json{{"cells", cells}, {"rows", rows}, {"seconds", seconds}}.dump(2) + "\n");
+  fmt::print("\n{}: sweep.json and a folder per cell ({:.0f} s)\n", args.out, seconds);
+  return 0;
+}
+
+}  // namespace
+
+void add_sweep_command(CLI::App& app, Commands& commands, const Runtime& runtime) {
+  auto args = std::make_shared<SweepArgs>();
+  std::string names;
+  for (const auto& s : settings()) names += fmt::format("{}{} ({})", names.empty() ? "" : ", ", s.name, s.description);
+  CLI::App* sub = app.add_subcommand(
+      "sweep", "train the demo's methods over a grid of benchmark settings and seeds: does the policy still learn?");
+  sub->add_option("--out", args->out, "folder for the cells and sweep.json");
+  sub->add_option("--methods", args->methods, "comma-separated presets of configs/benchmark/");
+  sub->add_option("--settings", args->settings, "comma-separated generator settings: " + names);
+  sub->add_option("--seeds", args->seeds, "comma-separated seeds (videos, pretraining and training)");
+  sub->add_option("--train-videos", args->train_videos, "training videos per cell")->check(CLI::PositiveNumber);
+  sub->add_option("--val-videos", args->val_videos, "val videos per cell")->check(CLI::PositiveNumber);
+  sub->add_option("--epochs", args->epochs, "> 0: override every method's epochs (a quick look)");
+  sub->add_option("--pretrain-images", args->pretrain_images, "single items the patch network is pretrained on")
+      ->check(CLI::PositiveNumber);
+  sub->add_flag("--quick", args->quick, "settings default and hard, seed 0 (replaces --settings and --seeds)");
+  sub->add_option("--set", args->overrides, "key=value applied to every cell and method");
+  commands.push_back({sub, [args, &runtime] { return run(*args, runtime); }});
+}
+
+}  // namespace adafocus::cli

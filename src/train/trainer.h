@@ -1,6 +1,8 @@
 // Training a method on a dataset, into a run folder:
 //   RUN/config.yaml    the resolved configuration (what --resume reads back)
-//   RUN/metrics.jsonl  one line per epoch: lr, training loss and accuracy, validation scores when evaluated
+//   RUN/metrics.jsonl  one line per epoch: lr, training loss and accuracy, validation scores when evaluated, and
+//                      while a learned policy trains, where it looked (train_iou, train_hits on the benchmark),
+//                      policy_spread and policy_grad
 //   RUN/last.pt        model, optimizer state, position (epoch, batch) and running sums: resuming continues exactly
 //   RUN/best.pt        the model with the best validation metric (train.metric)
 // Every file is written atomically. Randomness (sampling, augmentation, dropout, random patches) is derived from

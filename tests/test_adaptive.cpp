@@ -195,17 +195,7 @@ TEST(CubeCrop, FramesAreNeverTakenTwice) {
   EXPECT_TRUE(torch::equal(f[1], torch::tensor({1, 2, 0, 3}, torch::kLong)));  // ties: the earlier frame
 }
 
-// A small AdaFocusV3: 4 frames of 64 px, narrow ResNet-10s, 24 px frame-wise cubes.
-Config tiny_v3() {
-  Config c = Config::defaults();
-  for (const char* kv :
-       {"model.method=adafocus_v3", "model.glance.arch=resnet10", "model.glance.base_width=4", "model.glance.stem=small",
-        "model.glance.resolution=16", "model.local.arch=resnet10", "model.local.base_width=4",
-        "model.local.stem=small_s2", "model.patch_size=24", "model.policy_channels=4", "model.classifier_hidden=32",
-        "model.resize=area", "data.segments=4", "data.input_size=64", "model.dropout=0.0", "model.fc_dropout=0.0"})
-    c.set(kv);
-  return c;
-}
+Config tiny_v3() { return test::tiny_adafocus("adafocus_v3"); }
 
 // Trains a model a few steps so that its BN statistics and policy are not at their initial values.
 void perturb(methods::MethodImpl& m, const torch::Tensor& clips, int64_t classes) {
@@ -320,8 +310,7 @@ TEST(AdaFocusV3, ExitByExitPathLeavesTheBatch) {
 
 TEST(AdaFocusV2, ExitByExitPathLeavesTheBatch) {
   torch::manual_seed(8);
-  Config c = tiny_v3();
-  for (const char* kv : {"model.method=adafocus_v2", "model.policy_channels=8", "model.policy_hidden=16"}) c.set(kv);
+  Config c = test::tiny_adafocus("adafocus_v2");
   auto m = methods::make_method(c, 3);
   const auto clips = torch::randn({6, 4, 3, 64, 64});
   perturb(*m, clips, 3);

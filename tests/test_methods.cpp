@@ -15,18 +15,7 @@
 namespace adafocus {
 namespace {
 
-// A small AdaFocusV2: 4 frames of 64 px, narrow ResNet-10s, 24 px patches.
-Config tiny_v2() {
-  Config c = Config::defaults();
-  for (const char* kv :
-       {"model.method=adafocus_v2", "model.glance.arch=resnet10", "model.glance.base_width=4", "model.glance.stem=small",
-        "model.glance.resolution=16", "model.local.arch=resnet10", "model.local.base_width=4",
-        "model.local.stem=small_s2", "model.patch_size=24", "model.policy_channels=8", "model.policy_hidden=16",
-        "model.classifier_hidden=32", "model.resize=area", "data.segments=4", "data.input_size=64",
-        "model.dropout=0.0", "model.fc_dropout=0.0"})
-    c.set(kv);
-  return c;
-}
+Config tiny_v2() { return test::tiny_adafocus("adafocus_v2"); }
 
 TEST(AdaFocusV2, PredictsEveryExitAndItsPatches) {
   torch::manual_seed(0);

@@ -9,6 +9,24 @@
 
 namespace adafocus::test {
 
+Config tiny_adafocus(const std::string& method) {
+  Config c = Config::defaults();
+  c.set("model.method=" + method);
+  for (const char* kv :
+       {"model.glance.arch=resnet10", "model.glance.base_width=4", "model.glance.stem=small",
+        "model.glance.resolution=16", "model.local.arch=resnet10", "model.local.base_width=4",
+        "model.local.stem=small_s2", "model.patch_size=24", "model.classifier_hidden=32", "model.resize=area",
+        "data.segments=4", "data.input_size=64", "model.dropout=0.0", "model.fc_dropout=0.0"})
+    c.set(kv);
+  if (method == "adafocus_v2") {
+    c.set("model.policy_channels=8");
+    c.set("model.policy_hidden=16");
+  } else {
+    c.set("model.policy_channels=4");
+  }
+  return c;
+}
+
 const std::string& reference_dir() {
   static const std::string dir = [] {
     const char* env = std::getenv("ADAFOCUS_TEST_REFERENCE");

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <string>
 
+#include "core/config.h"
 #include "core/error.h"
 
 namespace adafocus::test {
@@ -23,6 +24,10 @@ int run_reference_script(const std::string& args);
 /// max |actual - expected| <= rtol * max |expected|, and equal shapes.
 ::testing::AssertionResult AllCloseRelative(const torch::Tensor& actual, const torch::Tensor& expected,
                                             double rtol = 1e-4);
+
+/// A small AdaFocus model (model.method = `method`): 4 frames of 64 px, narrow ResNet-10s, 24 px patches or
+/// frame-wise cubes, no dropout; AdaFocusV2's policy with 8 channels and a 16-unit GRU, V3's with 4 channels.
+Config tiny_adafocus(const std::string& method);
 
 /// A fresh directory under the system temp dir, removed with everything in it at scope end.
 class TempDir {

@@ -49,7 +49,7 @@ enum Sum { kLoss, kCorrect, kVideos, kIou, kVisible, kHits, kSpread, kGrad, kPol
 // benchmark's ground truth (training view), how far apart they are, and how much gradient reached it. Diagnostics
 // of a policy that does not learn (docs/benchmark.md).
 void add_policy_step(const methods::Losses& losses, const data::Batch& batch, const data::VideoDataset& set,
-                     methods::MethodImpl& method, int input_size, infer::OverlapMeter& overlap,
+                     const std::vector<torch::Tensor>& policy, int input_size, infer::OverlapMeter& overlap,
                      std::vector<double>& sums) {
   if (!losses.regions.defined()) return;
   overlap.clear();
@@ -65,10 +65,8 @@ void add_policy_step(const methods::Losses& losses, const data::Batch& batch, co
   const auto centres = torch::stack({r.select(2, 0) + r.select(2, 2) / 2, r.select(2, 1) + r.select(2, 3) / 2});
   sums[kSpread] += centres.std().item<double>() / input_size;
   double squares = 0;
-  for (const auto& group : method.param_groups())
-    if (group.name == "policy")
-      for (const auto& [name, p] : group.params)
-        if (p.grad().defined()) squares += p.grad().pow(2).sum().item<double>();
+  for (const auto& p : policy)
+    if (p.grad().defined()) squares += p.grad().pow(2).sum().item<double>();
   sums[kGrad] += std::sqrt(squares);
   sums[kPolicySteps] += 1;
 }
@@ -143,6 +141,10 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
   const int64_t checkpoint_every = config.get_int("train.checkpoint_every");
   const int input_size = static_cast<int>(config.get_int("data.input_size"));
   infer::OverlapMeter train_overlap(train_set.options().list, input_size, 0);  // training view
+  std::vector<torch::Tensor> policy_params;  // the gradient norm the log reports
+  for (const auto& group : method->param_groups())
+    if (group.name == "policy")
+      for (const auto& named : group.params) policy_params.push_back(named.second);
   methods::StepContext context;
   context.policy_from_epoch = config.get_int("train.policy_from_epoch");
   const bool two_stages = config.get_bool("train.policy_only") && context.policy_from_epoch > 0 &&
@@ -192,7 +194,7 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
                     "lower train.lr or set train.clip_grad; last.pt still holds the last good state");
       optimizer.zero_grad();
       losses.total.backward();
-      add_policy_step(losses, *batch, train_set, *method, input_size, train_overlap, sums);
+      add_policy_step(losses, *batch, train_set, policy_params, input_size, train_overlap, sums);
       if (clip > 0) optimizer.clip_grad_norm(clip);
       optimizer.step(lr);
       const int64_t b = target.size(0);

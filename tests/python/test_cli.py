@@ -29,18 +29,33 @@ def close(actual, expected, rtol=1e-4):
         (actual.double() - expected.double()).abs().max() <= rtol * expected.double().abs().max()
 
 
-class Cli(unittest.TestCase):
+class BinaryTest(unittest.TestCase):
+    def ok(self, *args):
+        r = run(*args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+
+class SharedFolder(BinaryTest):
+    """Tests of a class share one temporary folder (and what setUpClass makes in it)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = cls.tmp.name
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+
+class Cli(BinaryTest):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
         self.dir = self.tmp.name
 
     def tearDown(self):
         self.tmp.cleanup()
-
-    def ok(self, *args):
-        r = run(*args)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        return r.stdout
 
     def fails(self, *args):
         r = run(*args)
@@ -140,20 +155,15 @@ class Cli(unittest.TestCase):
         self.assertTrue(close(logits, torch.load(os.path.join(REF, "official_mobilenet_v2_224_logits.pt"))))
 
 
-class Data(unittest.TestCase):
+class Data(SharedFolder):
     """make-synthetic, make-list, check-data and features on videos, on a small generated benchmark."""
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.dir = cls.tmp.name
+        super().setUpClass()
         cls.videos = os.path.join(cls.dir, "videos_ds")
         r = run("make-synthetic", "--out", cls.videos, "--train", "6", "--val", "2", "--seed", "3", "--frames", "16")
         assert r.returncode == 0, r.stderr
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
 
     def check(self, *args):
         return run("check-data", *args)
@@ -267,13 +277,12 @@ def metrics_lines(run_dir):
         return f.read().splitlines()
 
 
-class Methods(unittest.TestCase):
+class Methods(SharedFolder):
     """train, resume, eval, predict and flops of methods, on a tiny generated benchmark and a tiny AdaFocusV2."""
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.dir = cls.tmp.name
+        super().setUpClass()
         cls.data = os.path.join(cls.dir, "data")
         r = run("make-synthetic", "--out", cls.data, "--train", "16", "--val", "4", "--seed", "5", "--frames", "8",
                 "--size", "64")
@@ -285,15 +294,6 @@ class Methods(unittest.TestCase):
         r = run("train", "-c", cls.preset, "--data", cls.data, "--out", cls.run_dir)
         assert r.returncode == 0, r.stderr
         cls.train_output = r.stdout + r.stderr
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    def ok(self, *args):
-        r = run(*args)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        return r.stdout
 
     def test_train_writes_run_folder(self):
         for f in ["config.yaml", "metrics.jsonl", "last.pt", "best.pt"]:
@@ -476,13 +476,12 @@ class Methods(unittest.TestCase):
         self.assertIn("unknown setting 'nope'", run("sweep", "--settings", "nope", "--out", out_dir).stderr)
 
 
-class AdaptiveInference(unittest.TestCase):
+class AdaptiveInference(SharedFolder):
     """calibrate, eval with thresholds, predict --budget and bench, on a tiny AdaFocusV3."""
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.dir = cls.tmp.name
+        super().setUpClass()
         cls.data = os.path.join(cls.dir, "data")
         r = run("make-synthetic", "--out", cls.data, "--train", "16", "--val", "6", "--calib", "12", "--seed", "7",
                 "--frames", "8", "--size", "64")
@@ -505,15 +504,6 @@ class AdaptiveInference(unittest.TestCase):
         r = run("calibrate", "--checkpoint", cls.model, "--list", "calib.txt", "--budgets",
                 ",".join(str(b) for b in cls.budgets), "--out", cls.table, "--embed")
         assert r.returncode == 0, r.stderr
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    def ok(self, *args):
-        r = run(*args)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        return r.stdout
 
     def test_exit_costs_are_counted_on_the_exit_by_exit_path(self):
         self.assertEqual(len(self.exits), 5)  # the glance alone, then one per frame-wise cube

@@ -16,8 +16,8 @@ packages=(
   dataset-fashion-mnist
   # tests and micro-benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
-  # test oracle only (parity with torchvision, .pth files written by PyTorch); never needed at run time
-  python3-torch python3-torchvision
+  # test oracle only (parity with torchvision and Pillow, .pth files written by PyTorch); never needed at run time
+  python3-torch python3-torchvision python3-pil
 )
 
 missing=()

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
+#include <set>
 
 #include "core/files.h"
 #include "data/loader.h"
@@ -136,6 +138,31 @@ TEST_F(LoaderTest, ActivityNetListOverOfficialFrameFoldersWithMultiLabels) {
   EXPECT_TRUE(batches[0].labels.equal(torch::tensor({{3, -1}, {1, 4}, {0, -1}}, torch::kLong)));
   EXPECT_TRUE(batches[0].target.equal(torch::tensor({3, 1, 0}, torch::kLong)));
   EXPECT_LE(batches[0].samples[2].frames.back(), 9);  // the list's 10 frames, not the 12 on disk
+}
+
+TEST_F(LoaderTest, TrainingDrawsOneOfTheDistinctLabelsPerFetch) {
+  // Labels 4, 1, 4: the target is 1 or 4 with equal odds (the repeated 4 is not counted twice), evaluation keeps all.
+  test::write_bytes(dir_->path("f/multi.txt"), "train_00001,12,4,1,4\n");
+  auto o = options(true);
+  o.root = dir_->path("f");
+  o.list = dir_->path("f/multi.txt");
+  o.transform.scales = {1.0};
+  data::VideoDataset dataset(o);
+  std::map<int64_t, int> drawn;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    Rng rng(seed);
+    const auto labels = dataset.get(0, rng).labels;
+    ASSERT_EQ(labels.size(), 2u);
+    ++drawn[labels[0]];
+    EXPECT_EQ(std::set<int64_t>(labels.begin(), labels.end()), (std::set<int64_t>{1, 4}));
+  }
+  ASSERT_EQ(drawn.size(), 2u);
+  EXPECT_NEAR(drawn[1], 100, 30);  // binomial(200, 1/2): sd 7
+  Rng rng(3), again(3);
+  EXPECT_EQ(dataset.get(0, rng).labels, dataset.get(0, again).labels);  // seeded: reproducible
+  o.train = false;
+  Rng unused(0);
+  EXPECT_EQ(data::VideoDataset(o).get(0, unused).labels, (std::vector<int64_t>{4, 1, 4}));
 }
 
 TEST_F(LoaderTest, BrokenVideosAreReplacedAndReportedOrStopTheRun) {

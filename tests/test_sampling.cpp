@@ -167,5 +167,35 @@ TEST(Transforms, TestViewResizesCropsAndNormalises) {
   EXPECT_EQ(io::short_side_size(200, 301, 256), (std::pair<int, int>{256, 385}));
 }
 
+// Pillow's bilinear resize (the official transforms') on random images, shrinking and enlarging: equal to the level.
+// swscale's, the faster option, is checked to differ, so that the comparison can tell resizers apart.
+TEST(Transforms, PilResizeEqualsPillowToTheLevel) {
+  test::TempDir dir;
+  ASSERT_EQ(test::run_reference_script("pil-resize " + dir.path("pil")), 0);
+  std::ifstream index(dir.path("pil/cases.json"));
+  const auto cases = nlohmann::json::parse(index);
+  ASSERT_GE(cases.size(), 10u);
+  auto read = [](const std::string& path, io::Image& image) {
+    std::ifstream in(path, std::ios::binary);
+    in.read(reinterpret_cast<char*>(image.rgb.data()), static_cast<std::streamsize>(image.rgb.size()));
+    return static_cast<size_t>(in.gcount()) == image.rgb.size();
+  };
+  int swscale_differs = 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto& c = cases[i];
+    io::Image in(c["width"], c["height"]), expected(c["out_width"], c["out_height"]);
+    const std::string stem = dir.path("pil/case_" + std::to_string(i));
+    ASSERT_TRUE(read(stem + ".in", in) && read(stem + ".out", expected)) << stem;
+    const io::Image pil = io::resize(in, expected.width, expected.height, io::Resize::kPil);
+    ASSERT_EQ(pil.width, expected.width);
+    ASSERT_EQ(pil.height, expected.height);
+    size_t mismatches = 0;
+    for (size_t k = 0; k < pil.rgb.size(); ++k) mismatches += pil.rgb[k] != expected.rgb[k];
+    EXPECT_EQ(mismatches, 0u) << in.width << "x" << in.height << " -> " << pil.width << "x" << pil.height;
+    swscale_differs += io::resize(in, expected.width, expected.height, io::Resize::kSwscale).rgb != expected.rgb;
+  }
+  EXPECT_GT(swscale_differs, 0);
+}
+
 }  // namespace
 }  // namespace adafocus

@@ -175,6 +175,22 @@ TEST(Trainer, WritesMetricsConfigAndCheckpoints) {
   EXPECT_EQ(back.to_yaml(), run.config.to_yaml());
 }
 
+TEST(Trainer, ScheduleForAnotherTrainingSetSizeKeepsTheNumberOfSteps) {
+  // Epochs given for 16 videos, 8 here: twice the epochs, and the policy joins twice as late (epoch 2, not 1).
+  TinyRun run;
+  run.config.set("train.schedule_videos=16");
+  run.config.set("train.policy_from_epoch=1");
+  run.config.set("train.eval_every=0");
+  run.config.set("train.eval_last=0");
+  const auto summary = train::train(run.config, run.options());
+  EXPECT_EQ(summary.epochs, 4);
+  std::ifstream in(run.dir.path("run/metrics.jsonl"));
+  std::vector<nlohmann::json> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(nlohmann::json::parse(l));
+  ASSERT_EQ(lines.size(), 4u);
+  for (size_t i = 0; i < lines.size(); ++i) EXPECT_EQ(lines[i].contains("policy_spread"), i >= 2) << "epoch " << i;
+}
+
 TEST(Trainer, ALossThatBlowsUpStopsTheRunAndKeepsTheLastGoodCheckpoint) {
   TinyRun run;
   run.config.set("train.optimizer=sgd");

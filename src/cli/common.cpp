@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "io/list_file.h"
 #include "methods/method.h"
 
 namespace adafocus::cli {
@@ -41,6 +42,14 @@ infer::ExitTable exit_table(const methods::LoadedModel& model, const std::string
   if (!model.exits_json.empty()) return infer::ExitTable::from_json(model.exits_json, checkpoint + " (its thresholds)");
   throw Error("no early-exit thresholds: the checkpoint carries none and no --thresholds file was given", checkpoint,
               "run adafocus calibrate --checkpoint " + checkpoint + " --embed (or --out F.json, then --thresholds F.json)");
+}
+
+void set_class_names(methods::LoadedModel& model, const std::string& class_index) {
+  std::vector<std::string> names = io::read_class_index(class_index);
+  if (names.size() != model.classes.size())
+    throw Error(fmt::format("{} class names for a model of {} classes", names.size(), model.classes.size()),
+                class_index, "the classInd.txt of the data the model was trained on");
+  model.classes = std::move(names);
 }
 
 std::vector<std::string> split_commas(const std::string& s) {

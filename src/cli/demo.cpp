@@ -204,9 +204,12 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
     config.set("model.backbone.weights", pretrained, "demo");
     config.set("train.eval_every", "0", "demo");  // the demo evaluates the final models itself
     config.set("train.eval_last", "0", "demo");
-    if (args.epochs > 0) config.set("train.epochs", std::to_string(args.epochs), "demo");
-    if (args.full_res_epochs > 0 && method == "full_frame_full_res")
-      config.set("train.epochs", std::to_string(args.full_res_epochs), "demo");
+    // --epochs and --full-res-epochs are exact counts: not scaled to the training-set size.
+    const int64_t epochs = args.full_res_epochs > 0 && method == "full_frame_full_res" ? args.full_res_epochs : args.epochs;
+    if (epochs > 0) {
+      config.set("train.epochs", std::to_string(epochs), "demo");
+      config.set("train.schedule_videos", "0", "demo");
+    }
     const std::string run_dir = args.out + "/runs/" + method, model = args.out + "/" + method + ".pt";
     const std::string kind = config.get_string("model.method");
     const bool budgeted = (kind == "adafocus_v2" || kind == "adafocus_v3") &&

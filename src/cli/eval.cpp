@@ -14,7 +14,7 @@ namespace adafocus::cli {
 namespace {
 
 struct EvalArgs {
-  std::string checkpoint, preset, data, list, policy, thresholds;
+  std::string checkpoint, preset, data, list, policy, thresholds, classes;
   std::vector<std::string> overrides;
   double budget = -1;
   bool json = false;
@@ -49,6 +49,7 @@ int run(const EvalArgs& args, const Runtime& runtime) {
   if (!args.data.empty()) overrides.push_back("data.root=" + args.data);
   if (!args.list.empty()) overrides.push_back("data.val_list=" + args.list);
   methods::LoadedModel m = methods::load_model(args.checkpoint, args.preset, overrides, runtime.torch_device());
+  if (!args.classes.empty()) set_class_names(m, args.classes);
   infer::EvalOptions o;
   o.policy = args.policy;
   o.device = runtime.torch_device();
@@ -87,6 +88,15 @@ int run(const EvalArgs& args, const Runtime& runtime) {
   out["gflops"] = e.flops.report.gflops();
   out["exit_gflops"] = e.flops.exits;
   out["exit_top1"] = e.exit_top1;
+  // Top-1 of each class (by first label) among the videos of the list, named.
+  const auto final_logits = e.logits.select(1, e.logits.size(1) - 1), first = e.labels.select(1, 0);
+  const auto hit = (final_logits.argmax(1) == first).to(torch::kDouble);
+  nlohmann::json per_class = nlohmann::json::object();
+  for (size_t k = 0; k < m.classes.size(); ++k) {
+    const auto of_class = first == static_cast<int64_t>(k);
+    if (of_class.any().item<bool>()) per_class[m.classes[k]] = 100 * hit.index({of_class}).mean().item<double>();
+  }
+  out["per_class_top1"] = per_class;
   if (args.json) {
     fmt::print("{}\n", out.dump(2));
     return 0;
@@ -118,7 +128,8 @@ void add_eval_command(CLI::App& app, Commands& commands, const Runtime& runtime)
                   "early exits with these thresholds (adafocus calibrate --out); alone: every budget in the file");
   sub->add_option("--budget", args->budget,
                   "early exits for this many GFLOPs per video (thresholds from --thresholds or the checkpoint)");
-  sub->add_flag("--json", args->json, "machine-readable output");
+  sub->add_flag("--json", args->json, "machine-readable output (with the top-1 of each class, by name)");
+  sub->add_option("--classes", args->classes, "class names (classInd.txt), e.g. for official checkpoints");
   sub->add_option("overrides", args->overrides, "dotted key=value overrides");
   commands.push_back({sub, [args, &runtime] { return run(*args, runtime); }});
 }

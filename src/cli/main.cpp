@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   cli::add_flops_command(app, commands, runtime);
   cli::add_features_command(app, commands, runtime);
   cli::add_convert_weights_command(app, commands, runtime);
+  cli::add_export_command(app, commands, runtime);
   cli::add_make_synthetic_command(app, commands, runtime);
   cli::add_make_list_command(app, commands, runtime);
   cli::add_check_data_command(app, commands, runtime);

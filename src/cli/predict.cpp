@@ -1,27 +1,91 @@
 // adafocus predict: classify one video with a trained model; where it looked, what it cost, and a picture of it.
 // With --budget, the video runs exit by exit and stops as soon as the prediction is confident enough.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <nlohmann/json.hpp>
 #include <optional>
 
 #include "cli/common.h"
+#include "core/error.h"
 #include "infer/predictor.h"
+#include "io/pth.h"
 
 namespace adafocus::cli {
 
 namespace {
 
 struct PredictArgs {
-  std::string checkpoint, preset, video, visualize, thresholds;
+  std::string checkpoint, preset, video, visualize, thresholds, classes, input_tensor, output;
   std::vector<std::string> overrides;
   int64_t top_k = 5;
   double budget = -1;
-  bool json = false;
+  bool json = false, raw = false;
 };
+
+nlohmann::json to_json(const torch::Tensor& t) {
+  const torch::Tensor d = t.to(torch::kDouble).contiguous();
+  if (d.dim() == 0) return d.item<double>();
+  nlohmann::json out = nlohmann::json::array();
+  for (int64_t i = 0; i < d.size(0); ++i) out.push_back(to_json(d[i]));
+  return out;
+}
+
+// Everything the model computed, in its own terms (network-input pixels, clip positions), for checks against Python.
+nlohmann::json raw_json(const methods::Prediction& p, const Config& c) {
+  nlohmann::json out{{"logits", to_json(p.logits[0])}};  // (K, C): every exit, the last one final
+  if (p.glance_logits.defined()) out["glance_logits"] = to_json(p.glance_logits[0]);  // (T, C) auxiliary heads
+  if (p.local_logits.defined()) out["local_logits"] = to_json(p.local_logits[0]);
+  if (p.regions.defined()) {
+    out["regions_input"] = to_json(p.regions[0]);  // (R, 4) x, y, w, h in input pixels
+    out["region_frames"] = to_json(p.region_frames[0]);  // (R, F) positions in the (focus) clip
+    if (c.get_string("model.method") == "adafocus_v2") {  // the policy's actions as official: (row, col) in [0, 1]
+      const double room = static_cast<double>(c.get_int("data.input_size") - c.get_int("model.patch_size"));
+      out["actions"] = to_json(torch::stack({p.regions[0].select(1, 1), p.regions[0].select(1, 0)}, 1) / room);
+    }
+  }
+  return out;
+}
+
+// A whole model on a prepared clip: X.pt holds a (T, 3, S, S) or (B, T, 3, S, S) tensor, or a dict with 'clip' and
+// 'focus' (V2-TSM); Y.pt gets a dict of what the model computed.
+int run_on_tensor(const PredictArgs& args, methods::LoadedModel& model, torch::Device device) {
+  if (args.output.empty()) throw Error("--input-tensor needs --output Y.pt", args.input_tensor);
+  const io::PyValue in = io::read_pth(args.input_tensor);
+  auto clip = [&](const io::PyValue* v, const char* what) {
+    if (!v) return torch::Tensor();
+    if (!v->is_tensor() || (v->tensor.dim() != 4 && v->tensor.dim() != 5) || v->tensor.size(-3) != 3)
+      throw Error(std::string(what) + ": expected a (T, 3, S, S) or (B, T, 3, S, S) tensor, found " + v->describe(),
+                  args.input_tensor, "normalised frames as the data pipeline gives them");
+    const torch::Tensor t = v->tensor.to(torch::kFloat);
+    return (t.dim() == 4 ? t.unsqueeze(0) : t).to(device);
+  };
+  methods::Clips clips{clip(in.is_tensor() ? &in : in.get("clip"), "clip"), clip(in.get("focus"), "focus")};
+  if (!clips.frames.defined())
+    throw Error("no clip: expected a tensor or a dict with 'clip'", args.input_tensor, "torch.save(clip, path)");
+  torch::NoGradGuard no_grad;
+  const methods::Prediction p = model.method->predict(clips);
+  c10::Dict<std::string, torch::Tensor> out;
+  out.insert("logits", p.logits.cpu());
+  if (p.regions.defined()) {
+    out.insert("regions", p.regions.cpu());
+    out.insert("region_frames", p.region_frames.cpu());
+  }
+  if (p.glance_logits.defined()) out.insert("glance_logits", p.glance_logits.cpu());
+  if (p.local_logits.defined()) out.insert("local_logits", p.local_logits.cpu());
+  io::write_pth(args.output, out);
+  fmt::print("{}: logits {}{}\n", args.output, fmt::join(p.logits.sizes(), "x"),
+             p.regions.defined() ? ", regions, region_frames" : "");
+  return 0;
+}
 
 int run(const PredictArgs& args, const Runtime& runtime) {
   methods::LoadedModel model = methods::load_model(args.checkpoint, args.preset, args.overrides, runtime.torch_device());
+  if (!args.classes.empty()) set_class_names(model, args.classes);
+  if (!args.input_tensor.empty()) return run_on_tensor(args, model, runtime.torch_device());
+  if (args.video.empty()) throw Error("a video (or --input-tensor) is required");
+  if (args.raw && (args.budget >= 0 || !args.thresholds.empty()))
+    throw Error("--raw shows every exit's output: run it without --budget / --thresholds");
   std::optional<infer::ExitRule> rule;
   double expected = 0;
   if (args.budget >= 0 || !args.thresholds.empty()) {
@@ -34,7 +98,7 @@ int run(const PredictArgs& args, const Runtime& runtime) {
       infer::predict_video(model, args.video, runtime.torch_device(), rule ? &*rule : nullptr);
   if (!args.visualize.empty()) infer::visualize(args.video, model, p, args.visualize);
   const size_t k = std::min(static_cast<size_t>(std::max<int64_t>(1, args.top_k)), p.classes.size());
-  if (args.json) {
+  if (args.json || args.raw) {
     nlohmann::json out{{"video", args.video}, {"method", model.config.get_string("model.method")},
                        {"gflops", p.gflops}, {"full_gflops", p.full_gflops}, {"frames", p.frames}};
     if (rule) {
@@ -49,6 +113,7 @@ int run(const PredictArgs& args, const Runtime& runtime) {
     for (const auto& r : p.regions)
       out["regions"].push_back({{"frame", r.frame}, {"x", r.box[0]}, {"y", r.box[1]}, {"w", r.box[2]}, {"h", r.box[3]}});
     if (!args.visualize.empty()) out["visualization"] = args.visualize;
+    if (args.raw) out["raw"] = raw_json(p.outputs, model.config);
     fmt::print("{}\n", out.dump(2));
     return 0;
   }
@@ -69,7 +134,7 @@ int run(const PredictArgs& args, const Runtime& runtime) {
 void add_predict_command(CLI::App& app, Commands& commands, const Runtime& runtime) {
   auto args = std::make_shared<PredictArgs>();
   CLI::App* sub = app.add_subcommand("predict", "classify a video file or frame folder with a trained model");
-  sub->add_option("video", args->video, "video file or frame folder")->required();
+  sub->add_option("video", args->video, "video file or frame folder");
   sub->add_option("--checkpoint", args->checkpoint, "best.pt / last.pt of a run, or an official .pth.tar")->required();
   sub->add_option("-c,--config", args->preset, "preset for checkpoints without a configuration (official ones)");
   sub->add_option("--top-k", args->top_k, "classes to list");
@@ -77,6 +142,13 @@ void add_predict_command(CLI::App& app, Commands& commands, const Runtime& runti
                   "stop early: GFLOPs per video on average (thresholds from --thresholds or the checkpoint)");
   sub->add_option("--thresholds", args->thresholds, "early-exit thresholds (adafocus calibrate --out)");
   sub->add_flag("--json", args->json, "machine-readable output: top, regions, gflops, exit");
+  sub->add_flag("--raw", args->raw,
+                "JSON output with every exit's logits, the auxiliary heads, the regions in input pixels and the "
+                "policy's actions (\"raw\")");
+  sub->add_option("--classes", args->classes, "class names (classInd.txt), e.g. for official checkpoints");
+  sub->add_option("--input-tensor", args->input_tensor,
+                  "run on a prepared clip X.pt ((T, 3, S, S) or (B, T, 3, S, S), or a dict with 'clip' and 'focus')");
+  sub->add_option("--output", args->output, "with --input-tensor: write the outputs to Y.pt (a dict of tensors)");
   sub->add_option("--visualize", args->visualize, "write the frames read with the focus boxes to OUT.gif or OUT.mp4");
   sub->add_option("--set", args->overrides, "dotted key=value overrides (e.g. --set data.segments=16)");
   commands.push_back({sub, [args, &runtime] { return run(*args, runtime); }});

@@ -162,8 +162,21 @@ int run(const SweepArgs& given, const Runtime& runtime) {
                c["name"].get<std::string>(), margin, iou, random_iou,
                low ? fmt::format(", {:+5.1f} vs low-res", low_margin) : "");
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (checked > 0) fmt::print("  held in {} of {} cells\n", held, checked);
+  // AdaFocusV3's deep-feature gradient against its pixel gradient and AdaFocusV2, where they ran.
+  bool header = false;
+  for (const auto& c : cells) {
+    const nlohmann::json* v3 = find(c, "adafocus_v3");
+    if (!v3) continue;
+    if (!header) fmt::print("\nAdaFocusV3 per cell, top-1 (IoU): feature gradient | pixel gradient | AdaFocusV2:\n");
+    header = true;
+    auto show = [&](const nlohmann::json* r) {
+      return r ? fmt::format("{:.1f} ({:.3f})", (*r)["top1"].get<double>(), r->value("iou", 0.0)) : std::string("-");
+    };
+    fmt::print("  {:<16} {} | {} | {}\n", c["name"].get<std::string>(), show(v3), show(find(c, "v3_pixel_gradient")),
+               show(find(c, "adafocus_v2")));
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   write_file_atomic(args.out + "/sweep.json",
                     nlohmann::json{{"cells", cells}, {"rows", rows}, {"seconds", seconds}}.dump(2) + "\n");
   fmt::print("\n{}: sweep.json and a folder per cell ({:.0f} s)\n", args.out, seconds);

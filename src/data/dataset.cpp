@@ -1,5 +1,6 @@
 #include "data/dataset.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "core/error.h"
@@ -58,6 +59,10 @@ DatasetOptions DatasetOptions::from_config(const Config& c, const std::string& l
   o.transform.max_distort = static_cast<int>(c.get_int("data.max_distort"));
   o.transform.flip = c.get_bool("data.flip");
   o.transform.test_resize = static_cast<int>(c.get_int("data.test_resize"));
+  const std::string resize = c.get_string("data.resize");
+  if (resize != "pil" && resize != "swscale")
+    throw Error("data.resize must be pil or swscale, not '" + resize + "'", c.origin("data.resize"));
+  o.transform.resize = resize == "pil" ? io::Resize::kPil : io::Resize::kSwscale;
   const auto mean = c.get_floats("data.mean"), std = c.get_floats("data.std");
   if (mean.size() != 3 || std.size() != 3) throw Error("data.mean and data.std need 3 values (R, G, B)");
   for (int i = 0; i < 3; ++i) {
@@ -95,6 +100,14 @@ Sample VideoDataset::get(size_t index, Rng& rng) const {
   const io::ListEntry& e = entry(index);
   Sample sample = load_clip(resolve(e), options_, rng, e.num_frames);
   sample.labels = e.labels;
+  if (options_.train && sample.labels.size() > 1) {
+    // A multi-label video trains on one of its labels, drawn per fetch among the sorted distinct ones and put first
+    // (the training target), as the official loader; the official 2-label branch indexes [1, 0, 2] and recurses, a
+    // quirk not copied: any number of labels is drawn uniformly. Evaluation keeps every label (mAP).
+    std::sort(sample.labels.begin(), sample.labels.end());
+    sample.labels.erase(std::unique(sample.labels.begin(), sample.labels.end()), sample.labels.end());
+    std::swap(sample.labels[0], sample.labels[static_cast<size_t>(rng.below(static_cast<int64_t>(sample.labels.size())))]);
+  }
   return sample;
 }
 

@@ -77,7 +77,7 @@ CropBox sample_train_crop(int frame_width, int frame_height, const TransformOpti
 
 torch::Tensor train_transform(const std::vector<io::Image>& frames, const CropBox& box, const TransformOptions& o) {
   return stack(frames, o, [&](const io::Image& frame) {
-    io::Image image = io::resize(io::crop(frame, box.x, box.y, box.width, box.height), o.input_size, o.input_size);
+    io::Image image = io::resize(io::crop(frame, box.x, box.y, box.width, box.height), o.input_size, o.input_size, o.resize);
     if (box.flip) io::flip_horizontal(image);
     return image;
   });
@@ -97,7 +97,7 @@ torch::Tensor test_transform(const std::vector<io::Image>& frames, const Transfo
       throw Error("test_resize " + std::to_string(o.test_resize) + " is smaller than input_size " +
                   std::to_string(o.input_size), "", "set data.test_resize >= data.input_size");
     const CropBox box = test_crop(w, h, o.input_size);
-    return io::crop(io::resize(frame, w, h), box.x, box.y, box.width, box.height);
+    return io::crop(io::resize(frame, w, h, o.resize), box.x, box.y, box.width, box.height);
   });
 }
 

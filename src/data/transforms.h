@@ -19,6 +19,7 @@ struct TransformOptions {
   int max_distort = 1;                               ///< |scale index of w - scale index of h| allowed
   bool flip = true;                                  ///< random horizontal flip (off for Sth-Sth and Jester)
   int test_resize = 256;                             ///< test: short side resized to this, then centre crop
+  io::Resize resize = io::Resize::kPil;              ///< Pillow's bilinear as the official transforms, or swscale's
   std::array<float, 3> mean{0.485f, 0.456f, 0.406f};
   std::array<float, 3> std{0.229f, 0.224f, 0.225f};
 };

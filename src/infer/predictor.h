@@ -24,6 +24,7 @@ struct VideoPrediction {
   double gflops = 0;                                    ///< what this prediction cost (counted with early exits)
   int64_t exit = -1, exits = 1;                         ///< with early exits: the exit it stopped at, of `exits`
   double full_gflops = 0;                               ///< the cost without early exits
+  methods::Prediction outputs;  ///< without early exits: everything the model computed (a batch of 1, on the CPU)
 };
 
 /// Runs `model` on the test view of `video` (its configuration's data settings); with `rule`, exit by exit until

@@ -2,16 +2,98 @@
 
 #include "io/ffmpeg_util.h"
 
-
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <utility>
 
 namespace adafocus::io {
 
-Image resize(const Image& image, int width, int height) {
+namespace {
+
+// Pillow's resampling (Resample.c, Pillow 9): a separable convolution with the triangle filter, widened by the
+// scale when shrinking; weights normalised per output pixel, then in 22-bit fixed point; the horizontal pass first,
+// each pass rounded and clipped to 8 bits. Each step is Pillow's, so that the result is equal to the level.
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+struct Weights {
+  int taps = 0;                  // weights per output pixel (some trailing ones 0)
+  std::vector<int> first, count;  // the input pixels each output pixel reads: [first, first + count)
+  std::vector<int32_t> weight;   // out_size x taps, fixed point
+};
+
+Weights pil_weights(int in_size, int out_size) {
+  const double scale = static_cast<double>(in_size) / out_size, filter_scale = std::max(scale, 1.0);
+  const double support = filter_scale;  // the triangle's support is 1
+  Weights w;
+  w.taps = static_cast<int>(std::ceil(support)) * 2 + 1;
+  w.first.resize(out_size);
+  w.count.resize(out_size);
+  w.weight.assign(static_cast<size_t>(out_size) * w.taps, 0);
+  std::vector<double> k(w.taps);
+  const double inverse = 1.0 / filter_scale;  // Pillow multiplies by the inverse (not the same bits as dividing)
+  for (int o = 0; o < out_size; ++o) {
+    const double center = (o + 0.5) * scale;
+    const int lo = std::max(0, static_cast<int>(center - support + 0.5));  // C truncation, as Pillow
+    const int n = std::min(in_size, static_cast<int>(center + support + 0.5)) - lo;
+    double total = 0.0;
+    for (int i = 0; i < n; ++i) {
+      const double t = std::abs((i + lo - center + 0.5) * inverse);
+      k[i] = t < 1.0 ? 1.0 - t : 0.0;
+      total += k[i];
+    }
+    for (int i = 0; i < n; ++i) {
+      const double v = total != 0.0 ? k[i] / total : k[i];
+      w.weight[static_cast<size_t>(o) * w.taps + i] = static_cast<int32_t>(0.5 + v * (1 << kPrecisionBits));
+    }
+    w.first[o] = lo;
+    w.count[o] = n;
+  }
+  return w;
+}
+
+uint8_t clip8(int64_t v) {
+  if (v >= (int64_t{1} << kPrecisionBits << 8)) return 255;
+  if (v <= 0) return 0;
+  return static_cast<uint8_t>(v >> kPrecisionBits);
+}
+
+// One pass along x (horizontal) or y; `out` has the new size along that axis.
+void pil_pass(const Image& in, Image& out, bool horizontal) {
+  const Weights w = pil_weights(horizontal ? in.width : in.height, horizontal ? out.width : out.height);
+  for (int y = 0; y < out.height; ++y)
+    for (int x = 0; x < out.width; ++x) {
+      const int o = horizontal ? x : y;
+      const int32_t* k = &w.weight[static_cast<size_t>(o) * w.taps];
+      int64_t sum[3] = {1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1)};
+      for (int i = 0; i < w.count[o]; ++i) {
+        const uint8_t* p = horizontal ? in.row(y) + (w.first[o] + i) * 3 : in.row(w.first[o] + i) + x * 3;
+        for (int c = 0; c < 3; ++c) sum[c] += int64_t{p[c]} * k[i];
+      }
+      for (int c = 0; c < 3; ++c) out.row(y)[x * 3 + c] = clip8(sum[c]);
+    }
+}
+
+Image resize_pil(const Image& image, int width, int height) {
+  Image tmp;
+  const Image* src = &image;
+  if (width != image.width) {  // Pillow skips a pass whose size does not change
+    tmp = Image(width, image.height);
+    pil_pass(image, tmp, true);
+    src = &tmp;
+  }
+  if (height == src->height) return tmp;
+  Image out(width, height);
+  pil_pass(*src, out, false);
+  return out;
+}
+
+}  // namespace
+
+Image resize(const Image& image, int width, int height, Resize kind) {
   if (width == image.width && height == image.height) return image;
+  if (kind == Resize::kPil) return resize_pil(image, width, height);
   // One cached context per thread (loader workers resize concurrently), freed when the thread ends.
   struct Cached {
     SwsContext* context = nullptr;

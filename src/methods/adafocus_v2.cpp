@@ -289,6 +289,18 @@ nn::StateDict AdaFocusV2Impl::import_state_dict(const nn::StateDict& state) cons
   return out;
 }
 
+nn::StateDict AdaFocusV2Impl::export_official_state_dict(const nn::StateDict& state) const {
+  // import_state_dict's inverse: the glance network back to its official layout, the rest as it is.
+  const std::string prefix = "global_CNN.";
+  nn::StateDict glance, out;
+  for (const auto& item : state)
+    if (item.key().rfind(prefix, 0) == 0) glance.insert(item.key().substr(prefix.size()), item.value());
+  for (const auto& item : global_CNN->export_official_state_dict(glance)) out.insert(prefix + item.key(), item.value());
+  for (const auto& item : state)
+    if (item.key().rfind(prefix, 0) != 0) out.insert(item.key(), item.value());
+  return out;
+}
+
 void AdaFocusV2Impl::load_pretrained(const Config& c) { load_glance_and_local_weights(c, *global_CNN, *local_CNN); }
 
 }  // namespace adafocus::methods

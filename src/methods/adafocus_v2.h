@@ -53,6 +53,7 @@ class AdaFocusV2Impl : public MethodImpl {
   /// Frame by frame: glance, policy step, patch and classifier step of frame t give exit t.
   std::unique_ptr<ExitStepper> stepper(const Clips& clips) override;
   nn::StateDict import_state_dict(const nn::StateDict& state) const override;
+  nn::StateDict export_official_state_dict(const nn::StateDict& state) const override;
   void load_pretrained(const Config& config) override;
   void set_policy(const std::string& policy) override;
 

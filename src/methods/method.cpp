@@ -39,6 +39,12 @@ void MethodImpl::set_policy(const std::string& policy) {
   throw Error("this method places no patches: a test-time policy ('" + policy + "') does not apply");
 }
 
+nn::StateDict MethodImpl::export_official_state_dict(const nn::StateDict&) const {
+  throw Error("no official layout to export this method to", "",
+              "adafocus_v2 exports (its layout is checked against the official model's keys); checkpoints of the "
+              "others load in Python as they are: torch.load(path)['state_dict']");
+}
+
 Method make_method(const Config& config, int64_t num_classes) {
   const std::string method = config.get_string("model.method");
   if (method == "adafocus_v2") return std::make_shared<AdaFocusV2Impl>(config, num_classes);

@@ -90,6 +90,9 @@ class MethodImpl : public torch::nn::Module {
   virtual std::unique_ptr<ExitStepper> stepper(const Clips& clips);
   /// Translates checkpoints written by the official code (names, backbone layouts) to ours.
   virtual nn::StateDict import_state_dict(const nn::StateDict& state) const { return state; }
+  /// Ours -> the layout the official code's load_state_dict(strict=True) takes (without "module." prefixes); throws
+  /// adafocus::Error for methods whose official layout we cannot check.
+  virtual nn::StateDict export_official_state_dict(const nn::StateDict& state) const;
   /// Loads ImageNet (torchvision-layout) weights into the backbones named in the config, classifiers excluded.
   virtual void load_pretrained(const Config& config) {}
   /// Changes where patches go at test time (learned | random | center) without retraining; throws if the method

@@ -58,6 +58,9 @@ class BackboneImpl : public torch::nn::Module {
   /// Translates a state dict of another layout of this architecture (official AdaFocus MobileNetV2, TSM's
   /// ".net." wrappers) to ours; torchvision keys pass unchanged.
   virtual StateDict import_state_dict(const StateDict& state) const;
+  /// Ours -> the official AdaFocus layout of this architecture (import_state_dict's inverse for it): MobileNetV2 in
+  /// tonylins' layout; ResNets are already torchvision's, as the official code.
+  virtual StateDict export_official_state_dict(const StateDict& state) const { return state; }
 };
 
 using Backbone = std::shared_ptr<BackboneImpl>;

@@ -95,33 +95,46 @@ torch::Tensor MobileNetV2Impl::feature_map(const torch::Tensor& x) { return feat
 
 torch::Tensor MobileNetV2Impl::classify(const torch::Tensor& pooled) { return classifier->forward(pooled); }
 
-StateDict MobileNetV2Impl::import_state_dict(const StateDict& state) const {
-  StateDict in = BackboneImpl::import_state_dict(state);
-  // The official layout keeps the first block's depthwise conv at features.1.conv.0 (torchvision: conv.0.0).
-  if (!in.contains("features.1.conv.0.weight") && !in.contains("classifier.weight")) return in;
+namespace {
 
-  // Official Sequential indices -> torchvision's nested ones (ReLU6 occupies the skipped indices).
-  static const std::map<std::string, std::string> kNoExpand{{"0", "0.0"}, {"1", "0.1"}, {"3", "1"}, {"4", "2"}};
-  static const std::map<std::string, std::string> kExpand{{"0", "0.0"}, {"1", "0.1"}, {"3", "1.0"},
-                                                          {"4", "1.1"}, {"6", "2"},   {"7", "3"}};
-  static const std::regex kBlockKey(R"(features\.(\d+)\.conv\.(\d+)\.(.+))");
+// Official flat Sequential indices within a block -> torchvision's nested ones (ReLU6 occupies the skipped indices).
+const std::map<std::string, std::string> kNoExpand{{"0", "0.0"}, {"1", "0.1"}, {"3", "1"}, {"4", "2"}};
+const std::map<std::string, std::string> kExpand{{"0", "0.0"}, {"1", "0.1"}, {"3", "1.0"},
+                                                 {"4", "1.1"}, {"6", "2"},   {"7", "3"}};
+
+}  // namespace
+
+StateDict MobileNetV2Impl::rename_keys(const StateDict& state, bool to_official) const {
+  static const std::regex kBlockKey(R"(features\.(\d+)\.conv\.(\d+\.\d+|\d+)\.([a-z_]+))");
   StateDict out;
-  for (const auto& item : in) {
+  for (const auto& item : state) {
     std::string key = item.key();
     std::smatch m;
     if (std::regex_match(key, m, kBlockKey)) {
       const size_t block = std::stoul(m[1]);
-      if (block < expand_ratios_.size() && expand_ratios_[block] > 0) {
-        const auto& table = expand_ratios_[block] == 1 ? kNoExpand : kExpand;
-        auto it = table.find(m[2]);
-        if (it != table.end()) key = "features." + m[1].str() + ".conv." + it->second + "." + m[3].str();
-      }
-    } else if (key == "classifier.weight" || key == "classifier.bias") {
+      if (block < expand_ratios_.size() && expand_ratios_[block] > 0)
+        for (const auto& [official, ours] : expand_ratios_[block] == 1 ? kNoExpand : kExpand)
+          if ((to_official ? ours : official) == m[2].str()) {
+            key = "features." + m[1].str() + ".conv." + (to_official ? official : ours) + "." + m[3].str();
+            break;
+          }
+    } else if (to_official && key.rfind("classifier.1.", 0) == 0) {
+      key = "classifier." + key.substr(std::string("classifier.1.").size());
+    } else if (!to_official && (key == "classifier.weight" || key == "classifier.bias")) {
       key = "classifier.1." + key.substr(std::string("classifier.").size());
     }
     out.insert(key, item.value());
   }
   return out;
+}
+
+StateDict MobileNetV2Impl::export_official_state_dict(const StateDict& state) const { return rename_keys(state, true); }
+
+StateDict MobileNetV2Impl::import_state_dict(const StateDict& state) const {
+  StateDict in = BackboneImpl::import_state_dict(state);
+  // The official layout keeps the first block's depthwise conv at features.1.conv.0 (torchvision: conv.0.0).
+  if (!in.contains("features.1.conv.0.weight") && !in.contains("classifier.weight")) return in;
+  return rename_keys(in, false);
 }
 
 }  // namespace adafocus::nn

@@ -46,12 +46,15 @@ class MobileNetV2Impl : public BackboneImpl {
   int64_t stride() const override { return 32; }
   std::string classifier_prefix() const override { return "classifier."; }
   StateDict import_state_dict(const StateDict& state) const override;
+  StateDict export_official_state_dict(const StateDict& state) const override;
 
   torch::nn::Sequential features;    // "features.0" stem, "features.1".."17" blocks, "features.18" 1x1 conv
   torch::nn::Sequential classifier;  // "classifier.0" Dropout(0.2), "classifier.1" Linear
 
  private:
   int64_t last_channel_;
+  /// Block and classifier keys between torchvision's layout and the official (tonylins') one.
+  StateDict rename_keys(const StateDict& state, bool to_official) const;
   std::vector<int64_t> expand_ratios_;  // per entry of `features`; 0 for the stem and the last conv
 };
 

@@ -79,6 +79,27 @@ nlohmann::json scores_json(const infer::Evaluation& e) {
   return j;
 }
 
+// Paper presets say model.from_scratch: false: the official code always starts from ImageNet weights, and its
+// per-group learning rates assume them; a run without them is refused rather than silently started from random.
+void check_initial_weights(const Config& c) {
+  if (c.get_bool("model.from_scratch")) return;
+  const std::vector<std::string> sections =
+      c.get_string("model.method") == "full_frame" ? std::vector<std::string>{"backbone"}
+                                                     : std::vector<std::string>{"glance", "local"};
+  for (const std::string& section : sections) {
+    const std::string key = "model." + section + ".weights", arch = c.get_string("model." + section + ".arch");
+    if (!c.get_string(key).empty()) continue;
+    const std::string source = arch == "mobilenet_v2" ? "the ImageNet MobileNetV2 of tonylins/pytorch-mobilenet-v2 "
+                                                        "(mobilenet_v2.pth.tar) or torchvision's"
+                                                      : "torchvision's ImageNet " + arch;
+    throw Error(key + " is not set: this preset starts from ImageNet weights as the official code (" + source + ")",
+                c.origin("model.from_scratch"),
+                "convert them with `adafocus convert-weights --arch " + arch + " --input FILE --output " + section +
+                    ".pth` and set " + key + "=" + section + ".pth, or set model.from_scratch=true to start from "
+                    "random weights");
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> class_names(const Config& c) {
@@ -105,6 +126,7 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
     config.merge_file(config_path);
     state = methods::load_checkpoint(last_path);
   } else {
+    check_initial_weights(config);
     fs::create_directories(o.run_dir);
     config.save(config_path);
   }
@@ -129,11 +151,22 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
 
   data::VideoDataset train_set(data::DatasetOptions::from_config(config, "data.train_list", true));
   data::Loader loader(train_set, data::LoaderOptions::from_config(config, true));
-  const int64_t epochs = config.get_int("train.epochs"), steps = loader.batches_per_epoch();
+  const int64_t steps = loader.batches_per_epoch();
   if (steps == 0)
     throw Error(fmt::format("{} training videos make no full batch of {}", train_set.size(),
                             config.get_int("data.batch_size")),
                 train_set.options().list, "lower data.batch_size");
+  // train.schedule_videos: the epoch counts were set for that many training videos; on another training set they
+  // scale so that the optimiser takes the same number of steps (computed here, not written back, so resuming agrees).
+  int64_t epochs = config.get_int("train.epochs"), policy_from_epoch = config.get_int("train.policy_from_epoch");
+  if (const int64_t reference = config.get_int("train.schedule_videos"); reference > 0) {
+    const double factor = static_cast<double>(reference) / static_cast<double>(train_set.size());
+    epochs = std::max<int64_t>(1, std::llround(static_cast<double>(epochs) * factor));
+    policy_from_epoch = std::llround(static_cast<double>(policy_from_epoch) * factor);
+    if (!o.quiet)
+      fmt::print(stderr, "schedule for {} training videos (train.schedule_videos {}): {} epochs, policy from epoch {}\n",
+                 train_set.size(), reference, epochs, policy_from_epoch);
+  }
   const double lr0 = config.get_float("train.lr"), warmup = config.get_float("train.warmup"),
                clip = config.get_float("train.clip_grad");
   const std::string schedule = config.get_string("train.schedule"), metric = config.get_string("train.metric");
@@ -146,7 +179,7 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
     if (group.name == "policy")
       for (const auto& named : group.params) policy_params.push_back(named.second);
   methods::StepContext context;
-  context.policy_from_epoch = config.get_int("train.policy_from_epoch");
+  context.policy_from_epoch = policy_from_epoch;
   const bool two_stages = config.get_bool("train.policy_only") && context.policy_from_epoch > 0 &&
                           context.policy_from_epoch < epochs;
 

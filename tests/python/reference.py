@@ -6,6 +6,7 @@ that sees python3-torch), never at run time of adafocus itself.
 
   reference.py backbones DIR              torchvision backbones, TSM variants, the official MobileNetV2 layout
   reference.py check-load PTH ARCH IN OUT  load a state dict written by C++ strictly into torchvision, run it on IN
+  reference.py pil-resize DIR             Pillow's bilinear resize of random images (raw RGB bytes)
 """
 import math
 import os
@@ -408,6 +409,29 @@ def backbones(out):
     open(os.path.join(out, ".done"), "w").close()
 
 
+def pil_resize(out):
+    """Pillow's bilinear resize (what the official GroupScale and GroupMultiScaleCrop use) of seeded random RGB images,
+    shrinking and enlarging, at the official extraction size (640x360) and others: case_N.in / case_N.out raw bytes."""
+    import json
+    import random
+    from PIL import Image
+    rng = random.Random(0)
+    cases = [(640, 360, 455, 256), (640, 360, 341, 192), (360, 360, 224, 224), (315, 315, 224, 224),
+             (237, 237, 224, 224), (480, 360, 128, 96), (320, 240, 455, 341), (100, 60, 300, 180),
+             (171, 128, 224, 168), (640, 360, 640, 400), (50, 50, 50, 51)]
+    os.makedirs(out, exist_ok=True)
+    for i, (w, h, ow, oh) in enumerate(cases):
+        # smooth gradients with noise on 30% of the values: both the averaging and the rounding are exercised
+        data = bytes(rng.getrandbits(8) if rng.random() < 0.3 else (x * 3 + y * 5 + c * 40) % 256
+                     for y in range(h) for x in range(w) for c in range(3))
+        with open(os.path.join(out, "case_%d.in" % i), "wb") as f:
+            f.write(data)
+        with open(os.path.join(out, "case_%d.out" % i), "wb") as f:
+            f.write(Image.frombytes("RGB", (w, h), data).resize((ow, oh), Image.BILINEAR).tobytes())
+    with open(os.path.join(out, "cases.json"), "w") as f:
+        json.dump([{"width": w, "height": h, "out_width": ow, "out_height": oh} for w, h, ow, oh in cases], f)
+
+
 def check_load(pth, arch, input_path, output_path):
     """Loads a C++-written state dict strictly into torchvision and saves the logits on the given input."""
     state = torch.load(pth)
@@ -422,6 +446,8 @@ if __name__ == "__main__":
     torch.set_num_threads(2)
     if len(sys.argv) == 3 and sys.argv[1] == "backbones":
         backbones(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "pil-resize":
+        pil_resize(sys.argv[2])
     elif len(sys.argv) == 6 and sys.argv[1] == "check-load":
         check_load(*sys.argv[2:])
     else:

@@ -16,6 +16,9 @@ import unittest
 import torch
 import torchvision
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference  # noqa: E402  the official model definitions re-implemented for the tests
+
 BINARY, REF = sys.argv[1], sys.argv[2]
 
 
@@ -153,6 +156,72 @@ class Cli(BinaryTest):
         with torch.no_grad():
             logits = model.eval()(torch.load(os.path.join(REF, "input_224.pt")))
         self.assertTrue(close(logits, torch.load(os.path.join(REF, "official_mobilenet_v2_224_logits.pt"))))
+
+    def test_export_round_trips_through_the_official_layout(self):
+        # An official-layout checkpoint (written by the re-implemented official model) read by us and exported again:
+        # the same keys and values, and the official model definition loads it strictly and gives its outputs.
+        with tempfile.TemporaryDirectory() as d:
+            preset = os.path.join(d, "preset.yaml")
+            with open(preset, "w") as f:
+                f.write("model: {method: adafocus_v2, num_classes: 5, glance: {arch: mobilenet_v2, resolution: 64}, "
+                        "local: {arch: resnet18}, patch_size: 32, policy_hidden: 64, classifier_hidden: 4096}\n"
+                        "data: {segments: 4, input_size: 64}\n")
+            official = os.path.join(REF, "official_v2.pth.tar")
+            out = os.path.join(d, "exported.pth.tar")
+            self.ok("export", "--checkpoint", official, "-c", preset, "--out", out)
+            exported, original = torch.load(out)["state_dict"], torch.load(official)["state_dict"]
+            self.assertEqual(sorted(exported), sorted(original))
+            for k, v in original.items():
+                self.assertTrue(torch.equal(exported[k], v), k)
+            model = reference.OfficialAdaFocusV2(frames=4, classes=5, size=64, patch=32, hidden=64).eval()
+            model.load_state_dict({k[len("module."):]: v for k, v in exported.items()}, strict=True)
+            with torch.no_grad():
+                logits, _ = model(torch.load(os.path.join(REF, "official_v2_clips.pt")))
+            self.assertTrue(close(logits, torch.load(os.path.join(REF, "official_v2_logits.pt"))))
+            r = run("export", "--checkpoint", official, "-c", preset, "--out", out, "--format", "tf")
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("--format must be official", r.stderr)
+
+    def test_official_checkpoint_on_official_size_jpeg_frames_gives_the_official_logits(self):
+        # The whole pipeline on 640x360 JPEG frames against the official one rebuilt here: PIL decoding, GroupScale
+        # (PIL bilinear) to the short side, centre crop, ToTorchFormatTensor, normalisation, TSN val indices, the
+        # coarse-to-fine input order, the official model.
+        from PIL import Image
+        import torchvision.transforms as T
+        with tempfile.TemporaryDirectory() as d:
+            folder = os.path.join(d, "video")
+            os.makedirs(folder)
+            g = torch.Generator().manual_seed(3)
+            num_frames = 12
+            for i in range(num_frames):  # smooth content with noise, so that resizing matters
+                y, x = torch.meshgrid(torch.arange(360.0), torch.arange(640.0), indexing="ij")
+                base = torch.stack([(x + 20 * i) % 256, (y * 2 + x / 3) % 256, (x * y / 500 + 40 * i) % 256], -1)
+                img = (base + 40 * torch.rand(360, 640, 3, generator=g)).clamp(0, 255).to(torch.uint8)
+                Image.fromarray(img.numpy()).save(os.path.join(folder, "image_%05d.jpg" % (i + 1)), quality=90)
+            preset = os.path.join(d, "preset.yaml")
+            with open(preset, "w") as f:
+                f.write("model: {method: adafocus_v2, num_classes: 5, glance: {arch: mobilenet_v2, resolution: 64}, "
+                        "local: {arch: resnet18}, patch_size: 32, policy_hidden: 64, classifier_hidden: 4096}\n"
+                        "data: {segments: 4, input_size: 64, test_resize: 73, input_order: true, "
+                        "frame_pattern: image_%05d.jpg}\n")
+            ours = json.loads(self.ok("predict", "--checkpoint", os.path.join(REF, "official_v2.pth.tar"), "-c",
+                                      preset, folder, "--raw"))
+            indices = reference.official_val_indices(num_frames, 4)
+            fed = [indices[o] for o in reference.official_input_order(4)]
+            self.assertEqual(ours["frames"], fed)
+            transform = T.Compose([T.Resize(73, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(64),
+                                   T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+            clip = torch.stack([transform(Image.open(os.path.join(folder, "image_%05d.jpg" % (i + 1))).convert("RGB"))
+                                for i in fed]).unsqueeze(0)
+            model = reference.OfficialAdaFocusV2(frames=4, classes=5, size=64, patch=32, hidden=64).eval()
+            model.load_state_dict({k[len("module."):]: v for k, v in
+                                   torch.load(os.path.join(REF, "official_v2.pth.tar"))["state_dict"].items()})
+            with torch.no_grad():
+                logits, _ = model(clip)
+            got = torch.tensor(ours["raw"]["logits"])
+            error = ((got - logits[0]).abs().max() / logits.abs().max()).item()
+            print("\n  official pipeline on 640x360 JPEG frames: max relative logit difference %.2e" % error)
+            self.assertLessEqual(error, 1e-4)
 
 
 class Data(SharedFolder):
@@ -345,6 +414,17 @@ class Methods(SharedFolder):
         self.assertGreater(out["exit_gflops"][-1], 0.99 * out["gflops"])
         flops = json.loads(self.ok("flops", "-c", self.preset, "model.num_classes=10", "--json"))
         self.assertAlmostEqual(flops["gflops"], out["gflops"], places=9)
+        per_class = out["per_class_top1"]  # named by classInd.txt; their mean is the mean class accuracy
+        self.assertAlmostEqual(sum(per_class.values()) / len(per_class), out["mean_class_accuracy"], places=6)
+        names = os.path.join(self.dir, "eval_names.txt")
+        with open(os.path.join(self.data, "classInd.txt")) as f:
+            count = len([line for line in f if line.strip()])
+        with open(names, "w") as f:
+            f.write("".join("c%d\n" % i for i in range(count)))
+        renamed = json.loads(self.ok("eval", "--checkpoint", os.path.join(self.run_dir, "best.pt"), "--data",
+                                     self.data, "--json", "--classes", names))
+        self.assertEqual(sorted(renamed["per_class_top1"].values()), sorted(per_class.values()))
+        self.assertTrue(all(k.startswith("c") for k in renamed["per_class_top1"]))
         swapped = json.loads(self.ok("eval", "--checkpoint", os.path.join(self.run_dir, "best.pt"), "--data",
                                      self.data, "--json", "--policy", "center"))
         self.assertEqual(swapped["policy"], "center")
@@ -376,6 +456,56 @@ class Methods(SharedFolder):
                                  "stream=nb_read_frames", "-of", "csv=p=0", gif], capture_output=True, text=True)
         self.assertEqual(frames.stdout.strip(), "4", frames.stderr)
 
+    def test_predict_raw_outputs_and_class_names(self):
+        video = os.path.join(self.data, "videos", "val_00001.mp4")
+        ck = os.path.join(self.run_dir, "last.pt")
+        out = json.loads(self.ok("predict", "--checkpoint", ck, video, "--raw", "--top-k", "10"))
+        raw = out["raw"]
+        logits = torch.tensor(raw["logits"])
+        self.assertEqual(logits.shape[0], 4)  # an exit per frame (4 segments)
+        probs = torch.softmax(logits[-1], 0)
+        self.assertAlmostEqual(out["top"][0]["score"], probs.max().item(), places=5)
+        self.assertEqual(torch.tensor(raw["glance_logits"]).shape, logits.shape)
+        self.assertEqual(torch.tensor(raw["local_logits"]).shape, logits.shape)
+        actions = torch.tensor(raw["actions"])
+        self.assertEqual(actions.shape, (4, 2))
+        self.assertTrue(((actions >= 0) & (actions <= 1)).all())
+        regions = torch.tensor(raw["regions_input"])  # x = col * (S - P), y = row * (S - P): S 64, P 24
+        self.assertTrue(close(regions[:, 0], actions[:, 1] * 40) and close(regions[:, 1], actions[:, 0] * 40))
+        names = os.path.join(self.dir, "names.txt")
+        with open(os.path.join(self.data, "classInd.txt")) as f:
+            count = len([line for line in f if line.strip()])
+        with open(names, "w") as f:
+            f.write("".join("%d renamed_%d\n" % (i + 1, i) for i in range(count)))
+        out = json.loads(self.ok("predict", "--checkpoint", ck, video, "--json", "--classes", names))
+        self.assertTrue(out["top"][0]["label"].startswith("renamed_"))
+        with open(names, "w") as f:
+            f.write("1 only\n")
+        r = run("predict", "--checkpoint", ck, video, "--classes", names)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("1 class names for a model of %d classes" % count, r.stderr)
+
+    def test_predict_on_a_tensor_matches_the_official_model(self):
+        # The re-implemented official model's checkpoint and outputs (reference.py): a whole model on a prepared clip.
+        preset = os.path.join(self.dir, "official_v2.yaml")
+        with open(preset, "w") as f:
+            f.write("model: {method: adafocus_v2, num_classes: 5, glance: {arch: mobilenet_v2, resolution: 64}, "
+                    "local: {arch: resnet18}, patch_size: 32, policy_hidden: 64, classifier_hidden: 4096}\n"
+                    "data: {segments: 4, input_size: 64}\n")
+        out = os.path.join(self.dir, "official_outputs.pt")
+        self.ok("predict", "--checkpoint", os.path.join(REF, "official_v2.pth.tar"), "-c", preset,
+                "--input-tensor", os.path.join(REF, "official_v2_clips.pt"), "--output", out)
+        got = torch.load(out)
+        self.assertTrue(close(got["logits"], torch.load(os.path.join(REF, "official_v2_logits.pt"))))
+        actions = torch.load(os.path.join(REF, "official_v2_actions.pt"))  # (B*T, 2) as (row, col)
+        self.assertTrue(close(got["regions"].reshape(-1, 4)[:, 0], actions[:, 1] * 32))
+        bad = os.path.join(self.dir, "bad_clip.pt")
+        torch.save(torch.zeros(4, 64, 64), bad)
+        r = run("predict", "--checkpoint", os.path.join(REF, "official_v2.pth.tar"), "-c", preset, "--input-tensor",
+                bad, "--output", out)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("bad_clip.pt", r.stderr)
+
     def test_predict_bad_input(self):
         ck = os.path.join(self.run_dir, "last.pt")
         err = run("predict", "--checkpoint", ck, os.path.join(self.dir, "missing.mp4")).stderr
@@ -387,6 +517,18 @@ class Methods(SharedFolder):
         err = run("predict", "--checkpoint", ck, os.path.join(self.data, "videos", "val_00000.mp4"), "--set",
                   "model.classifier_hidden=64").stderr
         self.assertIn("weights do not fit the model", err)
+
+    def test_paper_preset_without_imagenet_weights_stops_with_a_hint(self):
+        out = os.path.join(self.dir, "no_weights")
+        r = run("train", "-c", "activitynet_v2", "--data", self.data, "--out", out)
+        self.assertNotEqual(r.returncode, 0)
+        for text in ["model.glance.weights is not set", "mobilenet_v2.pth.tar", "convert-weights --arch mobilenet_v2",
+                     "model.from_scratch=true", "activitynet_v2:8"]:
+            self.assertIn(text, r.stderr)
+        self.assertFalse(os.path.exists(out))  # refused before anything is written
+        r = run("train", "-c", "sthv1_v2_tsm", "--data", self.data, "--out", out, "model.glance.weights=x.pth")
+        self.assertIn("model.local.weights is not set", r.stderr)
+        self.assertIn("resnet50", r.stderr)
 
     def test_paper_presets_flops(self):
         for preset, expected in [("activitynet_v2", 27.0), ("sthv1_v2_tsm", 18.5)]:

@@ -140,6 +140,13 @@ struct TinyRun {
           "data.root=" + dir.path("data")})
       config.set(kv);
   }
+  /// The run's metrics.jsonl, a line per epoch.
+  std::vector<nlohmann::json> metrics() const {
+    std::ifstream in(dir.path("run/metrics.jsonl"));
+    std::vector<nlohmann::json> lines;
+    for (std::string l; std::getline(in, l);) lines.push_back(nlohmann::json::parse(l));
+    return lines;
+  }
   train::TrainOptions options() const {
     train::TrainOptions o;
     o.run_dir = dir.path("run");
@@ -154,9 +161,7 @@ TEST(Trainer, WritesMetricsConfigAndCheckpoints) {
   EXPECT_EQ(summary.epochs, 2);
   EXPECT_EQ(summary.last.videos, 4);
   EXPECT_TRUE(summary.failures.empty());
-  std::ifstream in(run.dir.path("run/metrics.jsonl"));
-  std::vector<nlohmann::json> lines;
-  for (std::string l; std::getline(in, l);) lines.push_back(nlohmann::json::parse(l));
+  const std::vector<nlohmann::json> lines = run.metrics();
   ASSERT_EQ(lines.size(), 2u);
   for (size_t i = 0; i < lines.size(); ++i) {
     EXPECT_EQ(lines[i]["epoch"], static_cast<int>(i));
@@ -184,9 +189,7 @@ TEST(Trainer, ScheduleForAnotherTrainingSetSizeKeepsTheNumberOfSteps) {
   run.config.set("train.eval_last=0");
   const auto summary = train::train(run.config, run.options());
   EXPECT_EQ(summary.epochs, 4);
-  std::ifstream in(run.dir.path("run/metrics.jsonl"));
-  std::vector<nlohmann::json> lines;
-  for (std::string l; std::getline(in, l);) lines.push_back(nlohmann::json::parse(l));
+  const std::vector<nlohmann::json> lines = run.metrics();
   ASSERT_EQ(lines.size(), 4u);
   for (size_t i = 0; i < lines.size(); ++i) EXPECT_EQ(lines[i].contains("policy_spread"), i >= 2) << "epoch " << i;
 }

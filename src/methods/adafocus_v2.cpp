@@ -1,5 +1,7 @@
 #include "methods/adafocus_v2.h"
 
+#include <functional>
+
 #include "core/error.h"
 #include "methods/baselines.h"
 #include "nn/cube_crop.h"
@@ -277,28 +279,31 @@ std::vector<ParamGroup> AdaFocusV2Impl::param_groups() {
           {"classifier", prefixed_parameters("classifier", *classifier), lr_classifier_}};
 }
 
-nn::StateDict AdaFocusV2Impl::import_state_dict(const nn::StateDict& state) const {
-  // The official glance network is tonylins' MobileNetV2 layout; translate its keys under global_CNN.
-  const std::string prefix = "global_CNN.";
-  nn::StateDict glance, out;
+namespace {
+
+// `translate` applied to the sub-state-dict under `prefix` (one network's keys); the other keys pass as they are.
+nn::StateDict translate_under(const nn::StateDict& state, const std::string& prefix,
+                              const std::function<nn::StateDict(const nn::StateDict&)>& translate) {
+  nn::StateDict inner, out;
   for (const auto& item : state)
-    if (item.key().rfind(prefix, 0) == 0) glance.insert(item.key().substr(prefix.size()), item.value());
-  for (const auto& item : global_CNN->import_state_dict(glance)) out.insert(prefix + item.key(), item.value());
+    if (item.key().rfind(prefix, 0) == 0) inner.insert(item.key().substr(prefix.size()), item.value());
+  for (const auto& item : translate(inner)) out.insert(prefix + item.key(), item.value());
   for (const auto& item : state)
     if (item.key().rfind(prefix, 0) != 0) out.insert(item.key(), item.value());
   return out;
 }
 
+}  // namespace
+
+nn::StateDict AdaFocusV2Impl::import_state_dict(const nn::StateDict& state) const {
+  // The official glance network is tonylins' MobileNetV2 layout; translate its keys under global_CNN.
+  return translate_under(state, "global_CNN.", [&](const nn::StateDict& s) { return global_CNN->import_state_dict(s); });
+}
+
 nn::StateDict AdaFocusV2Impl::export_official_state_dict(const nn::StateDict& state) const {
   // import_state_dict's inverse: the glance network back to its official layout, the rest as it is.
-  const std::string prefix = "global_CNN.";
-  nn::StateDict glance, out;
-  for (const auto& item : state)
-    if (item.key().rfind(prefix, 0) == 0) glance.insert(item.key().substr(prefix.size()), item.value());
-  for (const auto& item : global_CNN->export_official_state_dict(glance)) out.insert(prefix + item.key(), item.value());
-  for (const auto& item : state)
-    if (item.key().rfind(prefix, 0) != 0) out.insert(item.key(), item.value());
-  return out;
+  return translate_under(state, "global_CNN.",
+                         [&](const nn::StateDict& s) { return global_CNN->export_official_state_dict(s); });
 }
 
 void AdaFocusV2Impl::load_pretrained(const Config& c) { load_glance_and_local_weights(c, *global_CNN, *local_CNN); }

@@ -7,7 +7,6 @@
 #include <nlohmann/json.hpp>
 
 #include "core/files.h"
-#include "data/synthetic.h"
 #include "infer/metrics.h"
 #include "methods/checkpoint.h"
 #include "train/optimizer.h"
@@ -122,15 +121,7 @@ struct TinyRun {
   test::TempDir dir;
   Config config = Config::defaults();
   TinyRun() {
-    data::SyntheticOptions o;
-    o.out = dir.path("data");
-    o.train = 8;
-    o.val = 4;
-    o.size = 64;
-    o.frames = 8;
-    o.seed = 3;
-    o.threads = 1;
-    data::make_synthetic(o);
+    test::make_tiny_benchmark(dir.path("data"));
     for (const std::string& kv : std::vector<std::string>{"model.method=adafocus_v2", "model.glance.arch=resnet10", "model.glance.base_width=4",
           "model.glance.stem=small", "model.glance.resolution=16", "model.local.arch=resnet10",
           "model.local.base_width=4", "model.local.stem=small_s2", "model.patch_size=24", "model.policy_channels=8",

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "core/files.h"
+#include "data/synthetic.h"
 
 namespace adafocus::test {
 
@@ -18,13 +19,25 @@ Config tiny_adafocus(const std::string& method) {
         "model.local.stem=small_s2", "model.patch_size=24", "model.classifier_hidden=32", "model.resize=area",
         "data.segments=4", "data.input_size=64", "model.dropout=0.0", "model.fc_dropout=0.0"})
     c.set(kv);
-  if (method == "adafocus_v2") {
+  if (method == "adafocus_v2" || method == "adafocus_v1") {
     c.set("model.policy_channels=8");
     c.set("model.policy_hidden=16");
   } else {
     c.set("model.policy_channels=4");
   }
   return c;
+}
+
+void make_tiny_benchmark(const std::string& out) {
+  data::SyntheticOptions o;
+  o.out = out;
+  o.train = 8;
+  o.val = 4;
+  o.size = 64;
+  o.frames = 8;
+  o.seed = 3;
+  o.threads = 1;
+  data::make_synthetic(o);
 }
 
 const std::string& reference_dir() {

@@ -26,8 +26,11 @@ int run_reference_script(const std::string& args);
                                             double rtol = 1e-4);
 
 /// A small AdaFocus model (model.method = `method`): 4 frames of 64 px, narrow ResNet-10s, 24 px patches or
-/// frame-wise cubes, no dropout; AdaFocusV2's policy with 8 channels and a 16-unit GRU, V3's with 4 channels.
+/// frame-wise cubes, no dropout; AdaFocus V1's and V2's policy with 8 channels and a 16-unit GRU, V3's with 4 channels.
 Config tiny_adafocus(const std::string& method);
+
+/// A tiny built-in benchmark in `out`: 8 training and 4 val videos of 8 frames at 64 px (frame folders), seed 3.
+void make_tiny_benchmark(const std::string& out);
 
 /// A fresh directory under the system temp dir, removed with everything in it at scope end.
 class TempDir {

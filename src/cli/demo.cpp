@@ -41,6 +41,7 @@ struct CurvePoint {
 struct Row {
   std::string method;
   double gflops = 0, top1 = 0, top5 = 0, map = 0, iou = -1, on_item = -1, region_spread = -1, glance_top1 = -1;
+  double train_s = NAN;  // training wall time, every stage up to the model's
   std::string note;
   std::vector<double> top1_per_exit, exit_gflops;  // index 0: the glance alone (NaN without a glance exit)
   std::vector<CurvePoint> curve;
@@ -97,12 +98,12 @@ void write_plot(const std::string& path, const std::vector<Row>& rows) {
   write_file_atomic(path, svg + "</svg>\n");
 }
 
-// Which exits and costs a row lists: index 0 is the glance-only prediction, which AdaFocusV2 does not have.
+// Which exits and costs a row lists: index 0 is the glance-only prediction, which AdaFocus V1 and V2 do not have.
 void set_exits(Row& row, const std::string& method_kind, const infer::Evaluation& e) {
   if (e.exit_top1.size() < 2) return;
   row.top1_per_exit = e.exit_top1;
   row.exit_gflops = e.flops.exits;
-  if (method_kind == "adafocus_v2") {
+  if (method_kind == "adafocus_v2" || method_kind == "adafocus_v1") {
     row.top1_per_exit.insert(row.top1_per_exit.begin(), NAN);
     row.exit_gflops.insert(row.exit_gflops.begin(), NAN);
   }
@@ -138,6 +139,24 @@ std::vector<std::pair<double, double>> curve_points(const std::vector<CurvePoint
 }
 
 nlohmann::json number(double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); }
+
+// Training wall time of a run from its metrics.jsonl (epoch_s of every epoch), over `folders` of it; NaN when a log
+// lacks the times (runs of older versions).
+double training_seconds(const std::vector<std::string>& folders) {
+  double total = 0;
+  for (const auto& folder : folders) {
+    const std::string path = folder + "/metrics.jsonl";
+    if (!fs::exists(path)) return NAN;
+    std::istringstream in(read_file(path));
+    for (std::string line; std::getline(in, line);) {
+      if (line.empty()) continue;
+      const auto j = nlohmann::json::parse(line);
+      if (!j.contains("epoch_s")) return NAN;
+      total += j["epoch_s"].get<double>();
+    }
+  }
+  return total;
+}
 
 }  // namespace
 
@@ -196,8 +215,11 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
   std::vector<std::pair<std::string, double>> timings;
   for (const std::string& method : split_commas(args.methods)) {
     const auto method_start = std::chrono::steady_clock::now();
+    // adafocus_v1_stage1 is AdaFocus V1's own stage-1 model (random patches), from the adafocus_v1 run.
+    const bool v1_stage1 = method == "adafocus_v1_stage1";
+    const std::string preset = v1_stage1 ? "adafocus_v1" : method;
     Config config = Config::defaults();
-    config.merge_file("benchmark/" + method);
+    config.merge_file("benchmark/" + preset);
     for (const auto& o : args.overrides) config.set(o);
     config.set("data.root", benchmark(config), "demo");
     config.set("model.local.weights", pretrained, "demo");
@@ -209,9 +231,24 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
     if (epochs > 0) {
       config.set("train.epochs", std::to_string(epochs), "demo");
       config.set("train.schedule_videos", "0", "demo");
+      // A staged method's stages set their own epochs: --epochs is appended to each stage's overrides.
+      for (int64_t s = 0; s < methods::training_stages(config.get_string("model.method")); ++s) {
+        const std::string key = fmt::format("train.stage{}", s);
+        std::vector<std::string> items = config.get_strings(key);
+        items.push_back(fmt::format("train.epochs={}", epochs));
+        config.set(key, fmt::format("[{}]", fmt::join(items, ", ")), "demo");
+      }
     }
-    const std::string run_dir = args.out + "/runs/" + method, model = args.out + "/" + method + ".pt";
+    const std::string run_dir = args.out + "/runs/" + preset, model = args.out + "/" + method + ".pt";
     const std::string kind = config.get_string("model.method");
+    // A staged method's model is its last stage's (AdaFocus V1's stage-1 row: stage 1's); the training time counts
+    // every stage up to it.
+    const int64_t stages = methods::training_stages(kind), last_stage = v1_stage1 ? 1 : stages - 1;
+    std::vector<std::string> folders{run_dir};
+    if (stages > 1) {
+      folders.clear();
+      for (int64_t s = 0; s <= last_stage; ++s) folders.push_back(fmt::format("{}/stage{}", run_dir, s));
+    }
     const bool budgeted = (kind == "adafocus_v2" || kind == "adafocus_v3") &&
                           config.get_string("model.policy") == "learned" && args.calibration_videos > 0;
     if (!fs::exists(model)) {
@@ -219,9 +256,9 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
       train::TrainOptions to;
       to.run_dir = run_dir;
       to.device = runtime.torch_device();
-      to.resume = fs::exists(run_dir + "/last.pt");
+      to.resume = stages == 1 && fs::exists(run_dir + "/last.pt");  // a staged run resumes stage by stage itself
       train::train(config, to);
-      methods::Checkpoint c = methods::load_checkpoint(run_dir + "/last.pt");
+      methods::Checkpoint c = methods::load_checkpoint(folders.back() + "/last.pt");
       if (budgeted) {  // thresholds for the budgets of its own exits, carried by the model
         methods::LoadedModel m = methods::load_model(run_dir + "/last.pt", "", {}, runtime.torch_device());
         infer::EvalOptions co;
@@ -235,9 +272,11 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
     methods::LoadedModel m = methods::load_model(model, "", {}, runtime.torch_device());
     infer::EvalOptions eo;
     eo.device = runtime.torch_device();
+    if (v1_stage1) eo.policy = "random";  // its policy has not learned yet
     const infer::Evaluation e = infer::evaluate(*m.method, m.config, eo);
+    eo.policy.clear();
     Row row{method, e.flops.report.gflops(), e.scores.top1, e.scores.top5, e.scores.map, e.iou, e.on_item,
-            e.region_spread, e.glance_top1, "", {}, {}, {}};
+            e.region_spread, e.glance_top1, training_seconds(folders), "", {}, {}, {}};
     set_exits(row, kind, e);
     if (budgeted) {
       const infer::ExitTable table = infer::ExitTable::from_json(m.exits_json, model);
@@ -267,7 +306,7 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
         const infer::Evaluation swapped = infer::evaluate(*m.method, m.config, eo);
         rows.push_back({"adafocus_v2 (" + policy + " patches at test)", swapped.flops.report.gflops(),
                         swapped.scores.top1, swapped.scores.top5, swapped.scores.map, swapped.iou, swapped.on_item,
-                        swapped.region_spread, -1, "same model", {}, {}, {}});
+                        swapped.region_spread, -1, NAN, "same model", {}, {}, {}});
       }
     timings.emplace_back(method, seconds_since(method_start));
   }
@@ -277,8 +316,10 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
   nlohmann::json results = nlohmann::json::array();
   for (const auto& r : rows) {
     table.push_back({r.method, fmt::format("{:.4f}", r.gflops), fmt::format("{:.1f}", r.top1),
-                     fmt::format("{:.1f}", r.map), r.iou >= 0 ? fmt::format("{:.3f}", r.iou) : "-"});
+                     fmt::format("{:.1f}", r.map), r.iou >= 0 ? fmt::format("{:.3f}", r.iou) : "-",
+                     std::isnan(r.train_s) ? "-" : fmt::format("{:.0f}", r.train_s)});
     nlohmann::json j{{"method", r.method}, {"gflops", r.gflops}, {"top1", r.top1}, {"top5", r.top5}, {"map", r.map}};
+    if (!std::isnan(r.train_s)) j["train_s"] = r.train_s;
     if (r.iou >= 0) j["iou"] = r.iou;
     if (r.on_item >= 0) j["on_item"] = r.on_item;
     if (r.region_spread >= 0) j["region_spread"] = r.region_spread;
@@ -300,7 +341,7 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
     results.push_back(j);
   }
   fmt::print("\n");
-  print_table({"method", "GFLOPs/video", "top-1", "mAP", "IoU patch/item"}, table);
+  print_table({"method", "GFLOPs/video", "top-1", "mAP", "IoU patch/item", "train s"}, table);
   for (const auto& r : rows) {
     if (r.top1_per_exit.empty()) continue;
     std::string exits;
@@ -346,6 +387,17 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
     claim(v2->top1 > v2_random->top1 && v2->top1 > v2_center->top1,
           fmt::format("on the same model, policy patches beat random and centre ones ({:.1f} vs {:.1f} / {:.1f})",
                       v2->top1, v2_random->top1, v2_center->top1));
+  const Row *v1 = find("adafocus_v1"), *v1_stage1 = find("adafocus_v1_stage1");
+  if (v1 && v1_stage1) {
+    claim(v1->iou >= 2 * v1_stage1->iou, fmt::format("AdaFocus V1's PPO patches overlap the item >= 2x as much as "
+                                                     "random ones (IoU {:.3f} vs {:.3f})", v1->iou, v1_stage1->iou));
+    claim(v1->top1 > v1_stage1->top1, fmt::format("AdaFocus V1 beats its own stage-1 random-patch model ({:.1f} vs "
+                                                  "{:.1f})", v1->top1, v1_stage1->top1));
+  }
+  if (v1 && v2)
+    claim(v2->top1 >= v1->top1 && v2->train_s < v1->train_s,
+          fmt::format("AdaFocusV2 reaches V1's top-1 in less training time ({:.1f} in {:.0f} s vs {:.1f} in {:.0f} s, "
+                      "all of V1's stages)", v2->top1, v2->train_s, v1->top1, v1->train_s));
   if (v3 && v3_random)
     claim(mean_exits(*v3, 1, 1) >= mean_exits(*v3_random, 1, 1) + 5,
           fmt::format("after one cube, learned AdaFocusV3 beats random cubes by >= 5 points ({:.1f} vs {:.1f})",

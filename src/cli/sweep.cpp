@@ -1,11 +1,19 @@
 // adafocus sweep: the demo's methods over a grid of benchmark settings, so that a claim is shown only where it
 // survives variation. Each cell (a generator setting and a seed) is a whole demo run in DIR/<setting>_seed<S>/ (its
 // own videos, pretraining and training runs; finished steps are not redone), with every preset unchanged; the sweep
-// gathers the cells' results.json and training logs into one table and DIR/sweep.json.
+// gathers the cells' results.json and training logs into one table and DIR/sweep.json. With --jobs N the cells run
+// as N child processes (`adafocus demo`, output in the cell's demo.log), each with threads / N threads.
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -43,6 +51,7 @@ struct SweepArgs {
   std::string methods = "adafocus_v2,random_patch,full_frame_low_res";
   std::string settings = "default,small,clutter,brief,hard", seeds = "0,1";
   int64_t train_videos = 1000, val_videos = 300, epochs = 0, pretrain_images = 20000;
+  int jobs = 0;  // cells at once (0: one per thread)
   bool quick = false;
   std::vector<std::string> overrides;
 };
@@ -67,6 +76,47 @@ nlohmann::json last_epoch(const std::string& metrics) {
 
 std::string cell(const nlohmann::json& row, const char* key, const char* format) {
   return row.contains(key) && row[key].is_number() ? fmt::format(fmt::runtime(format), row[key].get<double>()) : "-";
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The demo command line of one cell, for a child process.
+std::vector<std::string> demo_command(const DemoArgs& demo, int threads, const Runtime& runtime) {
+  std::vector<std::string> argv{fs::read_symlink("/proc/self/exe").string(), "--threads", std::to_string(threads),
+                                "--device", runtime.device, "demo", "--out", demo.out, "--methods", demo.methods,
+                                "--train-videos", std::to_string(demo.train_videos), "--val-videos",
+                                std::to_string(demo.val_videos), "--epochs", std::to_string(demo.epochs),
+                                "--pretrain-images", std::to_string(demo.pretrain_images), "--calibration-videos",
+                                std::to_string(demo.calibration_videos)};
+  for (const auto& o : demo.overrides) argv.insert(argv.end(), {"--set", o});
+  return argv;
+}
+
+// Starts `argv` with its output (stdout and stderr) in `log`; returns the child's pid.
+pid_t spawn(const std::vector<std::string>& argv, const std::string& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = 0;
+  const int error = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (error != 0) throw Error(std::string("cannot start a cell: ") + std::strerror(error), argv[0]);
+  return pid;
+}
+
+// The last lines of a file, to show why a cell failed.
+std::string tail(const std::string& path, size_t lines) {
+  const std::string text = fs::exists(path) ? read_file(path) : "";
+  size_t pos = text.size(), seen = 0;
+  while (pos > 0 && seen <= lines)
+    if (text[--pos] == '\n') ++seen;
+  return text.substr(pos == 0 ? 0 : pos + 1);
 }
 
 int run(const SweepArgs& given, const Runtime& runtime) {
@@ -97,39 +147,93 @@ int run(const SweepArgs& given, const Runtime& runtime) {
     throw Error("nothing to run", "--settings/--seeds/--methods", "name at least one of each");
   fs::create_directories(args.out);
 
-  const auto start = std::chrono::steady_clock::now();
-  nlohmann::json rows = nlohmann::json::array(), cells = nlohmann::json::array();
+  struct Cell {
+    std::string name;
+    const Setting* setting;
+    int64_t seed;
+    DemoArgs demo;
+    double seconds = 0;
+    bool failed = false;
+  };
+  std::vector<Cell> todo;
   for (const Setting& setting : chosen)
     for (int64_t seed : seeds) {
-      const std::string name = fmt::format("{}_seed{}", setting.name, seed);
-      fmt::print(stderr, "==== {} ({}, seed {}) ====\n", name, setting.description, seed);
-      const auto cell_start = std::chrono::steady_clock::now();
-      DemoArgs demo;
-      demo.out = args.out + "/" + name;
-      demo.methods = args.methods;
-      demo.train_videos = args.train_videos;
-      demo.val_videos = args.val_videos;
-      demo.epochs = args.epochs;
-      demo.pretrain_images = args.pretrain_images;
-      demo.calibration_videos = 0;  // accuracy at full cost; the budget curves are the demo's
-      demo.overrides = setting.overrides;
-      demo.overrides.push_back(fmt::format("seed={}", seed));
-      demo.overrides.insert(demo.overrides.end(), args.overrides.begin(), args.overrides.end());
-      if (const int status = run_demo(demo, runtime); status != 0) return status;
-      const double items = read_json(demo.out + "/pretrained_local.json").at("items_top1").get<double>();
-      for (nlohmann::json row : read_json(demo.out + "/results.json")) {
-        row["setting"] = setting.name;
-        row["seed"] = seed;
-        row["items_top1"] = items;  // the pretrained patch network on this setting's single items
-        const nlohmann::json log = last_epoch(demo.out + "/runs/" + row["method"].get<std::string>() + "/metrics.jsonl");
-        for (const char* key : {"train_top1", "train_iou", "train_hits", "policy_spread", "policy_grad"})
-          if (log.contains(key)) row[key] = log[key];
-        rows.push_back(row);
-      }
-      cells.push_back({{"name", name}, {"setting", setting.name}, {"description", setting.description},
-                       {"overrides", setting.overrides}, {"seed", seed},
-                       {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - cell_start).count()}});
+      Cell c{fmt::format("{}_seed{}", setting.name, seed), &setting, seed, {}};
+      c.demo.out = args.out + "/" + c.name;
+      c.demo.methods = args.methods;
+      c.demo.train_videos = args.train_videos;
+      c.demo.val_videos = args.val_videos;
+      c.demo.epochs = args.epochs;
+      c.demo.pretrain_images = args.pretrain_images;
+      c.demo.calibration_videos = 0;  // accuracy at full cost; the budget curves are the demo's
+      c.demo.overrides = setting.overrides;
+      c.demo.overrides.push_back(fmt::format("seed={}", seed));
+      c.demo.overrides.insert(c.demo.overrides.end(), args.overrides.begin(), args.overrides.end());
+      todo.push_back(std::move(c));
     }
+
+  const auto start = std::chrono::steady_clock::now();
+  const int jobs = static_cast<int>(std::min<size_t>(todo.size(), args.jobs > 0 ? args.jobs : std::max(1, runtime.threads)));
+  if (jobs <= 1) {
+    for (Cell& c : todo) {
+      fmt::print(stderr, "==== {} ({}, seed {}) ====\n", c.name, c.setting->description, c.seed);
+      const auto cell_start = std::chrono::steady_clock::now();
+      if (const int status = run_demo(c.demo, runtime); status != 0) return status;
+      c.seconds = seconds_since(cell_start);
+    }
+  } else {
+    // The small benchmark networks barely gain from a second thread (a 2-thread training step here was 1.1x as fast
+    // as a 1-thread one), so cells side by side with a thread each use the cores better. Spinning OpenMP threads
+    // would make processes side by side slow each other down out of proportion: they wait passively.
+    setenv("OMP_WAIT_POLICY", "passive", 0);
+    const int threads = std::max(1, runtime.threads / jobs);
+    fmt::print(stderr, "{} cells, {} at a time with {} thread{} each; each cell's output in its demo.log\n", todo.size(),
+               jobs, threads, threads == 1 ? "" : "s");
+    std::map<pid_t, std::pair<size_t, std::chrono::steady_clock::time_point>> running;
+    size_t next = 0, finished = 0;
+    while (next < todo.size() || !running.empty()) {
+      while (static_cast<int>(running.size()) < jobs && next < todo.size()) {
+        Cell& c = todo[next];
+        fs::create_directories(c.demo.out);
+        running[spawn(demo_command(c.demo, threads, runtime), c.demo.out + "/demo.log")] = {next++, std::chrono::steady_clock::now()};
+        fmt::print(stderr, "started {} ({}, seed {})\n", c.name, c.setting->description, c.seed);
+      }
+      int status = 0;
+      const pid_t pid = waitpid(-1, &status, 0);
+      if (pid < 0) throw Error(std::string("waiting for the cells: ") + std::strerror(errno), args.out);
+      auto it = running.find(pid);
+      if (it == running.end()) continue;
+      Cell& c = todo[it->second.first];
+      c.seconds = seconds_since(it->second.second);
+      running.erase(it);
+      c.failed = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+      fmt::print(stderr, "[{}/{}] {} {} after {:.0f} s\n", ++finished, todo.size(), c.name,
+                 c.failed ? "FAILED" : "done", c.seconds);
+      if (c.failed) fmt::print(stderr, "{}", tail(c.demo.out + "/demo.log", 5));
+    }
+    std::vector<std::string> failed;
+    for (const Cell& c : todo)
+      if (c.failed) failed.push_back(c.name);
+    if (!failed.empty())
+      throw Error(fmt::format("{} of {} cells failed: {}", failed.size(), todo.size(), fmt::join(failed, ", ")),
+                  args.out, "see each failed cell's demo.log; finished steps are kept, so the same command continues");
+  }
+
+  nlohmann::json rows = nlohmann::json::array(), cells = nlohmann::json::array();
+  for (const Cell& c : todo) {
+    const double items = read_json(c.demo.out + "/pretrained_local.json").at("items_top1").get<double>();
+    for (nlohmann::json row : read_json(c.demo.out + "/results.json")) {
+      row["setting"] = c.setting->name;
+      row["seed"] = c.seed;
+      row["items_top1"] = items;  // the pretrained patch network on this setting's single items
+      const nlohmann::json log = last_epoch(c.demo.out + "/runs/" + row["method"].get<std::string>() + "/metrics.jsonl");
+      for (const char* key : {"train_top1", "train_iou", "train_hits", "policy_spread", "policy_grad"})
+        if (log.contains(key)) row[key] = log[key];
+      rows.push_back(row);
+    }
+    cells.push_back({{"name", c.name}, {"setting", c.setting->name}, {"description", c.setting->description},
+                     {"overrides", c.setting->overrides}, {"seed", c.seed}, {"seconds", c.seconds}});
+  }
 
   // One table, and the claims the robustness issue asks of AdaFocusV2 in every cell.
   std::vector<std::vector<std::string>> table;
@@ -176,9 +280,9 @@ int run(const SweepArgs& given, const Runtime& runtime) {
     fmt::print("  {:<16} {} | {} | {}\n", c["name"].get<std::string>(), show(v3), show(find(c, "v3_pixel_gradient")),
                show(find(c, "adafocus_v2")));
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds = seconds_since(start);
   write_file_atomic(args.out + "/sweep.json",
-                    nlohmann::json{{"cells", cells}, {"rows", rows}, {"seconds", seconds}}.dump(2) + "\n");
+                    nlohmann::json{{"cells", cells}, {"rows", rows}, {"seconds", seconds}, {"jobs", jobs}}.dump(2) + "\n");
   fmt::print("\n{}: sweep.json and a folder per cell ({:.0f} s)\n", args.out, seconds);
   return 0;
 }
@@ -200,6 +304,9 @@ void add_sweep_command(CLI::App& app, Commands& commands, const Runtime& runtime
   sub->add_option("--epochs", args->epochs, "> 0: override every method's epochs (a quick look)");
   sub->add_option("--pretrain-images", args->pretrain_images, "single items the patch network is pretrained on")
       ->check(CLI::PositiveNumber);
+  sub->add_option("--jobs", args->jobs, "cells run at once as child processes, sharing --threads (default: one per "
+                                       "thread; 1: one after the other in this process)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_flag("--quick", args->quick, "settings default and hard, seed 0 (replaces --settings and --seeds)");
   sub->add_option("--set", args->overrides, "key=value applied to every cell and method");
   commands.push_back({sub, [args, &runtime] { return run(*args, runtime); }});

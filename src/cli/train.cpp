@@ -11,15 +11,16 @@ namespace {
 
 struct TrainArgs {
   ConfigArgs config;
-  std::string data, out, resume;
+  std::string data, out, resume, init;
 };
 
 int run(const TrainArgs& args, const Runtime& runtime) {
-  if (!args.resume.empty() && (!args.config.file.empty() || !args.config.overrides.empty()))
+  if (!args.resume.empty() && (!args.config.file.empty() || !args.config.overrides.empty() || !args.init.empty()))
     throw Error("--resume continues a run with its own config.yaml", args.resume,
                 "drop -c and key=value, or start a new run with --out");
   train::TrainOptions o;
   o.device = runtime.torch_device();
+  o.init = args.init;
   Config config = Config::defaults();
   if (!args.resume.empty()) {
     o.run_dir = args.resume;
@@ -53,6 +54,9 @@ void add_train_command(CLI::App& app, Commands& commands, const Runtime& runtime
   sub->add_option("--data", args->data, "dataset folder (data.root): lists, classInd.txt, videos or frames");
   sub->add_option("--out", args->out, "run folder for config.yaml, metrics.jsonl, last.pt, best.pt");
   sub->add_option("--resume", args->resume, "continue the run in this folder from its last.pt");
+  sub->add_option("--init", args->init,
+                  "start from this checkpoint's weights (a staged method's previous stage: stage=N --init "
+                  "RUN/stage<N-1>/last.pt)");
   args->config.add_to(*sub);
   commands.push_back({sub, [args, &runtime] { return run(*args, runtime); }});
 }

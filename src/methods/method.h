@@ -67,6 +67,8 @@ struct StepContext {
   int64_t policy_from_epoch = 0;
   /// From policy_from_epoch on, only the policy learns; the rest is frozen (AdaFocusV3-TSM's second stage).
   bool policy_only = false;
+  /// The stage being trained, for methods trained in stages (AdaFocus V1: 0 to 3); -1 otherwise.
+  int64_t stage = -1;
 };
 
 /// Parameters sharing a learning-rate multiplier (the official per-group ratios).
@@ -104,6 +106,9 @@ using Method = std::shared_ptr<MethodImpl>;
 
 /// The method the config describes (model.method), with `num_classes` outputs, initialised as its paper does.
 Method make_method(const Config& config, int64_t num_classes);
+
+/// How many stages `method` trains in, one after the other (AdaFocus V1: 4, numbered 0 to 3; the others: 1).
+int64_t training_stages(const std::string& method);
 
 /// Options of a backbone section of the config (model.backbone, model.glance or model.local). `segments`: frames
 /// per clip, for the temporal shift when the section enables it.

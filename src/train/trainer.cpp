@@ -43,7 +43,14 @@ bool evaluates(const Config& c, int64_t epoch, int64_t epochs) {
 }
 
 // Running sums of an epoch, kept in last.pt so that a resumed epoch logs what an uninterrupted one would.
-enum Sum { kLoss, kCorrect, kVideos, kIou, kVisible, kHits, kSpread, kGrad, kPolicySteps, kSums };
+enum Sum { kLoss, kCorrect, kVideos, kIou, kVisible, kHits, kSpread, kGrad, kPolicySteps, kPpoSteps, kSums };
+
+// Reinforcement-learning statistics a method reports among its loss terms (AdaFocus V1's PPO), averaged per epoch
+// into metrics.jsonl; their running sums follow the fixed ones above in last.pt.
+const std::vector<std::string>& ppo_terms() {
+  static const std::vector<std::string> names{"reward", "advantage", "entropy", "clip_fraction", "value_loss"};
+  return names;
+}
 
 // What the learned policy did in one training step, added to the epoch's sums: where its regions fell against the
 // benchmark's ground truth (training view), how far apart they are, and how much gradient reached it. Diagnostics
@@ -69,6 +76,28 @@ void add_policy_step(const methods::Losses& losses, const data::Batch& batch, co
     if (p.grad().defined()) squares += p.grad().pow(2).sum().item<double>();
   sums[kGrad] += std::sqrt(squares);
   sums[kPolicySteps] += 1;
+}
+
+void add_ppo_step(const methods::Losses& losses, std::vector<double>& sums) {
+  bool any = false;
+  for (const auto& [name, value] : losses.terms)
+    for (size_t i = 0; i < ppo_terms().size(); ++i)
+      if (name == "ppo_" + ppo_terms()[i]) {
+        sums[kSums + i] += value.item<double>();
+        any = true;
+      }
+  sums[kPpoSteps] += any;
+}
+
+// The progress display's running figures: loss and accuracy, and the mean reward while PPO trains.
+std::string status(const std::vector<double>& sums) {
+  std::string s = fmt::format("loss {:.3f} acc {:.1f}%", sums[kLoss] / sums[kVideos], 100 * sums[kCorrect] / sums[kVideos]);
+  if (sums[kPpoSteps] > 0) s += fmt::format(" reward {:+.4f}", sums[kSums] / sums[kPpoSteps]);
+  return s;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 nlohmann::json scores_json(const infer::Evaluation& e) {
@@ -113,7 +142,43 @@ std::vector<std::string> class_names(const Config& c) {
   return names;
 }
 
-TrainSummary train(const Config& given, const TrainOptions& o) {
+Config stage_config(const Config& config, int64_t stage) {
+  Config out = config;
+  out.set("stage", std::to_string(stage), "stage " + std::to_string(stage));
+  const std::string key = "train.stage" + std::to_string(stage);
+  if (!out.has(key)) throw Error("no stage " + std::to_string(stage), config.origin("stage"), "stages are 0 to 3");
+  for (const std::string& assignment : config.get_strings(key)) {
+    if (assignment.rfind("train.stage", 0) == 0 || assignment.rfind("stage=", 0) == 0)
+      throw Error("a stage's overrides cannot change the stages: '" + assignment + "'", config.origin(key));
+    out.set(assignment, config.origin(key) + " (" + key + ")");
+  }
+  return out;
+}
+
+namespace {
+
+// A checkpoint a run starts from (--init): it must be of the same method and, for a staged method's stage N > 0,
+// of stage N - 1.
+methods::Checkpoint checked_init(const std::string& path, const Config& config) {
+  const int64_t stage = config.get_int("stage");
+  if (!fs::exists(path))
+    throw Error("no such checkpoint", path,
+                stage > 0 ? fmt::format("stage {} starts from stage {}'s last.pt", stage, stage - 1) : "check --init");
+  methods::Checkpoint c = methods::load_checkpoint(path);
+  if (c.config_yaml.empty()) return c;  // an official checkpoint: the model's own load checks its keys
+  Config its = Config::defaults();
+  its.merge_yaml(c.config_yaml, path);
+  if (its.get_string("model.method") != config.get_string("model.method"))
+    throw Error("a checkpoint of " + its.get_string("model.method") + ", not of " + config.get_string("model.method"),
+                path, "--init takes a checkpoint of the method being trained");
+  if (stage > 0 && its.get_int("stage") != stage - 1)
+    throw Error(fmt::format("a checkpoint of stage {}: stage {} starts from stage {}'s", its.get_int("stage"), stage,
+                            stage - 1),
+                path, fmt::format("pass --init RUN/stage{}/last.pt", stage - 1));
+  return c;
+}
+
+TrainSummary train_one(const Config& given, const TrainOptions& o) {
   const auto start_time = std::chrono::steady_clock::now();
   const std::string config_path = o.run_dir + "/config.yaml", last_path = o.run_dir + "/last.pt",
                     best_path = o.run_dir + "/best.pt", metrics_path = o.run_dir + "/metrics.jsonl";
@@ -126,7 +191,11 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
     config.merge_file(config_path);
     state = methods::load_checkpoint(last_path);
   } else {
-    check_initial_weights(config);
+    const int64_t stage = config.get_int("stage");
+    if (stage > 0 && o.init.empty())
+      throw Error(fmt::format("stage {} starts from the model of stage {}", stage, stage - 1), config.origin("stage"),
+                  fmt::format("pass --init RUN/stage{}/last.pt, or leave out stage= to train every stage", stage - 1));
+    if (o.init.empty()) check_initial_weights(config);
     fs::create_directories(o.run_dir);
     config.save(config_path);
   }
@@ -136,7 +205,10 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
   const uint64_t seed = static_cast<uint64_t>(config.get_int("seed"));
   torch::manual_seed(seed);  // initialisation
   methods::Method method = methods::make_method(config, static_cast<int64_t>(classes.size()));
-  if (!o.resume) method->load_pretrained(config);
+  if (!o.resume && !o.init.empty())
+    nn::load_state_dict(*method, method->import_state_dict(checked_init(o.init, config).model), o.init);
+  else if (!o.resume)
+    method->load_pretrained(config);
   method->to(o.device);
 
   OptimizerOptions oo;
@@ -164,8 +236,8 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
     epochs = std::max<int64_t>(1, std::llround(static_cast<double>(epochs) * factor));
     policy_from_epoch = std::llround(static_cast<double>(policy_from_epoch) * factor);
     if (!o.quiet)
-      fmt::print(stderr, "schedule for {} training videos (train.schedule_videos {}): {} epochs, policy from epoch {}\n",
-                 train_set.size(), reference, epochs, policy_from_epoch);
+      fmt::print(stderr, "schedule for {} training videos (train.schedule_videos {}): {} epochs{}\n", train_set.size(),
+                 reference, epochs, policy_from_epoch > 0 ? fmt::format(", policy from epoch {}", policy_from_epoch) : "");
   }
   const double lr0 = config.get_float("train.lr"), warmup = config.get_float("train.warmup"),
                clip = config.get_float("train.clip_grad");
@@ -180,6 +252,8 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
       for (const auto& named : group.params) policy_params.push_back(named.second);
   methods::StepContext context;
   context.policy_from_epoch = policy_from_epoch;
+  context.stage = config.get_int("stage");
+  const size_t all_sums = kSums + ppo_terms().size();
   const bool two_stages = config.get_bool("train.policy_only") && context.policy_from_epoch > 0 &&
                           context.policy_from_epoch < epochs;
 
@@ -205,9 +279,10 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
     const int64_t stage_start = context.policy_only ? context.policy_from_epoch : 0;
     const int64_t stage_epochs = !two_stages ? epochs : context.policy_only ? epochs - stage_start : context.policy_from_epoch;
     const int64_t first = epoch == state.epoch ? state.batch : 0;
-    std::vector<double> sums(kSums, 0.0);
+    std::vector<double> sums(all_sums, 0.0);
     if (epoch == state.epoch)  // resumed within the epoch (checkpoints before the policy's sums have only 3)
-      std::copy_n(state.epoch_sums.begin(), std::min<size_t>(kSums, state.epoch_sums.size()), sums.begin());
+      std::copy_n(state.epoch_sums.begin(), std::min(all_sums, state.epoch_sums.size()), sums.begin());
+    const auto epoch_start = std::chrono::steady_clock::now();
     loader.start_epoch(epoch, first);
     Progress progress(fmt::format("epoch {}/{}", epoch + 1, epochs), steps, "steps");
     method->train();
@@ -228,20 +303,24 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
       optimizer.zero_grad();
       losses.total.backward();
       add_policy_step(losses, *batch, train_set, policy_params, input_size, train_overlap, sums);
+      add_ppo_step(losses, sums);
       if (clip > 0) optimizer.clip_grad_norm(clip);
       optimizer.step(lr);
       const int64_t b = target.size(0);
       sums[kLoss] += value * b;
       sums[kCorrect] += (losses.logits.argmax(1) == target).sum().item<double>();
       sums[kVideos] += b;
-      if (!o.quiet) progress.update(step + 1, fmt::format("loss {:.3f} acc {:.1f}%", sums[kLoss] / sums[kVideos], 100 * sums[kCorrect] / sums[kVideos]));
+      if (!o.quiet) progress.update(step + 1, status(sums));
       if (checkpoint_every > 0 && (step + 1) % checkpoint_every == 0 && step + 1 < steps)
         save(last_path, epoch, step + 1, sums);
     }
-    if (!o.quiet) progress.finish(fmt::format("loss {:.3f} acc {:.1f}%", sums[kLoss] / sums[kVideos], 100 * sums[kCorrect] / sums[kVideos]));
+    if (!o.quiet) progress.finish(status(sums));
 
     nlohmann::json line{{"epoch", epoch}, {"lr", lr}, {"train_loss", sums[kLoss] / sums[kVideos]},
-                        {"train_top1", 100 * sums[kCorrect] / sums[kVideos]}};
+                        {"train_top1", 100 * sums[kCorrect] / sums[kVideos]},
+                        {"epoch_s", seconds_since(epoch_start)}};  // a resumed epoch: since the resume
+    if (sums[kPpoSteps] > 0)
+      for (size_t i = 0; i < ppo_terms().size(); ++i) line["ppo_" + ppo_terms()[i]] = sums[kSums + i] / sums[kPpoSteps];
     if (sums[kPolicySteps] > 0) {  // the learned policy during this epoch's training steps
       line["policy_spread"] = sums[kSpread] / sums[kPolicySteps];
       line["policy_grad"] = sums[kGrad] / sums[kPolicySteps];
@@ -257,7 +336,7 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
       if (value > state.best_metric) {
         state.best_metric = value;
         state.best_epoch = epoch;
-        save(best_path, epoch + 1, 0, std::vector<double>(kSums, 0.0));
+        save(best_path, epoch + 1, 0, std::vector<double>(all_sums, 0.0));
       }
       if (!o.quiet)
         fmt::print(stderr, "  val top1 {:.2f}  mAP {:.2f}{}  ({:.3f} GFLOPs/video)\n", summary.last.scores.top1,
@@ -268,7 +347,7 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
     std::string text;
     for (const auto& l : metrics) text += l + "\n";
     write_file_atomic(metrics_path, text);  // before last.pt: a crash in between redoes this epoch's line
-    save(last_path, epoch + 1, 0, std::vector<double>(kSums, 0.0));
+    save(last_path, epoch + 1, 0, std::vector<double>(all_sums, 0.0));
   }
   summary.epochs = epochs;
   summary.metric = metric;
@@ -276,6 +355,49 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
   summary.best_epoch = state.best_epoch;
   summary.failures = loader.failures();
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
+  return summary;
+}
+
+}  // namespace
+
+TrainSummary train(const Config& given, const TrainOptions& o) {
+  Config config = given;
+  if (o.resume) {
+    if (!fs::exists(o.run_dir + "/config.yaml"))
+      throw Error("nothing to resume: no config.yaml", o.run_dir, "start the run without --resume");
+    config = Config::defaults();
+    config.merge_file(o.run_dir + "/config.yaml");
+  }
+  const int64_t stages = methods::training_stages(config.get_string("model.method")), stage = config.get_int("stage");
+  if (stages == 1 && stage != -1)
+    throw Error(config.get_string("model.method") + " trains in one stage", config.origin("stage"), "leave out stage=");
+  if (stage < -1 || stage >= stages)
+    throw Error(fmt::format("{} trains in stages 0 to {}", config.get_string("model.method"), stages - 1),
+                config.origin("stage"));
+  if (stages == 1) return train_one(config, o);
+  if (stage >= 0) return train_one(o.resume ? config : stage_config(config, stage), o);
+
+  // Every stage in turn, each in its own folder from the previous one's last.pt. The stages' overrides are checked
+  // before the first one trains.
+  std::vector<Config> per_stage;
+  for (int64_t s = 0; s < stages; ++s) per_stage.push_back(stage_config(config, s));
+  if (!o.resume) {
+    check_initial_weights(config);
+    fs::create_directories(o.run_dir);
+    config.save(o.run_dir + "/config.yaml");
+  }
+  TrainSummary summary;
+  double seconds = 0;
+  for (int64_t s = 0; s < stages; ++s) {
+    TrainOptions so = o;
+    so.run_dir = fmt::format("{}/stage{}", o.run_dir, s);
+    so.resume = fs::exists(so.run_dir + "/last.pt");  // a finished stage resumes to its end at once
+    so.init = s == 0 ? o.init : fmt::format("{}/stage{}/last.pt", o.run_dir, s - 1);
+    if (!o.quiet) fmt::print(stderr, "== stage {} of 0-{} ({}) ==\n", s, stages - 1, so.run_dir);
+    summary = train_one(per_stage[static_cast<size_t>(s)], so);
+    seconds += summary.seconds;
+  }
+  summary.seconds = seconds;
   return summary;
 }
 

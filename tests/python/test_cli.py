@@ -340,6 +340,9 @@ train: {epochs: 2, optimizer: adam, lr: 0.003, schedule: onecycle, eval_every: 1
 
 TINY_V3 = TINY_V2.replace("method: adafocus_v2", "method: adafocus_v3").replace("epochs: 2,", "epochs: 2, policy_from_epoch: 1,")
 
+TINY_V1 = TINY_V2.replace("method: adafocus_v2", "method: adafocus_v1").replace(
+    "train: {epochs: 2,", "train: {stage2: [train.epochs=2, train.lr=0.0003], epochs: 1,")
+
 
 def metrics_lines(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -397,7 +400,9 @@ class Methods(SharedFolder):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         self.ok("train", "--resume", killed)
-        self.assertEqual(metrics_lines(killed), metrics_lines(self.run_dir))
+        def without_times(lines):  # every figure but the epochs' wall times
+            return [{k: v for k, v in json.loads(line).items() if k != "epoch_s"} for line in lines]
+        self.assertEqual(without_times(metrics_lines(killed)), without_times(metrics_lines(self.run_dir)))
         self.assertIn("--resume continues a run", run("train", "--resume", killed, "train.epochs=3").stderr)
 
     def test_eval_json(self):
@@ -559,6 +564,35 @@ class Methods(SharedFolder):
         for k in a:
             self.assertTrue(torch.equal(a[k], b[k]), k)
 
+    def test_adafocus_v1_trains_in_stages(self):
+        preset = os.path.join(self.dir, "tiny_v1.yaml")
+        with open(preset, "w") as f:
+            f.write(TINY_V1)
+        out = os.path.join(self.dir, "v1")
+        r = run("train", "-c", preset, "--data", self.data, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for s in range(4):
+            self.assertEqual(torch.load(os.path.join(out, f"stage{s}", "last.pt"))["epoch"], 2 if s == 2 else 1)
+        self.assertIn("reward", r.stderr)  # PPO's running reward on the progress line of stage 2
+        ppo = [json.loads(line) for line in metrics_lines(os.path.join(out, "stage2"))]
+        self.assertTrue(all("ppo_entropy" in m and "val_top1" in m for m in ppo), ppo)
+        # Python reads the model under the official names.
+        state = torch.load(os.path.join(out, "stage3", "last.pt"))["state_dict"]
+        self.assertIn("focuser.policy.policy.actor.0.weight", state)
+        self.assertIn("classifier.gru.weight_ih_l0", state)
+        # One stage alone: from the previous stage's checkpoint, and a clear error without it.
+        one = os.path.join(self.dir, "v1_stage3")
+        err = run("train", "-c", preset, "--data", self.data, "--out", one, "stage=3").stderr
+        self.assertIn("stage 3 starts from the model of stage 2", err)
+        self.assertIn("--init RUN/stage2/last.pt", err)
+        err = run("train", "-c", preset, "--data", self.data, "--out", one, "stage=3", "--init",
+                  os.path.join(out, "stage1", "last.pt")).stderr
+        self.assertIn("a checkpoint of stage 1: stage 3 starts from stage 2's", err)
+        self.ok("train", "-c", preset, "--data", self.data, "--out", one, "stage=3", "--init",
+                os.path.join(out, "stage2", "last.pt"))
+        scores = json.loads(self.ok("eval", "--checkpoint", os.path.join(one, "last.pt"), "--json"))
+        self.assertTrue(0 <= scores["top1"] <= 100 and scores["gflops"] > 0, scores)
+
     def test_demo_smoke(self):
         out_dir = os.path.join(self.dir, "demo")
         r = run("demo", "--out", out_dir, "--train-videos", "16", "--val-videos", "8", "--epochs", "1",
@@ -587,6 +621,19 @@ class Methods(SharedFolder):
         with open(os.path.join(out_dir, "accuracy_vs_gflops.svg")) as f:
             self.assertIn("<svg", f.read())
         self.assertTrue(os.path.getsize(os.path.join(out_dir, "focus.gif")) > 0)
+        # Every trained row carries its training time; AdaFocus V1 and its stage-1 model (evaluated with random
+        # patches) are rows on request, V1's time counting all its stages, the stage-1 row's stages 0-1.
+        self.assertTrue(all(rows[m]["train_s"] > 0 for m in ["adafocus_v2", "adafocus_v3", "random_patch"]), rows)
+        r = run("demo", "--out", out_dir, "--methods", "adafocus_v1_stage1,adafocus_v1", "--train-videos", "16",
+                "--val-videos", "8", "--epochs", "1", "--pretrain-images", "256", "--calibration-videos", "8",
+                "--set", "data.batch_size=8")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(out_dir, "results.json")) as f:
+            rows = {row["method"]: row for row in json.load(f)}
+        self.assertGreater(rows["adafocus_v1"]["train_s"], rows["adafocus_v1_stage1"]["train_s"])
+        self.assertIn("iou", rows["adafocus_v1_stage1"])
+        self.assertEqual(len(rows["adafocus_v1"]["top1_per_exit"]), 9)
+        self.assertIn("beats its own stage-1 random-patch model", r.stdout)
 
     def test_sweep_quick(self):
         out_dir = os.path.join(self.dir, "sweep")
@@ -615,7 +662,25 @@ class Methods(SharedFolder):
         self.assertLessEqual(max(item_sides("hard_seed0")), 32.5)
         self.assertGreaterEqual(min(item_sides("default_seed0")), 31.5)
         self.assertIn("AdaFocusV2 per cell", r.stdout)
+        # Two threads here: the two cells ran side by side as child processes, each writing its own log.
+        self.assertEqual(sweep["jobs"], 2)
+        for cell in ["default_seed0", "hard_seed0"]:
+            with open(os.path.join(out_dir, cell, "demo.log")) as f:
+                self.assertIn("adafocus_v2: top-1", f.read())
+        # One at a time in this process: the finished steps are kept, the same table comes back.
+        again = run("sweep", "--quick", "--jobs", "1", "--out", out_dir, "--train-videos", "16", "--val-videos", "8",
+                    "--epochs", "2", "--pretrain-images", "256", "--set", "data.batch_size=8",
+                    "--set", "train.policy_from_epoch=1")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        def table(out):  # the sweep's table (in-process, each cell's demo prints its own before it)
+            return out[out.rindex("\nsetting "):out.index("AdaFocusV2 per cell")]
+        self.assertEqual(table(again.stdout), table(r.stdout))
         self.assertIn("unknown setting 'nope'", run("sweep", "--settings", "nope", "--out", out_dir).stderr)
+        # A failing cell names itself and shows its error; the sweep exits non-zero.
+        bad = run("sweep", "--quick", "--out", os.path.join(self.dir, "bad_sweep"), "--set", "nope.key=1")
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn("2 of 2 cells failed: default_seed0, hard_seed0", bad.stderr)
+        self.assertIn("unknown key 'nope.key'", bad.stderr)
 
 
 class AdaptiveInference(SharedFolder):

@@ -344,6 +344,10 @@ TINY_V1 = TINY_V2.replace("method: adafocus_v2", "method: adafocus_v1").replace(
     "train: {epochs: 2,", "train: {stage2: [train.epochs=2, train.lr=0.0003], epochs: 1,")
 
 
+def ck_state(path):
+    return torch.load(path)["state_dict"]
+
+
 def metrics_lines(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return f.read().splitlines()
@@ -592,6 +596,23 @@ class Methods(SharedFolder):
                 os.path.join(out, "stage2", "last.pt"))
         scores = json.loads(self.ok("eval", "--checkpoint", os.path.join(one, "last.pt"), "--json"))
         self.assertTrue(0 <= scores["top1"] <= 100 and scores["gflops"] > 0, scores)
+        # The same model in the official V1 checkpoint's form (main_dist.py's dict: DataParallel's 'module.' names in
+        # model_state_dict, the PPO's policy_old copy, optimizer and scaler entries) gives the same outputs.
+        official = os.path.join(self.dir, "official_v1.pth.tar")
+        state = {"module." + k: v for k, v in ck_state(os.path.join(one, "last.pt")).items()}
+        for k in list(state):
+            if k.startswith("module.focuser.policy.policy."):
+                state[k.replace(".policy.policy.", ".policy.policy_old.")] = state[k].clone()
+        torch.save({"model_state_dict": state, "epoch": 10, "best_acc": 50.0, "scaler": None,
+                    "optimizer": {"state": {}, "param_groups": [{"lr": 0.005, "params": [0, 1]}]}}, official)
+        clip = os.path.join(self.dir, "v1_clip.pt")
+        torch.manual_seed(0)
+        torch.save(torch.randn(2, 4, 3, 64, 64), clip)
+        ours, theirs = os.path.join(self.dir, "v1_ours.pt"), os.path.join(self.dir, "v1_official.pt")
+        self.ok("predict", "--checkpoint", os.path.join(one, "last.pt"), "--input-tensor", clip, "--output", ours)
+        self.ok("predict", "--checkpoint", official, "-c", preset, "--set", "model.num_classes=10", "--input-tensor", clip,
+                "--output", theirs)
+        self.assertTrue(torch.equal(torch.load(ours)["logits"], torch.load(theirs)["logits"]))
 
     def test_demo_smoke(self):
         out_dir = os.path.join(self.dir, "demo")

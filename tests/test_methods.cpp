@@ -270,13 +270,17 @@ TEST(Methods, FullFrameAndTsmShapes) {
 TEST(Methods, PresetFlopsMatchThePapers) {
   // facts §8: AdaFocusV2 ActivityNet MobileNetV2 + ResNet-50 at P = 96/128/160: 17.6 / 27.0 / 39.0 GFLOPs;
   // ResNet-50 glance at 96 px, P = 128: 34.1; V2-TSM on Something-Something (8 + 12 frames, P = 128): 18.5;
-  // AdaFocus V1, ActivityNet P = 128: ~26.5 (§8, per frame MobileNetV2 + ResNet-50 + policy + GRU classifier).
+  // AdaFocus V1, ActivityNet P = 128: ~26.5 (§8, per frame MobileNetV2 + ResNet-50 + policy + GRU classifier);
+  // AdaFocus V1-TSM, Something-Something P = 144 / 160 / 176: 23.5 / 27.5 / 33.7 (§9).
   const std::pair<const char*, double> presets[] = {{"activitynet_v1", 26.5},
                                                     {"activitynet_v2_p96", 17.6},
                                                     {"activitynet_v2", 27.0},
                                                     {"activitynet_v2_p160", 39.0},
                                                     {"activitynet_v2_res50_glance", 34.1},
-                                                    {"sthv1_v2_tsm", 18.5}};
+                                                    {"sthv1_v2_tsm", 18.5},
+                                                    {"sthv1_v1_tsm", 23.5},
+                                                    {"sthv1_v1_tsm_p160", 27.5},
+                                                    {"sthv1_v1_tsm_p176", 33.7}};
   for (const auto& [preset, reported] : presets) {
     Config c = Config::defaults();
     c.merge_file(preset);

@@ -48,6 +48,18 @@ torch::Tensor normalised_returns(const torch::Tensor& rewards, double gamma) {
   return (r - r.mean()) / (r.std() + 1e-5);  // unbiased std over all T*B returns, as torch.std
 }
 
+PpoObjective ppo_objective(const torch::Tensor& log_prob, const torch::Tensor& old_log_prob,
+                           const torch::Tensor& advantage, const torch::Tensor& value, const torch::Tensor& returns,
+                           const torch::Tensor& entropy, double clip, double value_weight, double entropy_weight) {
+  const auto ratio = (log_prob - old_log_prob).exp();
+  const auto surrogate = torch::min(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage);
+  PpoObjective o;
+  o.value_loss = torch::nn::functional::mse_loss(value, returns);
+  o.loss = -surrogate.mean() + value_weight * o.value_loss - entropy_weight * entropy.mean();
+  o.clip_fraction = ((ratio - 1).abs() > clip).to(torch::kFloat).mean().detach();
+  return o;
+}
+
 torch::Tensor grid_corners(const torch::Tensor& actions, int64_t grid, int64_t side, int64_t patch) {
   const auto cell = torch::stack({actions.div(grid, "floor"), actions.remainder(grid)}, 1).to(torch::kDouble);
   return (cell / static_cast<double>(grid - 1) * static_cast<double>(side - patch)).floor().to(torch::kLong);
@@ -274,14 +286,18 @@ Losses AdaFocusV1Impl::backbone_loss(const Clips& clips, const torch::Tensor& ta
   const int64_t b = clip.size(0), side = clip.size(3);
   const auto frames = clip.reshape({b * frames_, 3, side, side});
   // A focuser whose learning rate is 0 (train.lr_local) is not run: the benchmark's comes pretrained.
-  namespace F = torch::nn::functional;
   const auto glance = glancer->forward(resize_frames(frames, glance_size_, resize_)).view({b, frames_, -1}).mean(1);
+  return backbone_losses(glance, lr_local_ > 0 ? focuser->forward(frames).view({b, frames_, -1}).mean(1) : torch::Tensor(),
+                         target);
+}
+
+Losses backbone_losses(const torch::Tensor& glance, const torch::Tensor& focus, const torch::Tensor& target) {
+  namespace F = torch::nn::functional;
   Losses l;
-  l.total = F::cross_entropy(glance, target);  // (B, C) logits
+  l.total = F::cross_entropy(glance, target);
   l.terms.emplace_back("glancer", l.total.detach());
   l.logits = glance.softmax(1).detach();
-  if (lr_local_ > 0) {
-    const auto focus = focuser->forward(frames).view({b, frames_, -1}).mean(1);  // (B, C)
+  if (focus.defined()) {
     const auto focus_ce = F::cross_entropy(focus, target);
     l.total = l.total + focus_ce;
     l.terms.emplace_back("focuser", focus_ce.detach());
@@ -331,19 +347,18 @@ Losses AdaFocusV1Impl::ppo_loss(const Clips& clips, const torch::Tensor& target)
                        random_logits.softmax(1).gather(1, target.view({b, 1}))).squeeze(1));
   }
   const auto returns = normalised_returns(torch::stack(rewards), gamma_);  // (T, B)
-  const auto value = torch::stack(values), log_prob = torch::stack(logp);  // (T, B)
+  const auto value = torch::stack(values), log_prob = torch::stack(logp), entropies = torch::stack(entropy);  // (T, B)
   const auto advantage = returns - value.detach();
-  const auto ratio = (log_prob - log_prob.detach()).exp();  // the new policy over the old one: 1
-  const auto clipped = torch::min(ratio * advantage, ratio.clamp(1 - clip_, 1 + clip_) * advantage);
-  const auto value_loss = torch::nn::functional::mse_loss(value, returns);
-  const auto mean_entropy = torch::stack(entropy).mean();
+  // The old policy is the current one: the ratio is 1.
+  const auto o = ppo_objective(log_prob, log_prob.detach(), advantage, value, returns, entropies, clip_,
+                               value_weight_, entropy_weight_);
   Losses l;
-  l.total = -clipped.mean() + value_weight_ * value_loss - entropy_weight_ * mean_entropy;
+  l.total = o.loss;
   l.terms = {{"ppo_reward", torch::stack(rewards).mean()},
              {"ppo_advantage", advantage.abs().mean().detach()},
-             {"ppo_entropy", mean_entropy.detach()},
-             {"ppo_clip_fraction", ((ratio - 1).abs() > clip_).to(torch::kFloat).mean().detach()},
-             {"ppo_value_loss", value_loss.detach()}};
+             {"ppo_entropy", entropies.mean().detach()},
+             {"ppo_clip_fraction", o.clip_fraction},
+             {"ppo_value_loss", o.value_loss.detach()}};
   l.logits = logits;
   l.regions = boxes(torch::stack(chosen, 1).view({b * frames_, 2})).view({b, frames_, 4});
   l.region_frames = torch::arange(frames_, torch::TensorOptions(torch::kLong).device(clip.device()))

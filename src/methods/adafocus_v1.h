@@ -39,6 +39,20 @@ TORCH_MODULE(ActorCritic);
 /// ((R - mean) / (std + 1e-5)), as the official PPO.
 torch::Tensor normalised_returns(const torch::Tensor& rewards, double gamma);
 
+/// The official PPO update's loss (ratio r = exp(log_prob - old_log_prob), all tensors of one shape):
+/// mean(-min(r A, clip(r, 1 - clip, 1 + clip) A)) + value_weight MSE(value, returns) - entropy_weight mean(entropy),
+/// with the share of ratios outside the clip range.
+struct PpoObjective {
+  torch::Tensor loss, value_loss, clip_fraction;
+};
+PpoObjective ppo_objective(const torch::Tensor& log_prob, const torch::Tensor& old_log_prob,
+                           const torch::Tensor& advantage, const torch::Tensor& value, const torch::Tensor& returns,
+                           const torch::Tensor& entropy, double clip, double value_weight, double entropy_weight);
+
+/// Stage 0's loss: cross-entropy of the glancer's video logits (B, C), plus the focuser's when `focus` is defined;
+/// the reported prediction is the sum of their softmaxes.
+Losses backbone_losses(const torch::Tensor& glance, const torch::Tensor& focus, const torch::Tensor& target);
+
 /// Top-left corners (n, 2) int64 (row, column) of P x P patches of S x S frames at cells `actions` (n) int64 of a
 /// grid x grid lattice: cell k is row k / grid, column k % grid, each a fraction i / (grid - 1) of S - P, floored.
 torch::Tensor grid_corners(const torch::Tensor& actions, int64_t grid, int64_t side, int64_t patch);

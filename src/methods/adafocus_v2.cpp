@@ -163,7 +163,9 @@ torch::Tensor AdaFocusV2Impl::feature_gradient_local(const torch::Tensor& frames
     const auto corners = torch::cat({fixed - s / 2.0, no_time}, 1).unsqueeze(1);  // (N, 1, 3) half a cell out
     patches = nn::sample_cubes(frames.unsqueeze(1), corners, patch_ + s, 1).view({n, frames.size(1), patch_ + s, patch_ + s});
   }
-  const auto maps = local_CNN->feature_map(patches);  // (N, Cl, h+1, w+1)
+  // Channels-last: oneDNN runs the small-channel convolutions of these enlarged patches 2-4x faster so (a 1-thread
+  // benchmark policy step: 293 -> 255 ms); not for the plain patches, where it was slower (docs/benchmark.md).
+  const auto maps = local_CNN->feature_map(patches.contiguous(torch::MemoryFormat::ChannelsLast));  // (N, Cl, h+1, w+1)
   // Eq. 6: the offset's value is half a cell, its gradient that of the real corner. One frame: the map stands in for
   // the enlarged cube's second frame too, at time offset 0, where it has no weight.
   const auto offsets = torch::cat({(q - fixed) / static_cast<double>(s) + 0.5, no_time}, 1);  // (N, 3)

@@ -234,7 +234,8 @@ torch::Tensor AdaFocusV3Impl::train_features(const torch::Tensor& source, const 
   torch::Tensor maps;
   {
     nn::TemporalShiftSegments segments(*local_CNN, e.length);  // TSM local networks see the L+1 frames as one clip
-    maps = local_CNN->feature_map(cubes.reshape({n * e.length, 3, e.side, e.side}));  // (N*(L+1), Cl, h+1, w+1)
+    // Channels-last, as AdaFocusV2's feature gradient: a 1-thread benchmark step 486 -> 402 ms (docs/benchmark.md).
+    maps = local_CNN->feature_map(cubes.reshape({n * e.length, 3, e.side, e.side}).contiguous(torch::MemoryFormat::ChannelsLast));  // (N*(L+1), Cl, h+1, w+1)
   }
   const auto cube_maps = nn::interpolate_cube_features(
       maps.view({n, e.length, maps.size(1), maps.size(2), maps.size(3)}), e.offsets.view({n, 3}));  // (N, L, Cl, h, w)

@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "io/pth.h"
 #include "methods/adafocus_v1.h"
+#include "methods/adafocus_v1_tsm.h"
 #include "methods/adafocus_v2.h"
 #include "methods/adafocus_v2_tsm.h"
 #include "methods/adafocus_v3.h"
@@ -49,15 +50,18 @@ nn::StateDict MethodImpl::export_official_state_dict(const nn::StateDict&) const
 Method make_method(const Config& config, int64_t num_classes) {
   const std::string method = config.get_string("model.method");
   if (method == "adafocus_v1") return std::make_shared<AdaFocusV1Impl>(config, num_classes);
+  if (method == "adafocus_v1_tsm") return std::make_shared<AdaFocusV1TSMImpl>(config, num_classes);
   if (method == "adafocus_v2") return std::make_shared<AdaFocusV2Impl>(config, num_classes);
   if (method == "adafocus_v2_tsm") return std::make_shared<AdaFocusV2TSMImpl>(config, num_classes);
   if (method == "adafocus_v3") return std::make_shared<AdaFocusV3Impl>(config, num_classes);
   if (method == "full_frame") return std::make_shared<FullFrameImpl>(config, num_classes);
   throw Error("unknown method '" + method + "'", config.origin("model.method"),
-              "use adafocus_v1, adafocus_v2, adafocus_v2_tsm, adafocus_v3 or full_frame");
+              "use adafocus_v1, adafocus_v1_tsm, adafocus_v2, adafocus_v2_tsm, adafocus_v3 or full_frame");
 }
 
-int64_t training_stages(const std::string& method) { return method == "adafocus_v1" ? 4 : 1; }
+int64_t training_stages(const std::string& method) {
+  return method == "adafocus_v1" || method == "adafocus_v1_tsm" ? 4 : 1;
+}
 
 nn::BackboneOptions backbone_options(const Config& c, const std::string& section, int64_t num_classes,
                                      int64_t segments) {

@@ -1,0 +1,257 @@
+#include "methods/adafocus_v1_tsm.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "methods/adafocus_v1.h"
+
+namespace adafocus::methods {
+
+namespace F = torch::nn::functional;
+
+GaussianActorCriticImpl::GaussianActorCriticImpl(int64_t map_channels, int64_t map_cells, int64_t channels,
+                                                 int64_t hidden) {
+  state_encoder->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(map_channels, channels, 1).bias(false)));
+  state_encoder->push_back(torch::nn::BatchNorm2d(channels));
+  state_encoder->push_back(torch::nn::ReLU());
+  state_encoder->push_back(torch::nn::Flatten());
+  state_encoder->push_back(torch::nn::Linear(channels * map_cells, hidden));
+  state_encoder->push_back(torch::nn::BatchNorm1d(hidden));
+  state_encoder->push_back(torch::nn::ReLU());
+  register_module("state_encoder", state_encoder);
+  gru = register_module("gru", torch::nn::GRU(torch::nn::GRUOptions(hidden, hidden)));
+  actor->push_back(torch::nn::Linear(hidden, 2));
+  actor->push_back(torch::nn::Sigmoid());
+  register_module("actor", actor);
+  critic->push_back(torch::nn::Linear(hidden, 1));
+  register_module("critic", critic);
+}
+
+torch::Tensor GaussianActorCriticImpl::forward(const torch::Tensor& maps) {
+  const auto state = state_encoder->forward(maps).unsqueeze(0);  // (1, n, H)
+  return std::get<0>(gru->forward(state)).squeeze(0);            // (n, H), from a zero state
+}
+
+AdaFocusV1TSMImpl::AdaFocusV1TSMImpl(const Config& c, int64_t num_classes)
+    : frames_(c.get_int("data.segments")),
+      focus_frames_(c.get_int("data.focus_segments")),
+      patch_(c.get_int("model.patch_size")),
+      glance_size_(c.get_int("model.glance.resolution")),
+      resize_(c.get_string("model.resize")),
+      action_std_(c.get_float("model.policy_std")),
+      clip_(c.get_float("train.ppo_clip")),
+      value_weight_(c.get_float("train.ppo_value")),
+      entropy_weight_(c.get_float("train.ppo_entropy")),
+      lr_policy_(c.get_float("train.lr_policy")),
+      lr_glance_(c.get_float("train.lr_glance")),
+      lr_local_(c.get_float("train.lr_local")),
+      lr_classifier_(c.get_float("train.lr_classifier")) {
+  set_policy(c.get_string("model.policy"));
+  if (focus_frames_ <= 0)
+    throw Error("adafocus_v1_tsm needs data.focus_segments > 0 (official: 12 focus frames for 8 glance frames)",
+                c.origin("data.focus_segments"));
+  const int64_t input = c.get_int("data.input_size");
+  if (patch_ <= 0 || patch_ > input)
+    throw Error("model.patch_size " + std::to_string(patch_) + " must be in (0, data.input_size = " +
+                    std::to_string(input) + "]",
+                c.origin("model.patch_size"));
+  if (action_std_ <= 0) throw Error("model.policy_std must be > 0 (official: 0.25)", c.origin("model.policy_std"));
+
+  auto glancer_holder = register_module("glancer", std::make_shared<torch::nn::Module>());
+  glancer = glancer_holder->register_module("net", nn::make_backbone(backbone_options(c, "model.glance", num_classes, frames_)));
+  auto focuser_holder = register_module("focuser", std::make_shared<torch::nn::Module>());
+  // The official TSN keeps a new_fc it never uses here: the focus logits come from the top-level classifier.
+  focuser = focuser_holder->register_module(
+      "net", TSN(backbone_options(c, "model.local", 1000, focus_frames_), num_classes, c.get_float("model.dropout"), false));
+  torch::Tensor map;
+  {
+    torch::NoGradGuard no_grad;
+    glancer->eval();
+    map = glancer->feature_map(torch::zeros({frames_, 3, glance_size_, glance_size_}));  // (T, Cg, h, w)
+    glancer->train();
+  }
+  auto ppo = focuser_holder->register_module("policy", std::make_shared<torch::nn::Module>());
+  policy = ppo->register_module("policy", GaussianActorCritic(frames_ * map.size(1), map.size(2) * map.size(3),
+                                                              c.get_int("model.policy_channels"),
+                                                              c.get_int("model.policy_hidden")));
+  classifier = register_module("classifier", torch::nn::Linear(focuser->base_model->feature_dim(), num_classes));
+}
+
+void AdaFocusV1TSMImpl::set_policy(const std::string& policy) { policy_ = checked_policy(policy); }
+
+AdaFocusV1TSMImpl::Glance AdaFocusV1TSMImpl::glance(const torch::Tensor& clip) {
+  TORCH_CHECK(clip.dim() == 5 && clip.size(1) == frames_, "adafocus_v1_tsm: expected glance clips (B, ", frames_,
+              ", 3, S, S), got ", clip.sizes());
+  const int64_t b = clip.size(0);
+  // The glancer learns only in stage 0 (backbone_loss); here it runs without gradient, as official.
+  torch::NoGradGuard no_grad;
+  const auto map = glancer->feature_map(
+      resize_frames(clip.reshape({-1, clip.size(2), clip.size(3), clip.size(4)}), glance_size_, resize_));  // (B*T, Cg, h, w)
+  Glance g;
+  g.logits = glancer->classify(glancer->pool(map)).view({b, frames_, -1}).mean(1);  // (B, C)
+  g.maps = map.reshape({b, frames_ * map.size(1), map.size(2), map.size(3)});        // (B, T*Cg, h, w)
+  return g;
+}
+
+torch::Tensor AdaFocusV1TSMImpl::corners(const torch::Tensor& actions, int64_t side) const {
+  return (actions.detach().to(torch::kDouble) * static_cast<double>(side - patch_)).floor().to(torch::kLong);  // (n, 2)
+}
+
+torch::Tensor AdaFocusV1TSMImpl::focus(const torch::Tensor& clip, const torch::Tensor& at, bool learn_focuser) {
+  TORCH_CHECK(clip.dim() == 5 && clip.size(1) == focus_frames_, "adafocus_v1_tsm: expected focus clips (B, ",
+              focus_frames_, ", 3, S, S), got ", clip.sizes());
+  const int64_t b = clip.size(0);
+  // One patch per video: cut the frames stacked on channels, as official.
+  const auto stacked = clip.reshape({b, focus_frames_ * 3, clip.size(3), clip.size(4)});        // (B, Tf*3, S, S)
+  const auto patches = hard_crop(stacked, at, patch_).reshape({b * focus_frames_, 3, patch_, patch_});
+  torch::Tensor features;  // (B*Tf, Cl)
+  {
+    torch::NoGradGuard no_grad;
+    if (!learn_focuser) features = focuser->features(patches);
+  }
+  if (learn_focuser) features = focuser->features(patches);
+  return classifier->forward(features).view({b, focus_frames_, -1}).mean(1);  // (B, C)
+}
+
+Prediction AdaFocusV1TSMImpl::predict(const Clips& clips) {
+  const Glance g = glance(clips.frames);
+  const int64_t b = clips.frames.size(0), side = clips.focus.size(3);
+  const auto a = policy_ == "learned" ? policy->actor->forward(policy->forward(g.maps))  // the mean action
+                                      : fixed_actions(policy_, b, g.maps.options());
+  const auto at = corners(a, side);
+  Prediction p;
+  p.logits = (g.logits + focus(clips.focus, at)).unsqueeze(1);  // (B, 1, C)
+  const auto xy = at.flip(1).to(torch::kFloat);
+  p.regions = torch::cat({xy, torch::full_like(xy, static_cast<double>(patch_))}, 1).unsqueeze(1);  // (B, 1, 4) x, y, w, h
+  p.region_frames = torch::arange(focus_frames_, torch::kLong).view({1, 1, -1}).expand({b, 1, focus_frames_});
+  return p;
+}
+
+Losses AdaFocusV1TSMImpl::loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) {
+  if (context.stage == 0) return backbone_loss(clips, target);
+  if (context.stage == 2) return ppo_loss(clips, target);
+  if (context.stage != 1 && context.stage != 3)
+    throw Error("adafocus_v1_tsm trains in stages 0 to 3, not " + std::to_string(context.stage), "stage");
+  // Stage 1: random patches, the focuser and classifier learn. Stage 3: the policy's mean action, only the
+  // classifier learns. What does not learn runs in eval mode.
+  const bool stage3 = context.stage == 3;
+  glancer->eval();
+  focuser->train(!stage3);
+  policy->eval();
+  const Glance g = glance(clips.frames);
+  const int64_t b = clips.frames.size(0), side = clips.focus.size(3);
+  torch::Tensor a;
+  {
+    torch::NoGradGuard no_grad;
+    a = stage3 && policy_ == "learned" ? policy->actor->forward(policy->forward(g.maps))
+                                       : fixed_actions(stage3 ? policy_ : "random", b, g.maps.options());
+  }
+  const auto logits = g.logits + focus(clips.focus, corners(a, side), !stage3);  // (B, C)
+  Losses l;
+  l.total = F::cross_entropy(logits, target);
+  l.terms.emplace_back("ce", l.total.detach());
+  l.logits = logits.detach();
+  return l;
+}
+
+Losses AdaFocusV1TSMImpl::backbone_loss(const Clips& clips, const torch::Tensor& target) {
+  // Stage 0, as the official TSM pre-training: the glancer on its T glance frames and the focuser (with the
+  // classifier as its head) on its Tf whole focus frames, each averaging its logits over its frames. A focuser
+  // whose learning rate is 0 (train.lr_local) is not run.
+  const auto& clip = clips.frames;
+  const int64_t b = clip.size(0);
+  const auto frames = clip.reshape({-1, clip.size(2), clip.size(3), clip.size(4)});
+  const auto glance = glancer->forward(resize_frames(frames, glance_size_, resize_)).view({b, frames_, -1}).mean(1);
+  torch::Tensor focus;  // (B, C)
+  if (lr_local_ > 0) {
+    const auto& f = clips.focus;
+    focus = classifier->forward(focuser->features(f.reshape({-1, f.size(2), f.size(3), f.size(4)})))
+                .view({b, focus_frames_, -1}).mean(1);
+  }
+  return backbone_losses(glance, focus, target);
+}
+
+Losses AdaFocusV1TSMImpl::ppo_loss(const Clips& clips, const torch::Tensor& target) {
+  // Stage 2: only the policy learns. One action per video, drawn from N(mean, std^2 I) and clamped to [0, 1]; its
+  // log-probability is that of the clamped action, as official. The reward is p(label) of the prediction with the
+  // chosen patch minus with a random one; returns are the rewards normalised over the batch (one step: the discount
+  // does not apply). One PPO update per mini-batch with one epoch: the old policy is the current one.
+  glancer->eval();
+  focuser->eval();
+  policy->train();
+  const Glance g = glance(clips.frames);
+  const int64_t b = clips.frames.size(0), side = clips.focus.size(3);
+  const auto out = policy->forward(g.maps);     // (B, H)
+  const auto mean = policy->actor->forward(out);  // (B, 2)
+  const auto value = policy->critic->forward(out).squeeze(1);  // (B)
+  const auto action = (mean.detach() + action_std_ * torch::randn_like(mean)).clamp(0, 1);
+  constexpr double kLogSqrt2Pi = 0.91893853320467274;  // log sqrt(2 pi)
+  const double log_std = std::log(action_std_);
+  const auto log_prob = (-(action - mean).pow(2) / (2 * action_std_ * action_std_) - log_std - kLogSqrt2Pi).sum(1);
+  const double entropy = 2 * (0.5 + kLogSqrt2Pi + log_std);  // of the 2-d Gaussian: a constant of the std
+  torch::Tensor reward, logits;
+  {
+    torch::NoGradGuard no_grad;
+    logits = g.logits + focus(clips.focus, corners(action, side));
+    const auto random = g.logits + focus(clips.focus, corners(fixed_actions("random", b, mean.options()), side));
+    reward = (logits.softmax(1) - random.softmax(1)).gather(1, target.view({b, 1})).squeeze(1);  // (B)
+  }
+  const auto returns = normalised_returns(reward.unsqueeze(0), 0.0).squeeze(0);  // (B)
+  const auto advantage = returns - value.detach();
+  const auto o = ppo_objective(log_prob, log_prob.detach(), advantage, value, returns, torch::full_like(value, entropy),
+                               clip_, value_weight_, entropy_weight_);
+  Losses l;
+  l.total = o.loss;
+  l.terms = {{"ppo_reward", reward.mean()},
+             {"ppo_advantage", advantage.abs().mean().detach()},
+             {"ppo_entropy", torch::full({}, entropy)},
+             {"ppo_clip_fraction", o.clip_fraction},
+             {"ppo_value_loss", o.value_loss.detach()}};
+  l.logits = logits;
+  const auto xy = corners(action, side).flip(1).to(torch::kFloat);
+  l.regions = torch::cat({xy, torch::full_like(xy, static_cast<double>(patch_))}, 1).unsqueeze(1);  // (B, 1, 4)
+  l.region_frames = torch::arange(focus_frames_, torch::kLong).view({1, 1, -1}).expand({b, 1, focus_frames_});
+  return l;
+}
+
+std::vector<ParamGroup> AdaFocusV1TSMImpl::param_groups() {
+  return {{"glance", prefixed_parameters("glancer.net", *glancer), lr_glance_},
+          {"local", prefixed_parameters("focuser.net", *focuser), lr_local_},
+          {"policy", prefixed_parameters("focuser.policy.policy", *policy), lr_policy_},
+          {"classifier", prefixed_parameters("classifier", *classifier), lr_classifier_}};
+}
+
+nn::StateDict AdaFocusV1TSMImpl::import_state_dict(const nn::StateDict& state) const {
+  // Official keys: glancer.net.* in the official MobileNetV2 layout; focuser.net.base_model.<i>.* - stage 1 turns
+  // the TSN's ResNet into a Sequential of its children without the last, so conv1, bn1, layer1-4 are 0, 1, 4-7 -
+  // with TSM's ".net." wrappers; focuser.net.new_fc; the PPO's policy_old copy (dropped: the same weights).
+  static const std::map<std::string, std::string> children{{"0", "conv1"},  {"1", "bn1"},    {"4", "layer1"},
+                                                            {"5", "layer2"}, {"6", "layer3"}, {"7", "layer4"}};
+  nn::StateDict out, glance, base;
+  const std::string glance_prefix = "glancer.net.", base_prefix = "focuser.net.base_model.";
+  for (const auto& item : state) {
+    const std::string& key = item.key();
+    if (key.rfind("focuser.policy.policy_old.", 0) == 0) continue;
+    if (key.rfind(glance_prefix, 0) == 0) {
+      glance.insert(key.substr(glance_prefix.size()), item.value());
+    } else if (key.rfind(base_prefix, 0) == 0) {
+      std::string rest = key.substr(base_prefix.size());
+      const auto child = children.find(rest.substr(0, rest.find('.')));
+      if (child != children.end()) rest = child->second + rest.substr(rest.find('.'));
+      base.insert(rest, item.value());
+    } else {
+      out.insert(key, item.value());
+    }
+  }
+  for (const auto& item : glancer->import_state_dict(glance)) out.insert(glance_prefix + item.key(), item.value());
+  for (const auto& item : focuser->base_model->import_state_dict(base)) out.insert(base_prefix + item.key(), item.value());
+  for (const auto& item : focuser->unused_classifier())
+    if (!out.contains("focuser.net." + item.key())) out.insert("focuser.net." + item.key(), item.value());
+  return out;
+}
+
+void AdaFocusV1TSMImpl::load_pretrained(const Config& c) {
+  load_glance_and_local_weights(c, *glancer, *focuser->base_model);
+}
+
+}  // namespace adafocus::methods

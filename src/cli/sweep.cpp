@@ -50,7 +50,7 @@ struct SweepArgs {
   std::string out = "sweep";
   // AdaFocusV2 and the baselines its claims name; adafocus_v3 and v3_pixel_gradient add ~2.5 min per cell each.
   std::string methods = "adafocus_v2,random_patch,full_frame_low_res";
-  // The settings that vary the generator; the demo's own (`default`) is the demo's run, and 8 cells fit in the hour.
+  // The settings that vary the generator (the demo runs its own, `default`): 8 cells, about an hour on 2 cores.
   std::string settings = "small,clutter,brief,hard", seeds = "0,1";
   int64_t train_videos = 1000, val_videos = 300, epochs = 0, pretrain_images = 20000;
   int jobs = 0;  // cells at once (0: one per thread)

@@ -1,6 +1,7 @@
 #include "methods/adafocus_v1_tsm.h"
 
 #include <cmath>
+#include <optional>
 
 #include "core/error.h"
 #include "methods/adafocus_v1.h"
@@ -104,13 +105,19 @@ torch::Tensor AdaFocusV1TSMImpl::focus(const torch::Tensor& clip, const torch::T
   // One patch per video: cut the frames stacked on channels, as official.
   const auto stacked = clip.reshape({b, focus_frames_ * 3, clip.size(3), clip.size(4)});        // (B, Tf*3, S, S)
   const auto patches = hard_crop(stacked, at, patch_).reshape({b * focus_frames_, 3, patch_, patch_});
-  torch::Tensor features;  // (B*Tf, Cl)
-  {
-    torch::NoGradGuard no_grad;
-    if (!learn_focuser) features = focuser->features(patches);
-  }
-  if (learn_focuser) features = focuser->features(patches);
+  std::optional<torch::NoGradGuard> frozen;
+  if (!learn_focuser) frozen.emplace();
+  const auto features = focuser->features(patches);  // (B*Tf, Cl)
+  frozen.reset();
   return classifier->forward(features).view({b, focus_frames_, -1}).mean(1);  // (B, C)
+}
+
+void AdaFocusV1TSMImpl::set_regions(const torch::Tensor& corners, torch::Tensor& regions, torch::Tensor& frames) const {
+  const int64_t b = corners.size(0);
+  const auto xy = corners.flip(1).to(torch::kFloat);  // (B, 2) x, y
+  regions = torch::cat({xy, torch::full_like(xy, static_cast<double>(patch_))}, 1).unsqueeze(1);  // (B, 1, 4)
+  frames = torch::arange(focus_frames_, torch::TensorOptions(torch::kLong).device(corners.device()))
+               .view({1, 1, -1}).expand({b, 1, focus_frames_});  // (B, 1, Tf): the patch is in every focus frame
 }
 
 Prediction AdaFocusV1TSMImpl::predict(const Clips& clips) {
@@ -121,9 +128,7 @@ Prediction AdaFocusV1TSMImpl::predict(const Clips& clips) {
   const auto at = corners(a, side);
   Prediction p;
   p.logits = (g.logits + focus(clips.focus, at)).unsqueeze(1);  // (B, 1, C)
-  const auto xy = at.flip(1).to(torch::kFloat);
-  p.regions = torch::cat({xy, torch::full_like(xy, static_cast<double>(patch_))}, 1).unsqueeze(1);  // (B, 1, 4) x, y, w, h
-  p.region_frames = torch::arange(focus_frames_, torch::kLong).view({1, 1, -1}).expand({b, 1, focus_frames_});
+  set_regions(at, p.regions, p.region_frames);
   return p;
 }
 
@@ -208,9 +213,7 @@ Losses AdaFocusV1TSMImpl::ppo_loss(const Clips& clips, const torch::Tensor& targ
              {"ppo_clip_fraction", o.clip_fraction},
              {"ppo_value_loss", o.value_loss.detach()}};
   l.logits = logits;
-  const auto xy = corners(action, side).flip(1).to(torch::kFloat);
-  l.regions = torch::cat({xy, torch::full_like(xy, static_cast<double>(patch_))}, 1).unsqueeze(1);  // (B, 1, 4)
-  l.region_frames = torch::arange(focus_frames_, torch::kLong).view({1, 1, -1}).expand({b, 1, focus_frames_});
+  set_regions(corners(action, side), l.regions, l.region_frames);
   return l;
 }
 

@@ -61,6 +61,8 @@ class AdaFocusV1TSMImpl : public MethodImpl {
   torch::Tensor focus(const torch::Tensor& focus_clip, const torch::Tensor& corners, bool learn_focuser = true);
   /// Corners (n, 2) int64 of actions (n, 2) in [0, 1]: floor(a (S - P)), as the official get_patch.
   torch::Tensor corners(const torch::Tensor& actions, int64_t side) const;
+  /// The boxes (B, 1, 4) (x, y, w, h) of patches at corners (B, 2) and the focus frames (B, 1, Tf) they are in.
+  void set_regions(const torch::Tensor& corners, torch::Tensor& regions, torch::Tensor& frames) const;
   Losses backbone_loss(const Clips& clips, const torch::Tensor& target);  // stage 0
   Losses ppo_loss(const Clips& clips, const torch::Tensor& target);       // stage 2
 

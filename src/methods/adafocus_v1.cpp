@@ -380,13 +380,14 @@ std::vector<ParamGroup> AdaFocusV1Impl::param_groups() {
   return groups;
 }
 
-nn::StateDict AdaFocusV1Impl::import_state_dict(const nn::StateDict& state) const {
-  // The official PPO keeps policy_old, a copy of the policy made after every update: the same weights.
+nn::StateDict without_policy_old(const nn::StateDict& state) {
   nn::StateDict out;
   for (const auto& item : state)
     if (item.key().rfind("focuser.policy.policy_old.", 0) != 0) out.insert(item.key(), item.value());
   return out;
 }
+
+nn::StateDict AdaFocusV1Impl::import_state_dict(const nn::StateDict& state) const { return without_policy_old(state); }
 
 void AdaFocusV1Impl::load_pretrained(const Config& c) { load_glance_and_local_weights(c, *glancer, *focuser); }
 

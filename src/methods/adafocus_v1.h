@@ -53,6 +53,10 @@ PpoObjective ppo_objective(const torch::Tensor& log_prob, const torch::Tensor& o
 /// the reported prediction is the sum of their softmaxes.
 Losses backbone_losses(const torch::Tensor& glance, const torch::Tensor& focus, const torch::Tensor& target);
 
+/// `state` without the official PPO's policy_old copy (focuser.policy.policy_old.*): it equals the policy after every
+/// update, so V1 and V1-TSM keep only the policy.
+nn::StateDict without_policy_old(const nn::StateDict& state);
+
 /// Top-left corners (n, 2) int64 (row, column) of P x P patches of S x S frames at cells `actions` (n) int64 of a
 /// grid x grid lattice: cell k is row k / grid, column k % grid, each a fraction i / (grid - 1) of S - P, floored.
 torch::Tensor grid_corners(const torch::Tensor& actions, int64_t grid, int64_t side, int64_t patch);

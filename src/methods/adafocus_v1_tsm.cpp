@@ -112,6 +112,11 @@ torch::Tensor AdaFocusV1TSMImpl::focus(const torch::Tensor& clip, const torch::T
   return classifier->forward(features).view({b, focus_frames_, -1}).mean(1);  // (B, C)
 }
 
+torch::Tensor AdaFocusV1TSMImpl::actions(const Glance& g, const std::string& placement) {
+  if (placement != "learned") return fixed_actions(placement, g.maps.size(0), g.maps.options());
+  return policy->actor->forward(policy->forward(g.maps));  // (B, 2): the mean action
+}
+
 void AdaFocusV1TSMImpl::set_regions(const torch::Tensor& corners, torch::Tensor& regions, torch::Tensor& frames) const {
   const int64_t b = corners.size(0);
   const auto xy = corners.flip(1).to(torch::kFloat);  // (B, 2) x, y
@@ -122,10 +127,7 @@ void AdaFocusV1TSMImpl::set_regions(const torch::Tensor& corners, torch::Tensor&
 
 Prediction AdaFocusV1TSMImpl::predict(const Clips& clips) {
   const Glance g = glance(clips.frames);
-  const int64_t b = clips.frames.size(0), side = clips.focus.size(3);
-  const auto a = policy_ == "learned" ? policy->actor->forward(policy->forward(g.maps))  // the mean action
-                                      : fixed_actions(policy_, b, g.maps.options());
-  const auto at = corners(a, side);
+  const auto at = corners(actions(g, policy_), clips.focus.size(3));
   Prediction p;
   p.logits = (g.logits + focus(clips.focus, at)).unsqueeze(1);  // (B, 1, C)
   set_regions(at, p.regions, p.region_frames);
@@ -144,14 +146,12 @@ Losses AdaFocusV1TSMImpl::loss(const Clips& clips, const torch::Tensor& target, 
   focuser->train(!stage3);
   policy->eval();
   const Glance g = glance(clips.frames);
-  const int64_t b = clips.frames.size(0), side = clips.focus.size(3);
   torch::Tensor a;
   {
     torch::NoGradGuard no_grad;
-    a = stage3 && policy_ == "learned" ? policy->actor->forward(policy->forward(g.maps))
-                                       : fixed_actions(stage3 ? policy_ : "random", b, g.maps.options());
+    a = actions(g, stage3 ? policy_ : "random");
   }
-  const auto logits = g.logits + focus(clips.focus, corners(a, side), !stage3);  // (B, C)
+  const auto logits = g.logits + focus(clips.focus, corners(a, clips.focus.size(3)), !stage3);  // (B, C)
   Losses l;
   l.total = F::cross_entropy(logits, target);
   l.terms.emplace_back("ce", l.total.detach());
@@ -232,9 +232,8 @@ nn::StateDict AdaFocusV1TSMImpl::import_state_dict(const nn::StateDict& state) c
                                                             {"5", "layer2"}, {"6", "layer3"}, {"7", "layer4"}};
   nn::StateDict out, glance, base;
   const std::string glance_prefix = "glancer.net.", base_prefix = "focuser.net.base_model.";
-  for (const auto& item : state) {
+  for (const auto& item : without_policy_old(state)) {
     const std::string& key = item.key();
-    if (key.rfind("focuser.policy.policy_old.", 0) == 0) continue;
     if (key.rfind(glance_prefix, 0) == 0) {
       glance.insert(key.substr(glance_prefix.size()), item.value());
     } else if (key.rfind(base_prefix, 0) == 0) {

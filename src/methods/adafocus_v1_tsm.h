@@ -59,6 +59,8 @@ class AdaFocusV1TSMImpl : public MethodImpl {
   /// Mean focus logits (B, C) of the patches at corners (B, 2) int64 (row, column) in every focus frame; the
   /// focuser's features without gradient unless `learn_focuser`.
   torch::Tensor focus(const torch::Tensor& focus_clip, const torch::Tensor& corners, bool learn_focuser = true);
+  /// Patch actions (B, 2) in [0, 1] for `placement`: the learned policy's mean, or random / center.
+  torch::Tensor actions(const Glance& g, const std::string& placement);
   /// Corners (n, 2) int64 of actions (n, 2) in [0, 1]: floor(a (S - P)), as the official get_patch.
   torch::Tensor corners(const torch::Tensor& actions, int64_t side) const;
   /// The boxes (B, 1, 4) (x, y, w, h) of patches at corners (B, 2) and the focus frames (B, 1, Tf) they are in.

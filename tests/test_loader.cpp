@@ -99,6 +99,34 @@ TEST_F(LoaderTest, EpochsShuffleDifferentlyAndResumeExactly) {
   expect_same(resumed, std::vector<data::Batch>(e1.begin() + 3, e1.end()));
 }
 
+TEST_F(LoaderTest, FrameCacheGivesTheSameBatchesWithinItsBudget) {
+  // Video files and frame folders alike; 3 workers filling the cache at once.
+  for (const char* layout : {"d", "f"}) {
+    data::DatasetOptions plain = options(true);
+    plain.root = dir_->path(layout);
+    plain.list = dir_->path(std::string(layout) + "/train.txt");
+    data::DatasetOptions cached = plain;
+    // 10 videos x 12 frames of 64 x 64 x 3 bytes = 1.47 MB: a 1 MB budget holds part of them, then stops.
+    cached.cache = std::make_shared<io::FrameCache>(size_t{1} << 20);
+    data::VideoDataset a(plain), b(cached);
+    data::LoaderOptions lo;
+    lo.batch_size = 3;
+    lo.workers = 3;
+    lo.shuffle = true;
+    lo.seed = 7;
+    data::Loader la(a, lo), lb(b, lo);
+    for (int64_t e = 0; e < 3; ++e) expect_same(epoch(la, e), epoch(lb, e));  // the first fills, the others read
+    EXPECT_LE(cached.cache->allocated(), size_t{1} << 20) << layout;
+    EXPECT_GT(cached.cache->frames(), 0u) << layout;
+    EXPECT_LE(cached.cache->frames(), (size_t{1} << 20) / (64 * 64 * 3)) << layout;  // full at 85 frames
+  }
+  io::FrameCache tiny(100);  // a frame larger than the whole budget is not stored
+  tiny.put("x", io::Image(8, 8));
+  io::Image out;
+  EXPECT_FALSE(tiny.get("x", out));
+  EXPECT_EQ(tiny.allocated(), 0u);
+}
+
 TEST_F(LoaderTest, TestViewIsDeterministicAndTrainViewVaries) {
   data::VideoDataset test(options(false)), train(options(true));
   Rng a(1), b(2);

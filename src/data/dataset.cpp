@@ -20,10 +20,32 @@ std::vector<int64_t> sample_indices(int64_t num_frames, int64_t count, const Dat
                                : tsn_indices(num_frames, count, o.train, rng);
 }
 
+// The decoded frames at `indices`: from the cache where it holds them, the rest decoded (and offered to it).
+std::vector<io::Image> read_frames(io::FrameSource& source, const std::string& path,
+                                   const std::vector<int64_t>& indices, const DatasetOptions& o) {
+  if (!o.cache) return source.read(indices, o.short_side);
+  const auto key = [&](int64_t i) { return path + '#' + std::to_string(i) + '@' + std::to_string(o.short_side); };
+  std::vector<io::Image> frames(indices.size());
+  std::vector<int64_t> missing;
+  std::vector<size_t> positions;
+  for (size_t p = 0; p < indices.size(); ++p)
+    if (!o.cache->get(key(indices[p]), frames[p])) {
+      missing.push_back(indices[p]);
+      positions.push_back(p);
+    }
+  if (missing.empty()) return frames;
+  std::vector<io::Image> decoded = source.read(missing, o.short_side);
+  for (size_t j = 0; j < missing.size(); ++j) {
+    o.cache->put(key(missing[j]), decoded[j]);
+    frames[positions[j]] = std::move(decoded[j]);
+  }
+  return frames;
+}
+
 // Decodes `indices` and transforms them as one clip; records the crop and the decoded frame size.
-torch::Tensor make_clip(io::FrameSource& source, const std::vector<int64_t>& indices, const DatasetOptions& o,
-                        Rng& rng, CropBox& crop, Sample& sample) {
-  const std::vector<io::Image> frames = source.read(indices, o.short_side);
+torch::Tensor make_clip(io::FrameSource& source, const std::string& path, const std::vector<int64_t>& indices,
+                        const DatasetOptions& o, Rng& rng, CropBox& crop, Sample& sample) {
+  const std::vector<io::Image> frames = read_frames(source, path, indices, o);
   sample.frame_width = frames[0].width;
   sample.frame_height = frames[0].height;
   if (o.train) {
@@ -54,6 +76,9 @@ DatasetOptions DatasetOptions::from_config(const Config& c, const std::string& l
   o.focus_segments = c.get_int("data.focus_segments");
   o.glance_every = c.get_int("data.glance_every");
   o.short_side = static_cast<int>(c.get_int("data.short_side"));
+  const int64_t cache_mb = c.get_int("data.cache_mb");
+  if (cache_mb < 0) throw Error("data.cache_mb must be >= 0", c.origin("data.cache_mb"));
+  if (cache_mb > 0) o.cache = std::make_shared<io::FrameCache>(static_cast<size_t>(cache_mb) << 20);
   o.transform.input_size = static_cast<int>(c.get_int("data.input_size"));
   o.transform.scales = c.get_floats("data.scales");
   o.transform.max_distort = static_cast<int>(c.get_int("data.max_distort"));
@@ -120,10 +145,10 @@ Sample load_clip(const std::string& path, const DatasetOptions& o, Rng& rng, int
   sample.frames = sample_indices(n, o.segments, o, rng);
   if (o.input_order) sample.frames = reorder(sample.frames, data::input_order(o.segments));
   if (o.glance_every > 0) sample.glance = glance_positions(o.segments, o.glance_every, o.train, rng);
-  sample.clip = make_clip(*source, sample.frames, o, rng, sample.crop, sample);
+  sample.clip = make_clip(*source, path, sample.frames, o, rng, sample.crop, sample);
   if (o.focus_segments > 0) {  // sampled and cropped independently, as the official V2-TSM loader does
     sample.focus_frames = sample_indices(n, o.focus_segments, o, rng);
-    sample.focus = make_clip(*source, sample.focus_frames, o, rng, sample.focus_crop, sample);
+    sample.focus = make_clip(*source, path, sample.focus_frames, o, rng, sample.focus_crop, sample);
   }
   return sample;
 }

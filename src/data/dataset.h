@@ -4,12 +4,14 @@
 
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/config.h"
 #include "core/rng.h"
 #include "data/transforms.h"
+#include "io/frame_cache.h"
 #include "io/frame_source.h"
 #include "io/list_file.h"
 
@@ -29,6 +31,7 @@ struct DatasetOptions {
   int64_t glance_every = 0;               ///< > 0: the clip is a candidate set; glance = one of every this many
   int short_side = 0;                     ///< decode frames with this short side (0: native size)
   int64_t limit = 0;                      ///< > 0: only this many entries, evenly spread over the list
+  std::shared_ptr<io::FrameCache> cache;  ///< decoded frames kept across epochs (data.cache_mb), or null
   TransformOptions transform;
 
   /// From the data.* keys; `list_key` is data.train_list or data.val_list (relative to data.root).

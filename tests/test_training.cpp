@@ -88,7 +88,10 @@ TEST(Schedule, CosineIsTheOfficialPerEpochSchedule) {
     for (int64_t s : {0, 7})  // constant within an epoch
       EXPECT_NEAR(train::learning_rate("cosine", r["lr"], static_cast<int64_t>(e), s, 10, r["epochs"], 0), lrs[e],
                   1e-12);
-  EXPECT_NE(test::error_of([] { train::learning_rate("step", 0.1, 0, 0, 1, 1, 0); }).find("cosine, onecycle"),
+  // step (official TSM / AdaFuse: 0.1 ** sum(epoch >= lr_steps))
+  for (const auto& [epoch, lr] : std::vector<std::pair<int64_t, double>>{{0, 0.02}, {19, 0.02}, {20, 0.002}, {45, 0.0002}})
+    EXPECT_NEAR(train::learning_rate("step", 0.02, epoch, 3, 10, 50, 0, {20, 40}), lr, 1e-15) << epoch;
+  EXPECT_NE(test::error_of([] { train::learning_rate("linear", 0.1, 0, 0, 1, 1, 0); }).find("cosine, onecycle"),
             std::string::npos);
 }
 

@@ -1,8 +1,10 @@
 // adafocus bench: how fast a trained model really is. In one run and on the same decoded videos it times the model
 // with early exits (batches run exit by exit, videos leave as they become confident), the same model without exits,
 // and the full-frame TSN of the same local network at the full input size, and sets each measured speedup beside
-// the ratio of GFLOPs. Decoding is timed on its own. Variants are timed in turns, so that a machine whose speed
-// drifts slows them alike.
+// the ratio of GFLOPs. For AdaFuse: the model computing only the channels its gates need, the same gates applied to
+// the dense computation, and the dense network of the same backbone. Decoding is timed on its own. Variants are
+// timed in turns, so that a machine whose speed drifts slows them alike. Without --checkpoint, a preset's model with
+// its initial weights is timed (AdaFuse's untrained gates pick each action for about a third of the channels).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include "data/dataset.h"
 #include "infer/adaptive.h"
 #include "infer/flops.h"
+#include "methods/adafuse.h"
 #include "methods/checkpoint.h"
 
 namespace adafocus::cli {
@@ -52,8 +55,22 @@ int run(const BenchArgs& args, const Runtime& runtime) {
   if (!args.data.empty()) overrides.push_back("data.root=" + args.data);
   if (!args.list.empty()) overrides.push_back("data.val_list=" + args.list);
   const torch::Device device = runtime.torch_device();
-  methods::LoadedModel m = methods::load_model(args.checkpoint, args.preset, overrides, device);
+  methods::LoadedModel m;
+  if (args.checkpoint.empty()) {  // the preset's model as initialised: its time and GFLOPs only
+    if (args.preset.empty()) throw Error("nothing to time", "", "give --checkpoint, or -c PRESET for an untrained model");
+    m.config = Config::defaults();
+    m.config.merge_file(args.preset);
+    for (const auto& o : overrides) m.config.set(o);
+    const int64_t classes = m.config.get_int("model.num_classes");
+    m.classes.assign(static_cast<size_t>(classes), "");
+    m.method = methods::make_method(m.config, classes);
+    m.method->to(device);
+    m.method->eval();
+  } else {
+    m = methods::load_model(args.checkpoint, args.preset, overrides, device);
+  }
   const Config& c = m.config;
+  auto* fuse = dynamic_cast<methods::AdaFuseImpl*>(m.method.get());
 
   // Decoding and transforms, timed apart from the networks.
   data::DatasetOptions dataset_options = data::DatasetOptions::from_config(c, "data.val_list", false);
@@ -81,15 +98,18 @@ int run(const BenchArgs& args, const Runtime& runtime) {
     rule = infer::ExitRule{table.criterion, s.thresholds};
   }
 
-  // The full-frame TSN of the same local network, at the full input size (random weights: only time and GFLOPs).
+  // The full-frame TSN of the same local network, at the full input size (random weights: only time and GFLOPs);
+  // for AdaFuse the dense network of its own backbone.
   Config ff = c;
   ff.set("model.method", "full_frame", "bench");
-  ff.set("model.backbone.arch", c.get_string("model.local.arch"), "bench");
-  ff.set("model.backbone.stem", c.get_string("model.local.stem"), "bench");
-  ff.set("model.backbone.width_mult", fmt::format("{}", c.get_float("model.local.width_mult")), "bench");
-  ff.set("model.backbone.base_width", fmt::format("{}", c.get_int("model.local.base_width")), "bench");
-  ff.set("model.backbone.tsm", c.get_bool("model.local.tsm") ? "true" : "false", "bench");
-  ff.set("model.backbone.resolution", "0", "bench");
+  if (!fuse) {
+    ff.set("model.backbone.arch", c.get_string("model.local.arch"), "bench");
+    ff.set("model.backbone.stem", c.get_string("model.local.stem"), "bench");
+    ff.set("model.backbone.width_mult", fmt::format("{}", c.get_float("model.local.width_mult")), "bench");
+    ff.set("model.backbone.base_width", fmt::format("{}", c.get_int("model.local.base_width")), "bench");
+    ff.set("model.backbone.tsm", c.get_bool("model.local.tsm") ? "true" : "false", "bench");
+    ff.set("model.backbone.resolution", "0", "bench");
+  }
   methods::Method full_frame = methods::make_method(ff, static_cast<int64_t>(m.classes.size()));
   full_frame->to(device);
   full_frame->eval();
@@ -106,9 +126,30 @@ int run(const BenchArgs& args, const Runtime& runtime) {
     variants.emplace_back("early exits", [&](const methods::Clips& b) { infer::run_adaptive(model, b, *rule, false); },
                           static_cast<double>(macs) * 1e-9 / static_cast<double>(dataset.size()));
   }
-  variants.emplace_back("no early exit", [&](const methods::Clips& b) { model.predict(b); },
-                        infer::method_flops(model, frames, focus, size).report.gflops());
-  variants.emplace_back("full frame", [&](const methods::Clips& b) { full_frame->predict(b); },
+  if (fuse) {
+    // Its cost depends on the video: the GFLOPs counted from the gates of a pass over the batches.
+    double counted = 0;
+    for (const auto& b : batches) counted += model.predict(b).gflops.sum().item<double>();
+    variants.emplace_back("gated channels only", [&](const methods::Clips& b) { model.predict(b); },
+                          counted / static_cast<double>(dataset.size()));
+    // Each way of running the gates on its own (model.adafuse.inference), against the same dense baseline.
+    for (const auto& [name, how] : {std::make_pair("frame by frame", methods::Inference::Frames),
+                                    std::make_pair("batched union", methods::Inference::Batch),
+                                    std::make_pair("gates, dense compute", methods::Inference::Dense)}) {
+      const auto way = how;
+      variants.emplace_back(name, [&model, fuse, way](const methods::Clips& b) {
+        const methods::Inference chosen = fuse->inference;
+        fuse->inference = way;
+        model.predict(b);
+        fuse->inference = chosen;
+      }, way == methods::Inference::Dense ? infer::method_flops(model, frames, focus, size).report.gflops()
+                                          : counted / static_cast<double>(dataset.size()));
+    }
+  } else {
+    variants.emplace_back("no early exit", [&](const methods::Clips& b) { model.predict(b); },
+                          infer::method_flops(model, frames, focus, size).report.gflops());
+  }
+  variants.emplace_back(fuse ? "dense baseline" : "full frame", [&](const methods::Clips& b) { full_frame->predict(b); },
                         infer::method_flops(*full_frame, frames, focus, size).report.gflops());
 
   for (auto& v : variants)
@@ -164,8 +205,9 @@ void add_bench_command(CLI::App& app, Commands& commands, const Runtime& runtime
   auto args = std::make_shared<BenchArgs>();
   CLI::App* sub = app.add_subcommand(
       "bench", "measured speed of a model with and without early exits and of the full-frame baseline");
-  sub->add_option("--checkpoint", args->checkpoint, "a trained model")->required();
-  sub->add_option("-c,--config", args->preset, "preset for checkpoints without a configuration (official ones)");
+  sub->add_option("--checkpoint", args->checkpoint, "a trained model (none: -c's model with its initial weights)");
+  sub->add_option("-c,--config", args->preset,
+                  "preset for checkpoints without a configuration (official ones), or the model to time untrained");
   sub->add_option("--data", args->data, "dataset folder (data.root)");
   sub->add_option("--list", args->list, "videos to run (default: the run's data.val_list)");
   sub->add_option("--budget", args->budget, "GFLOPs per video for the early exits (default: the checkpoint's largest)");

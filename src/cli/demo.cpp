@@ -21,11 +21,13 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/progress.h"
+#include "data/loader.h"
 #include "data/synthetic.h"
 #include "infer/early_exit.h"
 #include "infer/evaluate.h"
 #include "infer/predictor.h"
 #include "io/pth.h"
+#include "methods/adafuse.h"
 #include "train/pretrain.h"
 #include "train/trainer.h"
 
@@ -46,6 +48,8 @@ struct Row {
   double gflops = 0, top1 = 0, top5 = 0, map = 0, iou = -1, on_item = -1, region_spread = -1, glance_top1 = -1;
   double train_s = NAN;  // training wall time, every stage up to the model's
   std::string note;
+  std::vector<double> gates;  // AdaFuse: [kept, reused, skipped] fractions of the gated channels
+  double speedup = NAN;       // AdaFuse: measured time of its dense baseline / its own
   std::vector<double> top1_per_exit, exit_gflops;  // index 0: the glance alone (NaN without a glance exit)
   std::vector<CurvePoint> curve;
 };
@@ -142,6 +146,34 @@ std::vector<std::pair<double, double>> curve_points(const std::vector<CurvePoint
 }
 
 nlohmann::json number(double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); }
+
+// How much faster `model` runs than the dense network of the same backbone (model.method full_frame; its weights do
+// not matter for the time), on the first val batches, same batch size and threads, timed in alternating rounds.
+double dense_speedup(methods::MethodImpl& model, const Config& config, int64_t classes, const torch::Device& device) {
+  Config dense = config;
+  dense.set("model.method", "full_frame", "demo");
+  methods::Method baseline = methods::make_method(dense, classes);
+  baseline->to(device);
+  baseline->eval();
+  model.eval();
+  data::VideoDataset dataset(data::DatasetOptions::from_config(config, "data.val_list", false));
+  data::Loader loader(dataset, data::LoaderOptions::from_config(config, false));
+  loader.start_epoch(0);
+  std::vector<methods::Clips> batches;
+  while (batches.size() < 4)
+    if (auto b = loader.next()) batches.push_back({b->clips.to(device), {}});
+    else break;
+  torch::NoGradGuard no_grad;
+  double seconds[2] = {0, 0};
+  methods::MethodImpl* runs[2] = {baseline.get(), &model};
+  for (int round = 0; round < 4; ++round)  // round 0 warms up
+    for (int i = 0; i < 2; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      for (const auto& b : batches) runs[i]->predict(b);
+      if (round > 0) seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+  return seconds[0] / seconds[1];
+}
 
 // Training wall time of a run from its metrics.jsonl (epoch_s of every epoch), over `folders` of it; NaN when a log
 // lacks the times (runs of older versions).
@@ -278,8 +310,11 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
     if (v1_stage1) eo.policy = "random";  // its policy has not learned yet
     const infer::Evaluation e = infer::evaluate(*m.method, m.config, eo);
     eo.policy.clear();
-    Row row{method, e.flops.report.gflops(), e.scores.top1, e.scores.top5, e.scores.map, e.iou, e.on_item,
-            e.region_spread, e.glance_top1, training_seconds(folders), "", {}, {}, {}};
+    Row row{method, e.gflops(), e.scores.top1, e.scores.top5, e.scores.map, e.iou, e.on_item, e.region_spread,
+            e.glance_top1, training_seconds(folders), "", e.gate_fractions,
+            NAN, {}, {}, {}};
+    if (kind == "adafuse")
+      row.speedup = dense_speedup(*m.method, m.config, static_cast<int64_t>(m.classes.size()), runtime.torch_device());
     set_exits(row, kind, e);
     if (budgeted) {
       const infer::ExitTable table = infer::ExitTable::from_json(m.exits_json, model);
@@ -300,7 +335,7 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
       eo.exit_rule.reset();
     }
     rows.push_back(row);
-    fmt::print(stderr, "  {}: top-1 {:.1f}%, {:.4f} GFLOPs/video{}\n", method, e.scores.top1, e.flops.report.gflops(),
+    fmt::print(stderr, "  {}: top-1 {:.1f}%, {:.4f} GFLOPs/video{}\n", method, e.scores.top1, row.gflops,
                e.iou >= 0 ? fmt::format(", patch/item IoU {:.3f}", e.iou) : "");
     // The same trained AdaFocusV2 with other patches at test time: does the learned placement matter?
     if (method == "adafocus_v2")
@@ -309,8 +344,19 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
         const infer::Evaluation swapped = infer::evaluate(*m.method, m.config, eo);
         rows.push_back({"adafocus_v2 (" + policy + " patches at test)", swapped.flops.report.gflops(),
                         swapped.scores.top1, swapped.scores.top5, swapped.scores.map, swapped.iou, swapped.on_item,
-                        swapped.region_spread, -1, NAN, "same model", {}, {}, {}});
+                        swapped.region_spread, -1, NAN, "same model", {}, NAN, {}, {}, {}});
       }
+    // AdaFuse's gates at test: drawn (official) or the most likely action (deterministic), on the same model.
+    if (auto* fuse = dynamic_cast<methods::AdaFuseImpl*>(m.method.get())) {
+      fuse->argmax_at_test = !fuse->argmax_at_test;
+      const infer::Evaluation other = infer::evaluate(*m.method, m.config, eo);
+      Row r{method + (fuse->argmax_at_test ? " (argmax gates at test)" : " (sampled gates at test)"), other.gflops(),
+            other.scores.top1, other.scores.top5, other.scores.map, -1, -1, -1, -1, NAN, "same model",
+            other.gate_fractions, dense_speedup(*m.method, m.config, static_cast<int64_t>(m.classes.size()),
+                                                runtime.torch_device()), {}, {}, {}};
+      rows.push_back(r);
+      fuse->argmax_at_test = !fuse->argmax_at_test;
+    }
     timings.emplace_back(method, seconds_since(method_start));
   }
 
@@ -320,8 +366,12 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
   for (const auto& r : rows) {
     table.push_back({r.method, fmt::format("{:.4f}", r.gflops), fmt::format("{:.1f}", r.top1),
                      fmt::format("{:.1f}", r.map), r.iou >= 0 ? fmt::format("{:.3f}", r.iou) : "-",
-                     std::isnan(r.train_s) ? "-" : fmt::format("{:.0f}", r.train_s)});
+                     std::isnan(r.train_s) ? "-" : fmt::format("{:.0f}", r.train_s),
+                     r.gates.empty() ? "-" : fmt::format("{:.2f}/{:.2f}/{:.2f}", r.gates[0], r.gates[1], r.gates[2]),
+                     std::isnan(r.speedup) ? "-" : fmt::format("{:.2f}x", r.speedup)});
     nlohmann::json j{{"method", r.method}, {"gflops", r.gflops}, {"top1", r.top1}, {"top5", r.top5}, {"map", r.map}};
+    if (!r.gates.empty()) j["kept"] = r.gates[0], j["reused"] = r.gates[1], j["skipped"] = r.gates[2];
+    if (!std::isnan(r.speedup)) j["speedup"] = r.speedup;
     if (!std::isnan(r.train_s)) j["train_s"] = r.train_s;
     if (r.iou >= 0) j["iou"] = r.iou;
     if (r.on_item >= 0) j["on_item"] = r.on_item;
@@ -344,7 +394,8 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
     results.push_back(j);
   }
   fmt::print("\n");
-  print_table({"method", "GFLOPs/video", "top-1", "mAP", "IoU patch/item", "train s"}, table);
+  print_table({"method", "GFLOPs/video", "top-1", "mAP", "IoU patch/item", "train s", "kept/reused/skipped", "speedup"},
+              table);
   for (const auto& r : rows) {
     if (r.top1_per_exit.empty()) continue;
     std::string exits;
@@ -413,6 +464,19 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
     claim(mean_exits(*v3, 1, 4) >= mean_exits(*v3_pixel, 1, 4),
           fmt::format("the deep-feature gradient is at least as good as the pixel one (mean over cubes 1-4: {:.1f} vs {:.1f})",
                       mean_exits(*v3, 1, 4), mean_exits(*v3_pixel, 1, 4)));
+  // AdaFuse against the dense network of its backbone: >= 25% fewer GFLOPs at <= 1 point lower top-1, and a measured
+  // speedup of >= 0.7 of the GFLOPs ratio.
+  for (const auto& [fuse_name, dense_name] : {std::pair<std::string, std::string>{"adafuse_tsn", "full_frame_tsn"},
+                                              {"adafuse_tsm", "full_frame_tsm"}}) {
+    const Row *fuse = find(fuse_name), *dense = find(dense_name);
+    if (!fuse || !dense) continue;
+    claim(fuse->gflops <= 0.75 * dense->gflops && fuse->top1 >= dense->top1 - 1,
+          fmt::format("{} cuts {}'s GFLOPs by >= 25% ({:.1f}%) at <= 1 point lower top-1 ({:.1f} vs {:.1f})", fuse_name,
+                      dense_name, 100 * (1 - fuse->gflops / dense->gflops), fuse->top1, dense->top1));
+    claim(fuse->speedup >= 0.7 * dense->gflops / fuse->gflops,
+          fmt::format("and runs >= 0.7x as much faster as it is cheaper (measured {:.2f}x, GFLOPs ratio {:.2f}x)",
+                      fuse->speedup, dense->gflops / fuse->gflops));
+  }
   // Early-exit comparisons at equal average GFLOPs: between operating points, a share of the videos run at each
   // neighbour, which the line between them gives.
   if (v3 && v2 && !v3->curve.empty() && !v2->curve.empty()) {

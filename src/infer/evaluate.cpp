@@ -71,7 +71,7 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
   torch::NoGradGuard no_grad;
   torch::manual_seed(static_cast<uint64_t>(config.get_int("seed")));  // random test-time patches repeat
   Evaluation e;
-  std::vector<torch::Tensor> logits, labels, centres, final_logits, exits, glance_logits;
+  std::vector<torch::Tensor> logits, labels, centres, final_logits, exits, glance_logits, video_gflops, gates;
   int64_t macs = 0;
   loader.start_epoch(0);
   const int64_t batches = loader.batches_per_epoch();
@@ -92,6 +92,8 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
       const methods::Prediction p = method.predict(clips);
       logits.push_back(p.logits.cpu());
       if (p.glance_logits.defined()) glance_logits.push_back(p.glance_logits.mean(1).cpu());
+      if (p.gflops.defined()) video_gflops.push_back(p.gflops.cpu());
+      if (p.gate_fractions.defined()) gates.push_back(p.gate_fractions.cpu());
       for (int64_t i = 0; p.regions.defined() && i < p.regions.size(0); ++i) {
         regions.push_back(p.regions[i]);
         region_frames.push_back(p.region_frames[i]);
@@ -122,6 +124,11 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
     e.scores = classification_scores(e.logits.select(1, e.logits.size(1) - 1), e.labels);
     const auto top1 = (exit_correct(e.logits, e.labels).to(torch::kDouble).mean(0) * 100.0).contiguous();
     e.exit_top1.assign(top1.data_ptr<double>(), top1.data_ptr<double>() + top1.numel());
+  }
+  if (!video_gflops.empty()) e.video_gflops = torch::cat(video_gflops).mean().item<double>();
+  if (!gates.empty()) {
+    const auto mean = torch::cat(gates).mean(0).contiguous();  // every video has as many gated channels
+    e.gate_fractions.assign(mean.data_ptr<double>(), mean.data_ptr<double>() + mean.numel());
   }
   if (!glance_logits.empty()) e.glance_top1 = classification_scores(torch::cat(glance_logits), e.labels).top1;
   e.iou = overlap.iou();

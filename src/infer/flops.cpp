@@ -204,7 +204,7 @@ MethodFlops method_flops(methods::MethodImpl& method, int64_t frames, int64_t fo
   methods::Clips clips{torch::zeros({1, frames, 3, size, size}, options),
                        focus_frames > 0 ? torch::zeros({1, focus_frames, 3, size, size}, options) : torch::Tensor()};
   MethodFlops out;
-  out.report = count_flops(method, [&] { method.predict(clips); });
+  out.report = count_flops(method, [&] { method.flops_forward(clips); });
   // The exits' costs from the exit-by-exit path itself: what a video leaving there has run.
   std::unique_ptr<methods::ExitStepper> stepper;
   int64_t spent = 0;

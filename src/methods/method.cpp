@@ -7,6 +7,7 @@
 #include "methods/adafocus_v2.h"
 #include "methods/adafocus_v2_tsm.h"
 #include "methods/adafocus_v3.h"
+#include "methods/adafuse.h"
 #include "methods/baselines.h"
 
 namespace adafocus::methods {
@@ -54,9 +55,10 @@ Method make_method(const Config& config, int64_t num_classes) {
   if (method == "adafocus_v2") return std::make_shared<AdaFocusV2Impl>(config, num_classes);
   if (method == "adafocus_v2_tsm") return std::make_shared<AdaFocusV2TSMImpl>(config, num_classes);
   if (method == "adafocus_v3") return std::make_shared<AdaFocusV3Impl>(config, num_classes);
+  if (method == "adafuse") return std::make_shared<AdaFuseImpl>(config, num_classes);
   if (method == "full_frame") return std::make_shared<FullFrameImpl>(config, num_classes);
   throw Error("unknown method '" + method + "'", config.origin("model.method"),
-              "use adafocus_v1, adafocus_v1_tsm, adafocus_v2, adafocus_v2_tsm, adafocus_v3 or full_frame");
+              "use adafocus_v1, adafocus_v1_tsm, adafocus_v2, adafocus_v2_tsm, adafocus_v3, adafuse or full_frame");
 }
 
 int64_t training_stages(const std::string& method) {

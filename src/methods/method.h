@@ -30,6 +30,9 @@ struct Prediction {
                                 ///< the method has one, else in the clip (V2: R = T, F = 1; V2-TSM: R = 1, F = Tf)
   torch::Tensor glance_logits, local_logits;  ///< V2: (B, T, C) the auxiliary heads' per-frame predictions from the
                                               ///< glance alone and from the patch alone; undefined otherwise
+  torch::Tensor gflops;          ///< (B,) double: methods whose cost depends on the video (AdaFuse) - each video's
+                                 ///< counted GFLOPs; undefined otherwise
+  torch::Tensor gate_fractions;  ///< AdaFuse: (B, 3) double, fractions of the gated channels [kept, reused, skipped]
 };
 
 struct Losses {
@@ -97,6 +100,9 @@ class MethodImpl : public torch::nn::Module {
   virtual nn::StateDict export_official_state_dict(const nn::StateDict& state) const;
   /// Loads ImageNet (torchvision-layout) weights into the backbones named in the config, classifiers excluded.
   virtual void load_pretrained(const Config& config) {}
+  /// What the FLOPs of one clip are counted on: predict(); AdaFuse, whose cost depends on the video, runs its dense
+  /// upper bound here (every channel computed) and reports each video's real cost in Prediction::gflops.
+  virtual void flops_forward(const Clips& clips) { predict(clips); }
   /// Changes where patches go at test time (learned | random | center) without retraining; throws if the method
   /// has no patches.
   virtual void set_policy(const std::string& policy);

@@ -97,10 +97,13 @@ ResNetImpl::ResNetImpl(const BackboneOptions& options) : stem_(options.stem()) {
   }
 }
 
-torch::Tensor ResNetImpl::feature_map(const torch::Tensor& x) {
+torch::Tensor ResNetImpl::stem(const torch::Tensor& x) {
   auto y = torch::relu(bn1(conv1(x)));
-  if (stem_ == "imagenet") y = torch::max_pool2d(y, 3, 2, 1);
-  return layer4->forward(layer3->forward(layer2->forward(layer1->forward(y))));
+  return stem_ == "imagenet" ? torch::max_pool2d(y, 3, 2, 1) : y;
+}
+
+torch::Tensor ResNetImpl::feature_map(const torch::Tensor& x) {
+  return layer4->forward(layer3->forward(layer2->forward(layer1->forward(stem(x)))));
 }
 
 }  // namespace adafocus::nn

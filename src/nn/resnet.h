@@ -42,6 +42,8 @@ class ResNetImpl : public BackboneImpl {
   explicit ResNetImpl(const BackboneOptions& options);
   /// x: (N, 3, H, W) -> (N, 8 * base_width * expansion, ceil(H/32), ceil(W/32)); small stems: H/8, H/16
   torch::Tensor feature_map(const torch::Tensor& x) override;
+  /// What precedes layer1: x (N, 3, H, W) -> (N, base_width, H/4, W/4) (small stems: H, H/2)
+  torch::Tensor stem(const torch::Tensor& x);
   /// pooled: (N, C) -> (N, K)
   torch::Tensor classify(const torch::Tensor& pooled) override { return fc(pooled); }
   int64_t feature_dim() const override { return feature_dim_; }

@@ -98,9 +98,14 @@ void Optimizer::load_state(const torch::OrderedDict<std::string, torch::Tensor>&
 }
 
 double learning_rate(const std::string& schedule, double lr, int64_t epoch, int64_t step, int64_t steps,
-                     int64_t epochs, double warmup) {
+                     int64_t epochs, double warmup, const std::vector<int64_t>& lr_steps) {
   constexpr double kPi = 3.14159265358979323846;
   if (schedule == "constant") return lr;
+  if (schedule == "step") {
+    for (int64_t at : lr_steps)
+      if (epoch >= at) lr *= 0.1;
+    return lr;
+  }
   if (schedule == "cosine") return 0.5 * lr * (1 + std::cos(kPi * static_cast<double>(epoch) / epochs));
   if (schedule == "onecycle") {
     const double start = lr / 25, end = start / 1e4, total = static_cast<double>(epochs * steps);
@@ -109,7 +114,7 @@ double learning_rate(const std::string& schedule, double lr, int64_t epoch, int6
     if (s <= warm_end) return anneal(start, lr, s / warm_end);
     return anneal(lr, end, (s - warm_end) / (total - 1 - warm_end));
   }
-  throw Error("train.schedule must be cosine, onecycle or constant, not '" + schedule + "'");
+  throw Error("train.schedule must be cosine, onecycle, step or constant, not '" + schedule + "'");
 }
 
 }  // namespace adafocus::train

@@ -41,8 +41,9 @@ class Optimizer {
 ///   cosine    0.5 lr (1 + cos(pi epoch / epochs)), once per epoch, as the official code
 ///   onecycle  PyTorch's OneCycleLR (defaults): cosine up from lr/25 over the first `warmup` of all steps, then
 ///             cosine down to lr/25/1e4
+///   step      lr x 0.1 per entry of `lr_steps` <= epoch (official TSM and AdaFuse: 20 40)
 ///   constant  lr
 double learning_rate(const std::string& schedule, double lr, int64_t epoch, int64_t step, int64_t steps,
-                     int64_t epochs, double warmup);
+                     int64_t epochs, double warmup, const std::vector<int64_t>& lr_steps = {});
 
 }  // namespace adafocus::train

@@ -45,12 +45,20 @@ bool evaluates(const Config& c, int64_t epoch, int64_t epochs) {
 // Running sums of an epoch, kept in last.pt so that a resumed epoch logs what an uninterrupted one would.
 enum Sum { kLoss, kCorrect, kVideos, kIou, kVisible, kHits, kSpread, kGrad, kPolicySteps, kPpoSteps, kSums };
 
-// Reinforcement-learning statistics a method reports among its loss terms (AdaFocus V1's PPO), averaged per epoch
-// into metrics.jsonl; their running sums follow the fixed ones above in last.pt.
-const std::vector<std::string>& ppo_terms() {
-  static const std::vector<std::string> names{"reward", "advantage", "entropy", "clip_fraction", "value_loss"};
-  return names;
+// Statistics methods report among their loss terms, averaged per epoch over the steps that report them into
+// metrics.jsonl: AdaFocus V1's PPO and AdaFuse's gates. Their running sums follow the fixed ones above in last.pt:
+// PPO's first, counted in kPpoSteps (the layout of earlier last.pt files), then the gates' and their count.
+struct TermGroup {
+  std::vector<std::string> names;
+  size_t first, count;  // slots of the first sum and of the step count
+};
+const std::vector<TermGroup>& term_groups() {
+  static const std::vector<TermGroup> groups{
+      {{"ppo_reward", "ppo_advantage", "ppo_entropy", "ppo_clip_fraction", "ppo_value_loss"}, kSums, kPpoSteps},
+      {{"gflops", "gflops_upb", "kept", "reused", "skipped"}, kSums + 5, kSums + 10}};
+  return groups;
 }
+constexpr size_t kAllSums = kSums + 11;
 
 // What the learned policy did in one training step, added to the epoch's sums: where its regions fell against the
 // benchmark's ground truth (training view), how far apart they are, and how much gradient reached it. Diagnostics
@@ -78,21 +86,28 @@ void add_policy_step(const methods::Losses& losses, const data::Batch& batch, co
   sums[kPolicySteps] += 1;
 }
 
-void add_ppo_step(const methods::Losses& losses, std::vector<double>& sums) {
-  bool any = false;
-  for (const auto& [name, value] : losses.terms)
-    for (size_t i = 0; i < ppo_terms().size(); ++i)
-      if (name == "ppo_" + ppo_terms()[i]) {
-        sums[kSums + i] += value.item<double>();
-        any = true;
-      }
-  sums[kPpoSteps] += any;
+void add_term_step(const methods::Losses& losses, std::vector<double>& sums) {
+  for (const TermGroup& g : term_groups()) {
+    bool any = false;
+    for (const auto& [name, value] : losses.terms)
+      for (size_t i = 0; i < g.names.size(); ++i)
+        if (name == g.names[i]) {
+          sums[g.first + i] += value.item<double>();
+          any = true;
+        }
+    sums[g.count] += any;
+  }
 }
 
-// The progress display's running figures: loss and accuracy, and the mean reward while PPO trains.
+// The progress display's running figures: loss and accuracy, the mean reward while PPO trains, AdaFuse's GFLOPs
+// per frame and skipped channels.
 std::string status(const std::vector<double>& sums) {
   std::string s = fmt::format("loss {:.3f} acc {:.1f}%", sums[kLoss] / sums[kVideos], 100 * sums[kCorrect] / sums[kVideos]);
   if (sums[kPpoSteps] > 0) s += fmt::format(" reward {:+.4f}", sums[kSums] / sums[kPpoSteps]);
+  const TermGroup& gates = term_groups()[1];
+  if (sums[gates.count] > 0)
+    s += fmt::format(" GFLOPs {:.4g} skip {:.2f}", sums[gates.first] / sums[gates.count],
+                     sums[gates.first + 4] / sums[gates.count]);
   return s;
 }
 
@@ -102,7 +117,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 nlohmann::json scores_json(const infer::Evaluation& e) {
   nlohmann::json j{{"val_top1", e.scores.top1}, {"val_top5", e.scores.top5}, {"val_mean_class", e.scores.mean_class},
-                   {"val_map", e.scores.map},   {"gflops", e.flops.report.gflops()}};
+                   {"val_map", e.scores.map},   {"gflops", e.gflops()}};
   if (e.iou >= 0) j["val_iou"] = e.iou;
   if (e.region_spread >= 0) j["region_spread"] = e.region_spread;
   return j;
@@ -112,9 +127,10 @@ nlohmann::json scores_json(const infer::Evaluation& e) {
 // per-group learning rates assume them; a run without them is refused rather than silently started from random.
 void check_initial_weights(const Config& c) {
   if (c.get_bool("model.from_scratch")) return;
-  const std::vector<std::string> sections =
-      c.get_string("model.method") == "full_frame" ? std::vector<std::string>{"backbone"}
-                                                     : std::vector<std::string>{"glance", "local"};
+  const std::string method = c.get_string("model.method");
+  const std::vector<std::string> sections = method == "full_frame" || method == "adafuse"
+                                                ? std::vector<std::string>{"backbone"}
+                                                : std::vector<std::string>{"glance", "local"};
   for (const std::string& section : sections) {
     const std::string key = "model." + section + ".weights", arch = c.get_string("model." + section + ".arch");
     if (!c.get_string(key).empty()) continue;
@@ -242,6 +258,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
   const double lr0 = config.get_float("train.lr"), warmup = config.get_float("train.warmup"),
                clip = config.get_float("train.clip_grad");
   const std::string schedule = config.get_string("train.schedule"), metric = config.get_string("train.metric");
+  const std::vector<int64_t> lr_steps = config.get_ints("train.lr_steps");
   if (metric != "map" && metric != "top1") throw Error("train.metric must be map or top1", config.origin("train.metric"));
   const int64_t checkpoint_every = config.get_int("train.checkpoint_every");
   const int input_size = static_cast<int>(config.get_int("data.input_size"));
@@ -253,7 +270,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
   methods::StepContext context;
   context.policy_from_epoch = policy_from_epoch;
   context.stage = config.get_int("stage");
-  const size_t all_sums = kSums + ppo_terms().size();
+  const size_t all_sums = kAllSums;
   const bool two_stages = config.get_bool("train.policy_only") && context.policy_from_epoch > 0 &&
                           context.policy_from_epoch < epochs;
 
@@ -291,7 +308,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
       std::optional<data::Batch> batch = loader.next();
       // Dropout and random patches draw from a stream fixed by (seed, epoch, step): resuming repeats them.
       torch::manual_seed(Rng::derive(seed, {static_cast<uint64_t>(epoch), static_cast<uint64_t>(step)}).next());
-      lr = learning_rate(schedule, lr0, epoch - stage_start, step, steps, stage_epochs, warmup);
+      lr = learning_rate(schedule, lr0, epoch - stage_start, step, steps, stage_epochs, warmup, lr_steps);
       const methods::Clips clips{batch->clips.to(o.device),
                                  batch->focus.defined() ? batch->focus.to(o.device) : torch::Tensor()};
       const auto target = batch->target.to(o.device);
@@ -303,7 +320,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
       optimizer.zero_grad();
       losses.total.backward();
       add_policy_step(losses, *batch, train_set, policy_params, input_size, train_overlap, sums);
-      add_ppo_step(losses, sums);
+      add_term_step(losses, sums);
       if (clip > 0) optimizer.clip_grad_norm(clip);
       optimizer.step(lr);
       const int64_t b = target.size(0);
@@ -319,8 +336,9 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
     nlohmann::json line{{"epoch", epoch}, {"lr", lr}, {"train_loss", sums[kLoss] / sums[kVideos]},
                         {"train_top1", 100 * sums[kCorrect] / sums[kVideos]},
                         {"epoch_s", seconds_since(epoch_start)}};  // a resumed epoch: since the resume
-    if (sums[kPpoSteps] > 0)
-      for (size_t i = 0; i < ppo_terms().size(); ++i) line["ppo_" + ppo_terms()[i]] = sums[kSums + i] / sums[kPpoSteps];
+    for (const TermGroup& g : term_groups())
+      if (sums[g.count] > 0)
+        for (size_t i = 0; i < g.names.size(); ++i) line[g.names[i]] = sums[g.first + i] / sums[g.count];
     if (sums[kPolicySteps] > 0) {  // the learned policy during this epoch's training steps
       line["policy_spread"] = sums[kSpread] / sums[kPolicySteps];
       line["policy_grad"] = sums[kGrad] / sums[kPolicySteps];
@@ -341,7 +359,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
       if (!o.quiet)
         fmt::print(stderr, "  val top1 {:.2f}  mAP {:.2f}{}  ({:.3f} GFLOPs/video)\n", summary.last.scores.top1,
                    summary.last.scores.map, summary.last.iou >= 0 ? fmt::format("  IoU {:.3f}", summary.last.iou) : "",
-                   summary.last.flops.report.gflops());
+                   summary.last.gflops());
     }
     metrics.push_back(line.dump());
     std::string text;

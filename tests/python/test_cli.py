@@ -656,6 +656,36 @@ class Methods(SharedFolder):
         self.assertEqual(len(rows["adafocus_v1"]["top1_per_exit"]), 9)
         self.assertIn("beats its own stage-1 random-patch model", r.stdout)
 
+    def test_adafuse_in_the_demo_eval_and_bench(self):
+        out_dir = os.path.join(self.dir, "demo_adafuse")
+        r = run("demo", "--out", out_dir, "--methods", "adafuse_tsm,full_frame_tsm", "--train-videos", "16",
+                "--val-videos", "8", "--epochs", "1", "--pretrain-images", "256", "--calibration-videos", "0",
+                "--set", "data.batch_size=8")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(out_dir, "results.json")) as f:
+            rows = {row["method"]: row for row in json.load(f)}
+        fuse = rows["adafuse_tsm"]
+        self.assertAlmostEqual(fuse["kept"] + fuse["reused"] + fuse["skipped"], 1.0, places=6)
+        self.assertGreater(fuse["skipped"], 0)
+        self.assertGreater(fuse["speedup"], 0)
+        self.assertNotIn("speedup", rows["full_frame_tsm"])
+        self.assertIn("kept/reused/skipped", r.stdout)
+        self.assertIn("adafuse_tsm cuts full_frame_tsm's GFLOPs", r.stdout)
+        model = os.path.join(out_dir, "adafuse_tsm.pt")
+        ev = json.loads(self.ok("eval", "--checkpoint", model, "--json"))
+        self.assertLess(ev["gflops"], ev["dense_gflops"])  # counted from each video's gates
+        self.assertAlmostEqual(ev["kept"] + ev["reused"] + ev["skipped"], 1.0, places=6)
+        def bench(*args):
+            return json.loads(self.ok("bench", *args, "--videos", "4", "--batch", "2", "--rounds", "1", "--warmup", "1",
+                                      "--json"))
+        for out in [bench("--checkpoint", model),  # trained, and untrained from the preset alone
+                    bench("-c", "benchmark/adafuse_tsn", "--data", os.path.join(out_dir, "data_motion"))]:
+            v = {v["name"]: v for v in out["variants"]}
+            self.assertEqual(list(v), ["gated channels only", "frame by frame", "batched union", "gates, dense compute",
+                                       "dense baseline"])
+            self.assertLess(v["gated channels only"]["gflops"], v["gates, dense compute"]["gflops"])
+            self.assertGreater(v["gated channels only"]["videos_per_second"], 0)
+
     def test_sweep_quick(self):
         out_dir = os.path.join(self.dir, "sweep")
         r = run("sweep", "--quick", "--out", out_dir, "--train-videos", "16", "--val-videos", "8", "--epochs", "2",

@@ -1,0 +1,485 @@
+#include "methods/adafuse.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "infer/flops.h"
+#include "io/pth.h"
+#include "nn/temporal_shift.h"
+
+namespace adafocus::methods {
+
+namespace {
+
+namespace F = torch::nn::functional;
+
+// x: (N, ...) with each clip's `segments` frames adjacent -> frame t holds frame t-1's value, zeros at t = 0.
+torch::Tensor previous_frame(const torch::Tensor& x, int64_t segments) {
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape[0] = segments;
+  shape.insert(shape.begin(), -1);
+  const auto v = x.reshape(shape);  // (B, T, ...)
+  return torch::cat({torch::zeros_like(v.narrow(1, 0, 1)), v.narrow(1, 0, segments - 1)}, 1).reshape(x.sizes());
+}
+
+// Linear with the official gate initialisation: N(0, 0.001) weights, zero bias.
+torch::nn::Linear gate_linear(int64_t in, int64_t out) {
+  torch::nn::Linear fc(in, out);
+  torch::NoGradGuard no_grad;
+  fc->weight.normal_(0.0, 0.001);
+  fc->bias.zero_();
+  return fc;
+}
+
+torch::IntArrayRef padding_of(const torch::nn::Conv2dImpl& conv) {
+  return c10::get<torch::ExpandingArray<2>>(conv.options.padding());
+}
+
+// Output side of `conv` on an input side `in` (PyTorch's formula, no dilation).
+int64_t conv_out(const torch::nn::Conv2dImpl& conv, int64_t in, int dim) {
+  return (in + 2 * padding_of(conv)[dim] - (*conv.options.kernel_size())[dim]) / (*conv.options.stride())[dim] + 1;
+}
+
+// Multiply-accumulates of `conv` per frame with `in_channels` inputs and an out_h x out_w output (thop's count).
+double conv_macs(const torch::nn::Conv2dImpl& conv, int64_t in_channels, int64_t out_h, int64_t out_w) {
+  const auto& k = *conv.options.kernel_size();
+  return static_cast<double>(conv.options.out_channels() * out_h * out_w * in_channels * k[0] * k[1]);
+}
+
+// Eval-mode BN folded into the convolution before it: (weight, bias) of conv then bn.
+std::pair<torch::Tensor, torch::Tensor> fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn) {
+  const auto scale = bn.weight / torch::sqrt(bn.running_var + bn.options.eps());  // (Cout,)
+  return {conv.weight * scale.view({-1, 1, 1, 1}), bn.bias - bn.running_mean * scale};
+}
+
+// The frame-by-frame path's costs against the batched one's, in multiply-accumulates (measured here, oneDNN in
+// LibTorch 1.13, docs/adafuse.md): a convolution run on one frame at a time is up to ~2x slower per MAC than on the
+// batch (its weights gathered per frame, at 7x7 as costly as the convolution), plus ~40 us of calls per frame.
+constexpr double kFrameSlowdown = 2.0, kFrameOverhead = 2e6;
+
+torch::Tensor indices(const std::vector<int64_t>& v, const torch::Device& device) {
+  return torch::tensor(v, torch::kLong).to(device);
+}
+
+}  // namespace
+
+GatePolicyImpl::GatePolicyImpl(torch::nn::Linear fc0, torch::nn::Linear fc1, bool shared)
+    : gate_fc0(std::move(fc0)), gate_fc1(std::move(fc1)) {
+  if (!shared) register_module("gate_fc0", gate_fc0);
+  gate_bn = register_module("gate_bn", torch::nn::BatchNorm1d(gate_fc0->options.out_features()));
+  if (!shared) register_module("gate_fc1", gate_fc1);
+}
+
+torch::Tensor GatePolicyImpl::forward(const torch::Tensor& x, int64_t segments) {
+  const auto now = x.mean({2, 3});                           // (N, Ci)
+  const auto before = previous_frame(now, segments);         // (N, Ci), zeros at the first frame
+  const auto hidden = torch::relu(gate_bn(gate_fc0(torch::cat({before, now}, 1))));  // (N, hidden)
+  const auto logits = gate_fc1(hidden).view({x.size(0), -1, 3});                     // (N, G, 3)
+  return torch::log(torch::softmax(logits, 2).clamp_min(1e-8));  // as official: log-probabilities, floored
+}
+
+GateFlops gate_flops(const GateMasks& gates, double base_gflops, bool per_video) {
+  torch::Tensor up, down;  // GFLOPs saved on conv1 and on conv2
+  for (size_t i = 0; i < gates.masks.size(); ++i) {
+    const auto& m = gates.masks[i];  // (B, T, G, 3)
+    const int64_t t = m.size(1);
+    const auto keep = m.select(3, 2), reuse = m.select(3, 1), skip = m.select(3, 0);  // (B, T, G)
+    // conv1's channel c at frame t is needed when frame t keeps it or frame t+1 reuses it (none after the last).
+    const auto next_reuse = torch::cat({reuse.narrow(1, 1, t - 1), torch::zeros_like(reuse.narrow(1, 0, 1))}, 1);
+    const auto upsave = (1 - keep) * (1 - next_reuse);
+    const auto u = (per_video ? upsave.mean({1, 2}) : upsave.mean()) * (gates.conv1[i] * 1e-9);
+    const auto d = (per_video ? skip.mean({1, 2}) : skip.mean()) * (gates.conv2[i] * 1e-9);
+    up = up.defined() ? up + u : u;
+    down = down.defined() ? down + d : d;
+  }
+  if (!up.defined()) {
+    const auto base = torch::tensor(base_gflops, torch::kDouble);
+    return {base, base};
+  }
+  return {base_gflops - up - down, base_gflops - down};
+}
+
+torch::Tensor action_fractions(const GateMasks& gates, bool per_video) {
+  torch::Tensor counts;
+  int64_t total = 0;
+  for (const auto& m : gates.masks) {  // (B, T, G, 3)
+    const auto c = per_video ? m.sum({1, 2}) : m.sum({0, 1, 2});
+    counts = counts.defined() ? counts + c : c;
+    total += (per_video ? 1 : m.size(0)) * m.size(1) * m.size(2);
+  }
+  return counts / static_cast<double>(total);
+}
+
+AdaFuseImpl::AdaFuseImpl(const Config& c, int64_t num_classes)
+    : frames_(c.get_int("data.segments")),
+      resolution_(c.get_int("model.backbone.resolution")),
+      resize_(c.get_string("model.resize")),
+      flops_loss_(c.get_string("model.adafuse.flops_loss")),
+      tau_(c.get_float("model.adafuse.tau")),
+      flops_weight_(c.get_float("model.adafuse.flops_weight")),
+      lr_backbone_(c.get_float("train.lr_local")),
+      lr_policy_(c.get_float("train.lr_policy")),
+      lr_classifier_(c.get_float("train.lr_classifier")) {
+  if (resolution_ <= 0) resolution_ = c.get_int("data.input_size");
+  const std::string arch = c.get_string("model.backbone.arch");
+  if (arch.rfind("resnet", 0) != 0)
+    throw Error("adafuse gates ResNet blocks, not " + arch, c.origin("model.backbone.arch"),
+                "use resnet50 (official), resnet18, resnet34 or resnet10");
+  if (flops_loss_ != "real" && flops_loss_ != "upb")
+    throw Error("model.adafuse.flops_loss must be real or upb", c.origin("model.adafuse.flops_loss"));
+  const std::string test_gates = c.get_string("model.adafuse.test_gates");
+  if (test_gates != "sample" && test_gates != "argmax")
+    throw Error("model.adafuse.test_gates must be sample or argmax", c.origin("model.adafuse.test_gates"));
+  argmax_at_test = test_gates == "argmax";
+  inference = parse_inference(c.get_string("model.adafuse.inference"));
+  const auto stages = c.get_ints("model.adafuse.stages");
+  for (int64_t s : stages)
+    if (s < 0 || s > 3) throw Error("model.adafuse.stages are residual stages 0-3 (layer1-4)", c.origin("model.adafuse.stages"));
+  const int64_t hidden = c.get_int("model.adafuse.hidden"), quota = c.get_int("model.adafuse.hidden_quota");
+  shared_ = quota > 0;
+
+  // The official TSN: base_model (its fc unused), dropout, new_fc; registered under the official names.
+  tsn = TSN(backbone_options(c, "model.backbone", 1000, frames_), num_classes, c.get_float("model.dropout"), false);
+  register_module("base_model", tsn->base_model);
+  register_module("dropout", tsn->dropout);
+  register_module("new_fc", tsn->new_fc);
+  auto* resnet = tsn->base_model->as<nn::ResNetImpl>();
+
+  // With a hidden quota the linear layers are shared by the blocks of equal input/output size (official
+  // --shared_policy_net), hidden = quota / G, and registered once in base_model.gate_fc0s / gate_fc1s.
+  auto fc0s = std::make_shared<torch::nn::Module>(), fc1s = std::make_shared<torch::nn::Module>();
+  std::map<std::string, std::pair<torch::nn::Linear, torch::nn::Linear>> shared;
+  torch::nn::Sequential* layers[] = {&resnet->layer1, &resnet->layer2, &resnet->layer3, &resnet->layer4};
+  for (int64_t stage = 0; stage < 4; ++stage) {
+    const bool gated = std::find(stages.begin(), stages.end(), stage) != stages.end();
+    for (size_t i = 0; i < (*layers[stage])->size(); ++i) {
+      const auto module = (*layers[stage])->ptr(i);
+      GatedBlock b{};
+      int64_t in = 0;
+      if (auto* k = module->as<nn::BottleneckImpl>()) {
+        b = {k->conv1.get(), k->conv2.get(), k->conv3.get(), k->bn1.get(), k->bn2.get(), k->bn3.get(),
+             k->downsample ? k->downsample.get() : nullptr, k->tsm_segments_, k->shift_div_, nullptr};
+        in = k->conv1->options.in_channels();
+      } else if (auto* k = module->as<nn::BasicBlockImpl>()) {  // gate after conv1, before conv2 (3x3 both)
+        b = {k->conv1.get(), k->conv2.get(), nullptr, k->bn1.get(), k->bn2.get(), nullptr,
+             k->downsample ? k->downsample.get() : nullptr, k->tsm_segments_, k->shift_div_, nullptr};
+        in = k->conv1->options.in_channels();
+      }
+      if (gated) {
+        const int64_t g = b.conv1->options.out_channels();
+        if (shared_) {
+          const std::string key = fmt::format("{}_{}", 2 * in, 3 * g);
+          if (!shared.count(key)) {
+            shared.emplace(key, std::make_pair(gate_linear(2 * in, quota / g), gate_linear(quota / g, 3 * g)));
+            fc0s->register_module(key, shared.at(key).first);
+            fc1s->register_module(key, shared.at(key).second);
+          }
+          b.policy = GatePolicy(shared.at(key).first, shared.at(key).second, true);
+        } else {
+          b.policy = GatePolicy(gate_linear(2 * in, hidden), gate_linear(hidden, 3 * g), false);
+        }
+        module->register_module("policy_net", b.policy);
+      }
+      blocks.push_back(b);
+    }
+  }
+  if (shared_) {
+    resnet->register_module("gate_fc0s", fc0s);
+    resnet->register_module("gate_fc1s", fc1s);
+  }
+}
+
+torch::Tensor AdaFuseImpl::decide(const torch::Tensor& log_probs) const {
+  if (is_training() || !argmax_at_test)  // hard Gumbel-softmax: one-hot forward, soft gradient (straight-through)
+    return F::gumbel_softmax(log_probs, F::GumbelSoftmaxFuncOptions().tau(tau_).hard(true).dim(-1));
+  return F::one_hot(log_probs.argmax(-1), 3).to(log_probs.scalar_type());
+}
+
+torch::Tensor AdaFuseImpl::resized(const torch::Tensor& clips) const {
+  TORCH_CHECK(clips.dim() == 5 && clips.size(1) == frames_, "adafuse: expected clips (B, ", frames_,
+              ", 3, S, S), got ", clips.sizes());
+  return resize_frames(clips.reshape({-1, clips.size(2), clips.size(3), clips.size(4)}), resolution_, resize_);
+}
+
+torch::Tensor fuse_channels(const torch::Tensor& out1, const torch::Tensor& mask, int64_t segments) {
+  const auto m = mask.unsqueeze(-1).unsqueeze(-1);  // (N, G, 3, 1, 1)
+  return out1 * m.select(2, 2) + previous_frame(out1, segments) * m.select(2, 1);
+}
+
+namespace {
+
+// The masked dense block: conv1's output fused as the gates say, then the rest.
+torch::Tensor dense_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs,
+                          const torch::Tensor& mask, int64_t segments) {
+  auto out = torch::relu(b.bn1->forward(b.conv1->forward(xs)));  // (N, G, H1, W1)
+  if (mask.defined()) out = fuse_channels(out, mask, segments);
+  out = b.bn2->forward(b.conv2->forward(out));                    // (N, G2, H2, W2)
+  if (b.conv3) out = b.bn3->forward(b.conv3->forward(torch::relu(out)));
+  return torch::relu(out + (b.downsample ? b.downsample->forward(x) : x));
+}
+
+// What a frame's gates ask of a block: the conv1 outputs it computes (kept here or reused by the next frame) and
+// the conv2 inputs it reads (kept from itself, reused from the frame before).
+struct FrameNeeds {
+  std::vector<int64_t> conv1, keep, reuse;
+};
+
+std::vector<FrameNeeds> frame_needs(const torch::Tensor& mask, int64_t segments) {
+  const auto actions = mask.argmax(-1).to(torch::kCPU).contiguous();  // (N, G): 0 skip, 1 reuse, 2 keep
+  const auto a = actions.accessor<int64_t, 2>();
+  std::vector<FrameNeeds> needs(static_cast<size_t>(actions.size(0)));
+  for (int64_t f = 0; f < actions.size(0); ++f) {
+    const bool last = f % segments == segments - 1;
+    for (int64_t c = 0; c < actions.size(1); ++c) {
+      if (a[f][c] == 2 || (!last && a[f + 1][c] == 1)) needs[f].conv1.push_back(c);
+      if (a[f][c] == 2) needs[f].keep.push_back(c);
+      if (a[f][c] == 1) needs[f].reuse.push_back(c);
+    }
+  }
+  return needs;
+}
+
+// The same block computing only what the gates need (eval mode), BN folded into conv1 and conv2, in whichever of two
+// ways costs less here (kFrameSlowdown, kFrameOverhead): frame by frame - conv1 only for the channels a frame needs, conv2 only on
+// the channels it does not skip, exactly the official count - or the whole batch at once on the channels some frame
+// needs (conv1) or does not skip (conv2): one call per convolution, but every frame pays for the union.
+torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs,
+                           const torch::Tensor& mask, int64_t segments, Inference how) {
+  const auto [w1, b1] = fold(*b.conv1, *b.bn1);  // (G, Ci, k, k), (G,)
+  const auto [w2, b2] = fold(*b.conv2, *b.bn2);  // (G2, G, k, k), (G2,)
+  const std::vector<FrameNeeds> needs = frame_needs(mask, segments);
+  const int64_t n = x.size(0), g = mask.size(1);
+  const int64_t h1 = conv_out(*b.conv1, xs.size(2), 0), v1 = conv_out(*b.conv1, xs.size(3), 1);
+  const int64_t h2 = conv_out(*b.conv2, h1, 0), v2 = conv_out(*b.conv2, v1, 1);
+  const double per_channel1 = conv_macs(*b.conv1, xs.size(1), h1, v1) / static_cast<double>(g);
+  const double per_channel2 = conv_macs(*b.conv2, g, h2, v2) / static_cast<double>(g);
+  std::vector<bool> any1(static_cast<size_t>(g)), any2(static_cast<size_t>(g));
+  double framewise = 0;
+  for (const FrameNeeds& f : needs) {
+    framewise += kFrameSlowdown * (per_channel1 * static_cast<double>(f.conv1.size()) +
+                                   per_channel2 * static_cast<double>(f.keep.size() + f.reuse.size())) +
+                 kFrameOverhead;
+    for (int64_t c : f.conv1) any1[c] = true;
+    for (int64_t c : f.keep) any2[c] = true;
+    for (int64_t c : f.reuse) any2[c] = true;
+  }
+  std::vector<int64_t> union1, union2;
+  for (int64_t c = 0; c < g; ++c) {
+    if (any1[c]) union1.push_back(c);
+    if (any2[c]) union2.push_back(c);
+  }
+  const double batched = static_cast<double>(n) * (per_channel1 * static_cast<double>(union1.size()) +
+                                                   per_channel2 * static_cast<double>(union2.size()));
+  const auto device = x.device();
+  torch::Tensor out;  // (N, G2, H2, W2), bn2 included
+  if (how == Inference::Batch || (how == Inference::Auto && batched <= framewise)) {
+    auto out1 = torch::zeros({n, g, h1, v1}, x.options());  // channels no frame needs stay zero
+    if (!union1.empty()) {
+      const auto idx = indices(union1, device);
+      out1.index_copy_(1, idx, torch::relu(torch::conv2d(xs, w1.index_select(0, idx), b1.index_select(0, idx),
+                                                         *b.conv1->options.stride(), padding_of(*b.conv1))));
+    }
+    const auto idx = indices(union2, device);
+    out = union2.empty() ? b2.view({1, -1, 1, 1}).expand({n, b2.size(0), h2, v2})
+                         : torch::conv2d(fuse_channels(out1, mask, segments).index_select(1, idx),
+                                         w2.index_select(1, idx), b2, *b.conv2->options.stride(), padding_of(*b.conv2));
+  } else {
+    auto out1 = torch::zeros({n, g, h1, v1}, x.options());  // conv1 outputs nobody needs stay zero
+    for (int64_t f = 0; f < n; ++f) {
+      if (needs[f].conv1.empty()) continue;
+      const auto idx = indices(needs[f].conv1, device);
+      const auto y = torch::conv2d(xs.narrow(0, f, 1), w1.index_select(0, idx), b1.index_select(0, idx),
+                                   *b.conv1->options.stride(), padding_of(*b.conv1));  // (1, |need|, H1, W1)
+      out1[f].index_copy_(0, idx, torch::relu(y[0]));
+    }
+    std::vector<torch::Tensor> rows;
+    rows.reserve(static_cast<size_t>(n));
+    for (int64_t f = 0; f < n; ++f) {
+      const FrameNeeds& need = needs[f];
+      if (need.keep.empty() && need.reuse.empty()) {  // every input channel skipped: conv2 gives its bias
+        rows.push_back(b2.view({1, -1, 1, 1}).expand({1, b2.size(0), h2, v2}));
+        continue;
+      }
+      const auto ki = indices(need.keep, device), ri = indices(need.reuse, device);
+      // Reused channels take the previous frame's conv1 output (zeros before the first frame, as the dense
+      // forward; read all the same, as the official code counts them).
+      const auto before = f % segments > 0 ? out1[f - 1].index_select(0, ri)
+                                           : torch::zeros({ri.size(0), h1, v1}, x.options());
+      const auto in = torch::cat({out1[f].index_select(0, ki), before}).unsqueeze(0);  // (1, |keep|+|reuse|, H1, W1)
+      rows.push_back(torch::conv2d(in, w2.index_select(1, torch::cat({ki, ri})), b2, *b.conv2->options.stride(),
+                                   padding_of(*b.conv2)));  // (1, G2, H2, W2)
+    }
+    out = torch::cat(rows);
+  }
+  if (b.conv3) out = b.bn3->forward(b.conv3->forward(torch::relu(out)));
+  return torch::relu(out + (b.downsample ? b.downsample->forward(x) : x));
+}
+
+}  // namespace
+
+Inference parse_inference(const std::string& name) {
+  if (name == "dense") return Inference::Dense;
+  if (name == "frames") return Inference::Frames;
+  if (name == "batch") return Inference::Batch;
+  if (name == "auto") return Inference::Auto;
+  throw Error("model.adafuse.inference must be auto, frames, batch or dense, not '" + name + "'");
+}
+
+torch::Tensor gated_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs, const torch::Tensor& mask,
+                          int64_t segments, Inference how) {
+  return how != Inference::Dense && mask.defined() ? sparse_block(b, x, xs, mask, segments, how)
+                                                   : dense_block(b, x, xs, mask, segments);
+}
+
+torch::Tensor AdaFuseImpl::frame_logits(const torch::Tensor& frames, GateMasks& gates, Inference how) {
+  auto& resnet = *tsn->base_model->as<nn::ResNetImpl>();
+  auto x = resnet.stem(frames);  // (N, Ci, H, W)
+  const int64_t segments = frames_;
+  for (GatedBlock& b : blocks) {
+    // TSM shifts the block input; the shortcut keeps the unshifted one.
+    const auto xs = b.tsm_segments > 0 ? nn::temporal_shift(x, b.tsm_segments, b.shift_div) : x;
+    torch::Tensor mask;
+    if (b.policy) {
+      mask = decide(b.policy->forward(xs, segments));  // (N, G, 3)
+      gates.masks.push_back(mask.view({-1, segments, mask.size(1), 3}));
+      const int64_t h1 = conv_out(*b.conv1, xs.size(2), 0), v1 = conv_out(*b.conv1, xs.size(3), 1);
+      gates.conv1.push_back(conv_macs(*b.conv1, xs.size(1), h1, v1));
+      gates.conv2.push_back(conv_macs(*b.conv2, b.conv1->options.out_channels(), conv_out(*b.conv2, h1, 0),
+                                      conv_out(*b.conv2, v1, 1)));
+    }
+    x = gated_block(b, x, xs, mask, segments, how);
+  }
+  return tsn->new_fc(tsn->dropout(resnet.pool(x)));  // (N, C)
+}
+
+double AdaFuseImpl::base_gflops(int64_t resolution) {
+  auto it = base_gflops_.find(resolution);
+  if (it != base_gflops_.end()) return it->second;
+  const auto options = torch::TensorOptions().device(parameters()[0].device());
+  const Clips clip{torch::zeros({1, frames_, 3, resolution, resolution}, options), {}};
+  const bool was_training = is_training();
+  eval();
+  const double per_frame = infer::count_flops(*this, [&] { flops_forward(clip); }).gflops() / static_cast<double>(frames_);
+  train(was_training);
+  return base_gflops_[resolution] = per_frame;
+}
+
+void AdaFuseImpl::flops_forward(const Clips& clips) {
+  // Every channel computed: the cost of the dense network with its gates, which the savings are counted from.
+  torch::NoGradGuard no_grad;
+  const bool argmax = argmax_at_test;
+  argmax_at_test = true;  // no random draws: counting must not move the generator
+  GateMasks unused;
+  frame_logits(resized(clips.frames), unused, Inference::Dense);
+  argmax_at_test = argmax;
+}
+
+Prediction AdaFuseImpl::predict(const Clips& clips) {
+  const int64_t b = clips.frames.size(0);
+  GateMasks gates;
+  const auto per_frame = frame_logits(resized(clips.frames), gates, is_training() ? Inference::Dense : inference);  // (B*T, C)
+  Prediction p;
+  p.logits = per_frame.view({b, frames_, -1}).mean(1).unsqueeze(1);  // (B, 1, C): average consensus
+  p.gflops = (gate_flops(gates, base_gflops(resolution_), true).real * static_cast<double>(frames_))
+                 .to(torch::kDouble).expand({b}).contiguous().cpu();
+  if (!gates.masks.empty()) p.gate_fractions = action_fractions(gates, true).flip(-1).to(torch::kDouble).cpu();
+  return p;
+}
+
+Losses AdaFuseImpl::loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) {
+  GateMasks gates;
+  const auto per_frame = frame_logits(resized(clips.frames), gates, Inference::Dense);  // (B*T, C)
+  const auto logits = per_frame.view({clips.frames.size(0), frames_, -1}).mean(1);  // (B, C)
+  const auto ce = F::cross_entropy(logits, target);
+  const GateFlops f = gate_flops(gates, base_gflops(resolution_), false);
+  // The official efficiency term: w * |GFLOPs per frame - 0| on the upper bound or the real count; from
+  // train.policy_from_epoch on (official --eff_loss_after; 0: from the start): before the network has learned
+  // anything the term alone drives the gates, and on the benchmark they all learned to skip in two epochs.
+  const auto counted = (flops_loss_ == "real" ? f.real : f.upper_bound).to(ce.scalar_type());
+  const double weight = context.epoch >= context.policy_from_epoch ? flops_weight_ : 0.0;
+  Losses out;
+  out.total = ce + weight * counted.abs();
+  out.terms = {{"ce", ce.detach()}, {"gflops", f.real.detach()}, {"gflops_upb", f.upper_bound.detach()}};
+  if (!gates.masks.empty()) {
+    const auto fractions = action_fractions(gates, false).detach();  // [skip, reuse, keep]
+    out.terms.push_back({"kept", fractions[2]});
+    out.terms.push_back({"reused", fractions[1]});
+    out.terms.push_back({"skipped", fractions[0]});
+  }
+  out.logits = logits.detach();
+  return out;
+}
+
+std::vector<ParamGroup> AdaFuseImpl::param_groups() {
+  std::vector<std::pair<std::string, torch::Tensor>> backbone, policy;
+  for (auto& p : prefixed_parameters("base_model", *tsn->base_model))
+    (p.first.find("policy_net.") != std::string::npos || p.first.find(".gate_fc") != std::string::npos ? policy
+                                                                                                     : backbone)
+        .push_back(p);
+  return {{"backbone", backbone, lr_backbone_},
+          {"policy", policy, lr_policy_},
+          {"classifier", prefixed_parameters("new_fc", *tsn->new_fc), lr_classifier_}};
+}
+
+nn::StateDict AdaFuseImpl::import_state_dict(const nn::StateDict& state) const {
+  // Official: downsample0/1 for the shortcut, shared gate layers repeated under every block's policy_net, no
+  // base_model.fc (replaced by dropout).
+  nn::StateDict out;
+  for (const auto& item : state) {
+    std::string key = item.key();
+    if (shared_ && key.find(".policy_net.gate_fc") != std::string::npos) continue;  // copies of gate_fc0s/gate_fc1s
+    for (const char* d : {"downsample0", "downsample1"}) {
+      const auto at = key.find(d);
+      if (at != std::string::npos) key = key.substr(0, at) + "downsample." + d[10] + key.substr(at + 11);
+    }
+    out.insert(key, item.value());
+  }
+  for (const auto& item : tsn->unused_classifier())
+    if (!out.contains(item.key())) out.insert(item.key(), item.value());
+  return out;
+}
+
+nn::StateDict AdaFuseImpl::export_official_state_dict(const nn::StateDict& state) const {
+  nn::StateDict out;
+  const auto unused = tsn->unused_classifier();
+  for (const auto& item : state) {
+    if (unused.contains(item.key())) continue;
+    std::string key = item.key();
+    for (const char* d : {"downsample.0", "downsample.1"}) {
+      const auto at = key.find(d);
+      if (at != std::string::npos) key = key.substr(0, at) + "downsample" + d[11] + key.substr(at + 12);
+    }
+    out.insert(key, item.value());
+  }
+  if (shared_) {  // every block's policy_net also names the shared layers it uses
+    auto* resnet = tsn->base_model->as<nn::ResNetImpl>();
+    for (const auto& module : resnet->named_modules("base_model", false)) {
+      auto* policy = module.value()->as<GatePolicyImpl>();
+      if (!policy) continue;
+      for (const auto& [name, fc] : {std::make_pair("gate_fc0", policy->gate_fc0), std::make_pair("gate_fc1", policy->gate_fc1)}) {
+        out.insert(module.key() + "." + name + ".weight", fc->weight);
+        out.insert(module.key() + "." + name + ".bias", fc->bias);
+      }
+    }
+  }
+  return out;
+}
+
+void AdaFuseImpl::load_pretrained(const Config& c) {
+  const std::string path = c.get_string("model.backbone.weights");
+  if (path.empty()) return;
+  // ImageNet weights in torchvision's layout: every backbone tensor but the classifier; the gates start as initialised.
+  nn::StateDict state = nn::strip_module_prefix(io::read_state_dict(path)), kept;
+  const std::string classifier = tsn->base_model->classifier_prefix();
+  for (const auto& item : state)
+    if (item.key().rfind(classifier, 0) != 0) kept.insert(item.key(), item.value());
+  for (const auto& item : nn::state_dict(*tsn->base_model))
+    if (item.key().rfind(classifier, 0) == 0 || item.key().find("policy_net.") != std::string::npos ||
+        item.key().rfind("gate_fc", 0) == 0)
+      kept.insert(item.key(), item.value());
+  nn::load_state_dict(*tsn->base_model, kept, path);
+}
+
+}  // namespace adafocus::methods

@@ -548,7 +548,8 @@ void add_demo_command(CLI::App& app, Commands& commands, const Runtime& runtime)
   sub->add_option("--out", args->out, "folder for the benchmark, runs, models and results");
   sub->add_option("--methods", args->methods,
                   "comma-separated presets of configs/benchmark/ (also v3_random_policy, v3_time_only, v3_space_only, "
-                  "v3_pixel_gradient, adafocus_v3_tsm, full_frame_tsm)");
+                  "v3_pixel_gradient, adafocus_v3_tsm, full_frame_tsm, and on the motion variant adafuse_tsn, adafuse_tsm, "
+                  "full_frame_tsn)");
   sub->add_option("--train-videos", args->train_videos, "benchmark videos to train on")->check(CLI::PositiveNumber);
   sub->add_option("--val-videos", args->val_videos, "benchmark videos to evaluate on")->check(CLI::PositiveNumber);
   sub->add_option("--epochs", args->epochs, "> 0: override every method's epochs (a quick look)");

@@ -133,7 +133,7 @@ AdaFuseImpl::AdaFuseImpl(const Config& c, int64_t num_classes)
   if (test_gates != "sample" && test_gates != "argmax")
     throw Error("model.adafuse.test_gates must be sample or argmax", c.origin("model.adafuse.test_gates"));
   argmax_at_test = test_gates == "argmax";
-  inference = parse_inference(c.get_string("model.adafuse.inference"));
+  inference = parse_inference(c.get_string("model.adafuse.inference"), c.origin("model.adafuse.inference"));
   const auto stages = c.get_ints("model.adafuse.stages");
   for (int64_t s : stages)
     if (s < 0 || s > 3) throw Error("model.adafuse.stages are residual stages 0-3 (layer1-4)", c.origin("model.adafuse.stages"));
@@ -319,12 +319,12 @@ torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const to
 
 }  // namespace
 
-Inference parse_inference(const std::string& name) {
+Inference parse_inference(const std::string& name, const std::string& where) {
   if (name == "dense") return Inference::Dense;
   if (name == "frames") return Inference::Frames;
   if (name == "batch") return Inference::Batch;
   if (name == "auto") return Inference::Auto;
-  throw Error("model.adafuse.inference must be auto, frames, batch or dense, not '" + name + "'");
+  throw Error("model.adafuse.inference must be auto, frames, batch or dense, not '" + name + "'", where);
 }
 
 torch::Tensor gated_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs, const torch::Tensor& mask,

@@ -54,7 +54,8 @@ enum class Inference {
   Batch,   ///< the whole batch at once on the channels some frame needs (conv1) or does not skip (conv2)
   Auto,    ///< per block, whichever of Frames and Batch costs less (per-frame call overhead included)
 };
-Inference parse_inference(const std::string& name);
+/// auto | frames | batch | dense; anything else throws adafocus::Error naming `where` (the key's origin).
+Inference parse_inference(const std::string& name, const std::string& where = "");
 
 /// One block on x (N, Ci, H, W) whose conv1 reads xs (x shifted with TSM, else x), gated by `mask` (N, G, 3; undefined:
 /// not gated) -> (N, Co, H', W'). Ways other than Dense fold BN into conv1 and conv2: eval mode only.

@@ -361,7 +361,8 @@ double AdaFuseImpl::base_gflops(int64_t resolution) {
   const Clips clip{torch::zeros({1, frames_, 3, resolution, resolution}, options), {}};
   const bool was_training = is_training();
   eval();
-  const double per_frame = infer::count_flops(*this, [&] { flops_forward(clip); }).gflops() / static_cast<double>(frames_);
+  const double per_frame =
+      infer::count_flops(*this, [&] { flops_forward(clip); }).gflops() / static_cast<double>(frames_);
   train(was_training);
   return base_gflops_[resolution] = per_frame;
 }
@@ -379,7 +380,8 @@ void AdaFuseImpl::flops_forward(const Clips& clips) {
 Prediction AdaFuseImpl::predict(const Clips& clips) {
   const int64_t b = clips.frames.size(0);
   GateMasks gates;
-  const auto per_frame = frame_logits(resized(clips.frames), gates, is_training() ? Inference::Dense : inference);  // (B*T, C)
+  const auto per_frame =
+      frame_logits(resized(clips.frames), gates, is_training() ? Inference::Dense : inference);  // (B*T, C)
   Prediction p;
   p.logits = per_frame.view({b, frames_, -1}).mean(1).unsqueeze(1);  // (B, 1, C): average consensus
   p.gflops = (gate_flops(gates, base_gflops(resolution_), true).real * static_cast<double>(frames_))

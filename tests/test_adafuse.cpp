@@ -148,7 +148,9 @@ TEST(AdaFuse, OfficialLayoutWithSharedPolicies) {
   auto other = methods::make_method(c, 5);
   nn::load_state_dict(*other, other->import_state_dict(official), "official");
   for (const auto& item : nn::state_dict(*other))
-    if (item.key().rfind("base_model.fc.", 0) != 0) EXPECT_TRUE(item.value().equal(ours[item.key()])) << item.key();
+    if (item.key().rfind("base_model.fc.", 0) != 0) {
+      EXPECT_TRUE(item.value().equal(ours[item.key()])) << item.key();
+    }
 }
 
 TEST(AdaFuse, TrainingLowersTheFlopsTerm) {

@@ -6,7 +6,6 @@
 
 #include "core/error.h"
 #include "infer/flops.h"
-#include "io/pth.h"
 #include "nn/temporal_shift.h"
 
 namespace adafocus::methods {
@@ -58,6 +57,13 @@ std::pair<torch::Tensor, torch::Tensor> fold(const torch::nn::Conv2dImpl& conv, 
 // LibTorch 1.13, docs/adafuse.md): a convolution run on one frame at a time is up to ~2x slower per MAC than on the
 // batch (its weights gathered per frame, at 7x7 as costly as the convolution), plus ~40 us of calls per frame.
 constexpr double kFrameSlowdown = 2.0, kFrameOverhead = 2e6;
+
+// A parameter or buffer of the gates (a block's policy_net, or the shared gate_fc0s / gate_fc1s), by its name in the
+// backbone or below it.
+bool is_gate_parameter(const std::string& key) {
+  return key.find("policy_net.") != std::string::npos || key.rfind("gate_fc", 0) == 0 ||
+         key.find(".gate_fc") != std::string::npos;
+}
 
 torch::Tensor indices(const std::vector<int64_t>& v, const torch::Device& device) {
   return torch::tensor(v, torch::kLong).to(device);
@@ -241,10 +247,11 @@ std::vector<FrameNeeds> frame_needs(const torch::Tensor& mask, int64_t segments)
   return needs;
 }
 
-// The same block computing only what the gates need (eval mode), BN folded into conv1 and conv2, in whichever of two
-// ways costs less here (kFrameSlowdown, kFrameOverhead): frame by frame - conv1 only for the channels a frame needs, conv2 only on
-// the channels it does not skip, exactly the official count - or the whole batch at once on the channels some frame
-// needs (conv1) or does not skip (conv2): one call per convolution, but every frame pays for the union.
+// The same block computing only what the gates need (eval mode), BN folded into conv1 and conv2, as `how` says or,
+// for Auto, in whichever of two ways costs less here (kFrameSlowdown, kFrameOverhead): frame by frame - conv1 only
+// for the channels a frame needs, conv2 only on the channels it does not skip, exactly the official count - or the
+// whole batch at once on the channels some frame needs (conv1) or does not skip (conv2): one call per convolution,
+// but every frame pays for the union.
 torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs,
                            const torch::Tensor& mask, int64_t segments, Inference how) {
   const auto [w1, b1] = fold(*b.conv1, *b.bn1);  // (G, Ci, k, k), (G,)
@@ -273,9 +280,9 @@ torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const to
   const double batched = static_cast<double>(n) * (per_channel1 * static_cast<double>(union1.size()) +
                                                    per_channel2 * static_cast<double>(union2.size()));
   const auto device = x.device();
-  torch::Tensor out;  // (N, G2, H2, W2), bn2 included
+  auto out1 = torch::zeros({n, g, h1, v1}, x.options());  // conv1 outputs nobody needs stay zero
+  torch::Tensor out;                                      // (N, G2, H2, W2), bn2 included
   if (how == Inference::Batch || (how == Inference::Auto && batched <= framewise)) {
-    auto out1 = torch::zeros({n, g, h1, v1}, x.options());  // channels no frame needs stay zero
     if (!union1.empty()) {
       const auto idx = indices(union1, device);
       out1.index_copy_(1, idx, torch::relu(torch::conv2d(xs, w1.index_select(0, idx), b1.index_select(0, idx),
@@ -286,7 +293,6 @@ torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const to
                          : torch::conv2d(fuse_channels(out1, mask, segments).index_select(1, idx),
                                          w2.index_select(1, idx), b2, *b.conv2->options.stride(), padding_of(*b.conv2));
   } else {
-    auto out1 = torch::zeros({n, g, h1, v1}, x.options());  // conv1 outputs nobody needs stay zero
     for (int64_t f = 0; f < n; ++f) {
       if (needs[f].conv1.empty()) continue;
       const auto idx = indices(needs[f].conv1, device);
@@ -417,9 +423,7 @@ Losses AdaFuseImpl::loss(const Clips& clips, const torch::Tensor& target, const 
 std::vector<ParamGroup> AdaFuseImpl::param_groups() {
   std::vector<std::pair<std::string, torch::Tensor>> backbone, policy;
   for (auto& p : prefixed_parameters("base_model", *tsn->base_model))
-    (p.first.find("policy_net.") != std::string::npos || p.first.find(".gate_fc") != std::string::npos ? policy
-                                                                                                     : backbone)
-        .push_back(p);
+    (is_gate_parameter(p.first) ? policy : backbone).push_back(p);
   return {{"backbone", backbone, lr_backbone_},
           {"policy", policy, lr_policy_},
           {"classifier", prefixed_parameters("new_fc", *tsn->new_fc), lr_classifier_}};
@@ -470,18 +474,9 @@ nn::StateDict AdaFuseImpl::export_official_state_dict(const nn::StateDict& state
 }
 
 void AdaFuseImpl::load_pretrained(const Config& c) {
-  const std::string path = c.get_string("model.backbone.weights");
-  if (path.empty()) return;
-  // ImageNet weights in torchvision's layout: every backbone tensor but the classifier; the gates start as initialised.
-  nn::StateDict state = nn::strip_module_prefix(io::read_state_dict(path)), kept;
-  const std::string classifier = tsn->base_model->classifier_prefix();
-  for (const auto& item : state)
-    if (item.key().rfind(classifier, 0) != 0) kept.insert(item.key(), item.value());
-  for (const auto& item : nn::state_dict(*tsn->base_model))
-    if (item.key().rfind(classifier, 0) == 0 || item.key().find("policy_net.") != std::string::npos ||
-        item.key().rfind("gate_fc", 0) == 0)
-      kept.insert(item.key(), item.value());
-  nn::load_state_dict(*tsn->base_model, kept, path);
+  // ImageNet weights into the backbone; the gates, which ImageNet models do not have, start as initialised.
+  if (!c.get_string("model.backbone.weights").empty())
+    load_backbone_weights(*tsn->base_model, c.get_string("model.backbone.weights"), is_gate_parameter);
 }
 
 }  // namespace adafocus::methods

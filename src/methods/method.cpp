@@ -76,15 +76,17 @@ nn::BackboneOptions backbone_options(const Config& c, const std::string& section
       .shift_div(c.get_int(section + ".shift_div"));
 }
 
-void load_backbone_weights(nn::BackboneImpl& backbone, const std::string& path) {
+void load_backbone_weights(nn::BackboneImpl& backbone, const std::string& path,
+                           const std::function<bool(const std::string&)>& added) {
   // ImageNet weights: everything but the classifier, which has the dataset's number of classes.
   nn::StateDict state = backbone.import_state_dict(nn::strip_module_prefix(io::read_state_dict(path)));
   const std::string classifier = backbone.classifier_prefix();
+  auto own = [&](const std::string& key) { return key.rfind(classifier, 0) == 0 || (added && added(key)); };
   nn::StateDict kept;
   for (const auto& item : state)
-    if (item.key().rfind(classifier, 0) != 0) kept.insert(item.key(), item.value());
+    if (!own(item.key())) kept.insert(item.key(), item.value());
   for (const auto& item : nn::state_dict(backbone))
-    if (item.key().rfind(classifier, 0) == 0) kept.insert(item.key(), item.value());
+    if (own(item.key())) kept.insert(item.key(), item.value());
   nn::load_state_dict(backbone, kept, path);
 }
 

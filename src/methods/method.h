@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -121,8 +122,11 @@ int64_t training_stages(const std::string& method);
 nn::BackboneOptions backbone_options(const Config& config, const std::string& section, int64_t num_classes,
                                      int64_t segments);
 
-/// Loads a torchvision-layout state dict into `backbone`, all but its classifier (whose size differs by dataset).
-void load_backbone_weights(nn::BackboneImpl& backbone, const std::string& path);
+/// Loads a torchvision-layout state dict into `backbone`, all but its classifier (whose size differs by dataset) and
+/// the parameters `added` names (layers a method adds to the backbone, such as AdaFuse's gates), which keep their
+/// initial values.
+void load_backbone_weights(nn::BackboneImpl& backbone, const std::string& path,
+                           const std::function<bool(const std::string&)>& added = {});
 /// The weights model.glance.weights and model.local.weights name, when they do, into the two networks.
 void load_glance_and_local_weights(const Config& config, nn::BackboneImpl& glance, nn::BackboneImpl& local);
 

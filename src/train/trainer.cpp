@@ -270,7 +270,6 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
   methods::StepContext context;
   context.policy_from_epoch = policy_from_epoch;
   context.stage = config.get_int("stage");
-  const size_t all_sums = kAllSums;
   const bool two_stages = config.get_bool("train.policy_only") && context.policy_from_epoch > 0 &&
                           context.policy_from_epoch < epochs;
 
@@ -296,9 +295,9 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
     const int64_t stage_start = context.policy_only ? context.policy_from_epoch : 0;
     const int64_t stage_epochs = !two_stages ? epochs : context.policy_only ? epochs - stage_start : context.policy_from_epoch;
     const int64_t first = epoch == state.epoch ? state.batch : 0;
-    std::vector<double> sums(all_sums, 0.0);
+    std::vector<double> sums(kAllSums, 0.0);
     if (epoch == state.epoch)  // resumed within the epoch (checkpoints before the policy's sums have only 3)
-      std::copy_n(state.epoch_sums.begin(), std::min(all_sums, state.epoch_sums.size()), sums.begin());
+      std::copy_n(state.epoch_sums.begin(), std::min(kAllSums, state.epoch_sums.size()), sums.begin());
     const auto epoch_start = std::chrono::steady_clock::now();
     loader.start_epoch(epoch, first);
     Progress progress(fmt::format("epoch {}/{}", epoch + 1, epochs), steps, "steps");
@@ -354,7 +353,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
       if (value > state.best_metric) {
         state.best_metric = value;
         state.best_epoch = epoch;
-        save(best_path, epoch + 1, 0, std::vector<double>(all_sums, 0.0));
+        save(best_path, epoch + 1, 0, std::vector<double>(kAllSums, 0.0));
       }
       if (!o.quiet)
         fmt::print(stderr, "  val top1 {:.2f}  mAP {:.2f}{}  ({:.3f} GFLOPs/video)\n", summary.last.scores.top1,
@@ -365,7 +364,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
     std::string text;
     for (const auto& l : metrics) text += l + "\n";
     write_file_atomic(metrics_path, text);  // before last.pt: a crash in between redoes this epoch's line
-    save(last_path, epoch + 1, 0, std::vector<double>(all_sums, 0.0));
+    save(last_path, epoch + 1, 0, std::vector<double>(kAllSums, 0.0));
   }
   summary.epochs = epochs;
   summary.metric = metric;

@@ -57,9 +57,11 @@ VideoPrediction predict_video(methods::LoadedModel& model, const std::string& vi
     const methods::Prediction p = model.method->predict(clips);
     logits = p.logits[0][p.logits.size(1) - 1];  // the final exit
     if (p.regions.defined()) regions = p.regions[0], region_frames = p.region_frames[0];
-    out.gflops = out.full_gflops;
+    // A method whose cost depends on the video (AdaFuse) counts this video's own; the others cost what they always do.
+    out.gflops = p.gflops.defined() ? p.gflops[0].item<double>() : out.full_gflops;
     auto cpu = [](const torch::Tensor& t) { return t.defined() ? t.cpu() : t; };
-    out.outputs = {cpu(p.logits), cpu(p.regions), cpu(p.region_frames), cpu(p.glance_logits), cpu(p.local_logits)};
+    out.outputs = {cpu(p.logits),        cpu(p.regions),      cpu(p.region_frames), cpu(p.glance_logits),
+                   cpu(p.local_logits), cpu(p.gflops), cpu(p.gate_fractions)};
   }
   const auto probs = torch::softmax(logits, 0).cpu();
   const auto order = std::get<1>(probs.sort(0, true));

@@ -674,6 +674,10 @@ class Methods(SharedFolder):
         model = os.path.join(out_dir, "adafuse_tsm.pt")
         ev = json.loads(self.ok("eval", "--checkpoint", model, "--json"))
         self.assertLess(ev["gflops"], ev["dense_gflops"])  # counted from each video's gates
+        video = os.path.join(out_dir, "data_motion", "frames", sorted(os.listdir(os.path.join(out_dir, "data_motion",
+                                                                                               "frames")))[0])
+        pred = json.loads(self.ok("predict", "--checkpoint", model, video, "--json"))
+        self.assertLess(pred["gflops"], pred["full_gflops"])  # this video's own cost, not the dense one
         self.assertAlmostEqual(ev["kept"] + ev["reused"] + ev["skipped"], 1.0, places=6)
         def bench(*args):
             return json.loads(self.ok("bench", *args, "--videos", "4", "--batch", "2", "--rounds", "1", "--warmup", "1",

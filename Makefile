@@ -23,6 +23,7 @@ bench: deps
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 	$(BUILD_DIR)/bench/bench_backbones
 	$(BUILD_DIR)/bench/bench_data
+	$(BUILD_DIR)/adafocus bench --compare-python --out $(BUILD_DIR)/bench
 
 clean:
 	rm -rf $(BUILD_DIR)

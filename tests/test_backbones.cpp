@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include "core/error.h"
+#include "infer/flops.h"
+#include "infer/precision.h"
 #include "io/pth.h"
 #include "nn/backbone.h"
 #include "test_util.h"
@@ -106,6 +108,63 @@ TEST(Backbones, UnknownArchIsAnError) {
   const std::string e = test::error_of([] { nn::make_backbone(nn::BackboneOptions("resnet51")); });
   EXPECT_NE(e.find("unknown backbone arch 'resnet51'"), std::string::npos) << e;
   EXPECT_NE(e.find("resnet50"), std::string::npos) << e;
+}
+
+
+// Random BN statistics and affine parameters, so that folding has something to fold.
+void randomize_batchnorm(torch::nn::Module& model) {
+  torch::NoGradGuard no_grad;
+  for (auto& m : model.modules())
+    if (auto* bn = m->as<torch::nn::BatchNorm2d>()) {
+      bn->weight.uniform_(0.5, 1.5);
+      bn->bias.normal_(0.0, 0.1);
+      bn->running_mean.normal_(0.0, 0.1);
+      bn->running_var.uniform_(0.5, 1.5);
+    }
+}
+
+TEST(Backbones, FoldedBatchNormKeepsOutputsAndFlops) {
+  torch::manual_seed(3);
+  for (const auto& [arch, tsm] : {std::make_pair("mobilenet_v2", 0), std::make_pair("resnet18", 2),
+                                  std::make_pair("resnet50", 0), std::make_pair("mobilenet_v2", 2)}) {
+    SCOPED_TRACE(arch);
+    auto model = nn::make_backbone(nn::BackboneOptions(arch).tsm_segments(tsm));
+    randomize_batchnorm(*model);
+    model->eval();
+    const auto x = torch::randn({4, 3, 64, 64});
+    torch::NoGradGuard no_grad;
+    const auto plain = model->feature_map(x);
+    const double flops = infer::backbone_flops(*model, 64, 64, std::max(tsm, 1)).gflops();
+    model->fold_batchnorm();
+    const auto folded = model->feature_map(x);
+    EXPECT_TRUE(folded.is_contiguous(torch::MemoryFormat::ChannelsLast));
+    EXPECT_TRUE(AllCloseRelative(folded, plain, 1e-4));
+    // The FLOPs counter still sees conv + BN (the papers' convention), and training mode the unfolded network.
+    EXPECT_DOUBLE_EQ(infer::backbone_flops(*model, 64, 64, std::max(tsm, 1)).gflops(), flops);
+    model->train();
+    {
+      torch::NoGradGuard again;
+      EXPECT_FALSE(model->feature_map(x).is_contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+  }
+}
+
+TEST(Backbones, Bf16AutocastRunsInBf16AndRestores) {
+  torch::manual_seed(4);
+  auto model = nn::make_backbone(nn::BackboneOptions("resnet18"));
+  model->eval();
+  const auto x = torch::randn({2, 3, 64, 64});
+  torch::NoGradGuard no_grad;
+  const auto fp32 = model->forward(x);
+  torch::Tensor bf16;
+  {
+    infer::PrecisionGuard guard(infer::Precision::Bf16);
+    bf16 = model->forward(x);
+  }
+  EXPECT_EQ(bf16.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(AllCloseRelative(bf16.to(torch::kFloat), fp32, 0.05));  // 8 bits of mantissa through 18 layers
+  EXPECT_EQ(model->forward(x).scalar_type(), torch::kFloat);            // off again after the guard
+  EXPECT_THROW(infer::parse_precision("fp16"), Error);
 }
 
 }  // namespace

@@ -31,6 +31,22 @@ TEST(AdaFocusV2, PredictsEveryExitAndItsPatches) {
   EXPECT_EQ(m->exits(), 4);  // one per frame
 }
 
+TEST(Methods, OptimizedForInferencePredictsTheSame) {
+  for (const std::string method : {"adafocus_v2", "adafocus_v3"}) {
+    SCOPED_TRACE(method);
+    torch::manual_seed(1);
+    auto m = methods::make_method(test::tiny_adafocus(method), 3);
+    m->eval();
+    torch::NoGradGuard no_grad;
+    const methods::Clips clips{torch::randn({2, 4, 3, 64, 64}), {}};
+    const auto plain = m->predict(clips);
+    m->optimize_for_inference();
+    const auto fast = m->predict(clips);
+    EXPECT_TRUE(test::AllCloseRelative(fast.logits, plain.logits));
+    EXPECT_TRUE(test::AllCloseRelative(fast.regions, plain.regions));
+  }
+}
+
 TEST(AdaFocusV2, ATinyTrainingRunLowersTheLoss) {
   torch::manual_seed(1);
   auto m = methods::make_method(tiny_v2(), 3);

@@ -66,6 +66,7 @@ int run(const BenchArgs& args, const Runtime& runtime) {
     m.method = methods::make_method(m.config, classes);
     m.method->to(device);
     m.method->eval();
+    m.method->optimize_for_inference();
   } else {
     m = methods::load_model(args.checkpoint, args.preset, overrides, device);
   }
@@ -113,6 +114,7 @@ int run(const BenchArgs& args, const Runtime& runtime) {
   methods::Method full_frame = methods::make_method(ff, static_cast<int64_t>(m.classes.size()));
   full_frame->to(device);
   full_frame->eval();
+  full_frame->optimize_for_inference();
 
   torch::NoGradGuard no_grad;
   methods::MethodImpl& model = *m.method;
@@ -218,7 +220,23 @@ void add_bench_command(CLI::App& app, Commands& commands, const Runtime& runtime
   sub->add_option("--rounds", args->rounds, "timed passes over the videos per variant")->check(CLI::PositiveNumber);
   sub->add_flag("--json", args->json, "machine-readable output");
   sub->add_option("overrides", args->overrides, "dotted key=value overrides");
-  commands.push_back({sub, [args, &runtime] { return run(*args, runtime); }});
+  auto compare = std::make_shared<CompareArgs>();
+  auto* compare_flag = sub->add_flag("--compare-python",
+                                     "time AdaFocusV2 P=128, the ResNet-50 TSN and the demo's training steps against "
+                                     "PyTorch eager (bench/python_reference.py); writes --out/compare.json");
+  sub->add_option("--out", compare->out, "--compare-python: folder for compare.json and its work files");
+  sub->add_option("--python-script", compare->script, "--compare-python: python_reference.py to run");
+  sub->add_flag("--tiny", compare->tiny, "--compare-python on small shapes (a test of the comparison, not of speed)");
+  sub->add_option("--demo", compare->demo,
+                  "--compare-python: a finished demo folder, whose models are evaluated in fp32 and bf16");
+  commands.push_back({sub, [args, compare, compare_flag, &runtime] {
+                        if (*compare_flag) {
+                          compare->warmup = std::max<int64_t>(1, args->warmup / 2);
+                          compare->rounds = args->rounds;
+                          return run_compare_python(*compare, runtime);
+                        }
+                        return run(*args, runtime);
+                      }});
 }
 
 }  // namespace adafocus::cli

@@ -10,6 +10,7 @@
 
 #include "core/config.h"
 #include "infer/early_exit.h"
+#include "infer/precision.h"
 #include "methods/checkpoint.h"
 #include "nn/backbone.h"
 
@@ -19,6 +20,7 @@ namespace adafocus::cli {
 struct Runtime {
   int threads = 0;      // intra-op threads
   std::string device;   // "cpu" or "cuda"
+  infer::Precision precision = infer::Precision::Fp32;  // inference commands only
   torch::Device torch_device() const { return torch::Device(device); }
 };
 
@@ -43,6 +45,17 @@ void add_check_data_command(CLI::App& app, Commands& commands, const Runtime& ru
 void add_make_list_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_make_synthetic_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_export_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+
+/// `adafocus bench --compare-python`: our inference and training steps against the same models in PyTorch eager
+/// (bench/python_reference.py), outputs checked to agree first; writes OUT/compare.json.
+struct CompareArgs {
+  std::string out = "build/bench";
+  std::string script;  ///< python_reference.py (default: the source tree's)
+  std::string demo;    ///< a finished demo folder: its models' top-1 in fp32 and bf16 (bf16_top1_change)
+  int64_t warmup = 1, rounds = 3;
+  bool tiny = false;   ///< small shapes (tests): checks the agreement, times nothing meaningful
+};
+int run_compare_python(const CompareArgs& args, const Runtime& runtime);
 
 /// Replaces the model's class names by those of a classInd.txt (official checkpoints have none); the count must fit.
 void set_class_names(methods::LoadedModel& model, const std::string& class_index);

@@ -2,14 +2,40 @@
 // call the library, print.
 #include <fmt/format.h>
 #include <malloc.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
 
 #include <thread>
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "infer/precision.h"
+
+namespace {
+
+// OpenMP's worker threads spin while they wait for work (libgomp's default). Alone that costs nothing, but beside
+// another busy process they burn the cores it needs: two demo-preset trainings side by side took 5.4x as long as
+// one alone, instead of 2x (docs/performance.md). Waiting passively, they took 1.6x, and a training alone was as fast.
+// libgomp reads OMP_WAIT_POLICY once, when it is loaded - before main - so the long-running commands set it and
+// start again (0.4 s, LibTorch's start-up); a policy the user set is kept.
+void wait_passively(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  static const char* const kLong[] = {"train", "demo", "sweep", "eval", "bench", "calibrate", "pretrain-items", "features"};
+  bool long_running = false;
+  for (char** a = argv + 1; *a && !long_running; ++a)
+    for (const char* name : kLong) long_running = long_running || std::strcmp(*a, name) == 0;
+  if (!long_running) return;
+  setenv("OMP_WAIT_POLICY", "passive", 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: then run on as we are
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace adafocus;
+  wait_passively(argv);
   // Training allocates and frees the same large activation buffers every step. glibc serves large blocks with
   // mmap and returns freed memory to the system, so each step pays page faults and zeroing for them again: keeping
   // them in the heap made a small-network training step 2.2x faster here (sys time 6 s -> 0.8 s per 10 steps).
@@ -25,6 +51,9 @@ int main(int argc, char** argv) {
   // LibTorch defaults to one intra-op thread; we default to every core.
   app.add_option("--threads", runtime.threads, "CPU threads for tensor operations")->check(CLI::PositiveNumber);
   app.add_option("--device", runtime.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  std::string precision = "fp32";
+  app.add_option("--precision", precision, "inference arithmetic: fp32, or bf16 (autocast; fast with AVX512-BF16/AMX)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
 
   cli::Commands commands;
   cli::add_demo_command(app, commands, runtime);
@@ -54,8 +83,21 @@ int main(int argc, char** argv) {
       throw Error("--device cuda: no CUDA device (or this LibTorch was built without CUDA)", "",
                   "use --device cpu");
     at::set_num_threads(runtime.threads);
-    for (const auto& command : commands)
-      if (command.app->parsed()) return command.run();
+    runtime.precision = infer::parse_precision(precision);
+    for (const auto& command : commands) {
+      if (!command.app->parsed()) continue;
+      if (runtime.precision != infer::Precision::Fp32) {
+        const std::string name = command.app->get_name();
+        if (name != "eval" && name != "predict" && name != "bench" && name != "calibrate")
+          throw Error("--precision " + precision + " is for inference", "",
+                      "use it with eval, predict, bench or calibrate; training runs in fp32");
+        if (!infer::cpu_has_bf16())
+          fmt::print(stderr, "note: this CPU has no native bf16 (avx512_bf16 / amx_bf16): expect bf16 to be slower\n");
+      }
+      // Models run on this thread (loader workers only decode): autocast, which is per thread, is set here.
+      infer::PrecisionGuard guard(runtime.precision);
+      return command.run();
+    }
     return 0;
   } catch (const Error& e) {
     fmt::print(stderr, "error: {}\n", e.what());

@@ -18,12 +18,13 @@ AdaptiveResult run_adaptive(methods::MethodImpl& method, const methods::Clips& c
     auto present = torch::arange(b, torch::TensorOptions(torch::kLong).device(clips.frames.device()));
     for (int64_t e = 0; e < k && present.numel() > 0; ++e) {
       const methods::ExitStep step = stepper->next();  // (n, C) for the n videos present
+      const auto step_logits = step.logits.to(torch::kFloat);  // float also from a bf16 model
       if (!out.exit_logits.defined()) {
-        out.exit_logits = torch::full({b, k, step.logits.size(1)}, NAN, step.logits.options());
-        out.logits = torch::empty({b, step.logits.size(1)}, step.logits.options());
+        out.exit_logits = torch::full({b, k, step_logits.size(1)}, NAN, step_logits.options());
+        out.logits = torch::empty({b, step_logits.size(1)}, step_logits.options());
         out.exits = torch::empty({b}, present.options());
       }
-      out.exit_logits.select(1, e).index_copy_(0, present, step.logits);
+      out.exit_logits.select(1, e).index_copy_(0, present, step_logits);
       if (step.regions.defined()) {
         const auto ids = present.cpu();
         for (int64_t i = 0; i < ids.size(0); ++i) {
@@ -37,9 +38,9 @@ AdaptiveResult run_adaptive(methods::MethodImpl& method, const methods::Clips& c
       else if (rule.thresholds.empty())
         leave = torch::zeros({present.size(0)}, present.options().dtype(torch::kBool));
       else
-        leave = exit_scores(step.logits.unsqueeze(1), rule.criterion).squeeze(1) >= rule.thresholds[static_cast<size_t>(e)];
+        leave = exit_scores(step_logits.unsqueeze(1), rule.criterion).squeeze(1) >= rule.thresholds[static_cast<size_t>(e)];
       const auto gone = present.masked_select(leave);
-      out.logits.index_copy_(0, gone, step.logits.index_select(0, leave.nonzero().squeeze(1)));
+      out.logits.index_copy_(0, gone, step_logits.index_select(0, leave.nonzero().squeeze(1)));
       out.exits.index_fill_(0, gone, e);
       if (gone.numel() == present.numel()) break;
       if (gone.numel() > 0) {

@@ -83,15 +83,15 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
     if (options.exit_rule) {
       AdaptiveResult r = run_adaptive(method, clips, *options.exit_rule, true);
       macs += r.macs;
-      logits.push_back(r.exit_logits.cpu());
-      final_logits.push_back(r.logits.cpu());
+      logits.push_back(r.exit_logits.cpu().to(torch::kFloat));  // float also from a bf16 model
+      final_logits.push_back(r.logits.cpu().to(torch::kFloat));
       exits.push_back(r.exits);
       regions = std::move(r.regions);
       region_frames = std::move(r.region_frames);
     } else {
       const methods::Prediction p = method.predict(clips);
-      logits.push_back(p.logits.cpu());
-      if (p.glance_logits.defined()) glance_logits.push_back(p.glance_logits.mean(1).cpu());
+      logits.push_back(p.logits.cpu().to(torch::kFloat));  // float also from a bf16 model
+      if (p.glance_logits.defined()) glance_logits.push_back(p.glance_logits.mean(1).cpu().to(torch::kFloat));
       if (p.gflops.defined()) video_gflops.push_back(p.gflops.cpu());
       if (p.gate_fractions.defined()) gates.push_back(p.gate_fractions.cpu());
       for (int64_t i = 0; p.regions.defined() && i < p.regions.size(0); ++i) {

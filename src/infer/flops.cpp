@@ -151,6 +151,7 @@ void on_end(const at::RecordFunction& fn, at::ObserverContext* base) {
 }  // namespace
 
 FlopsReport count_flops(const torch::nn::Module& module, const std::function<void()>& forward) {
+  nn::UnfoldedGuard unfolded;  // BN counted as the papers count it, also on a model optimised for inference
   Counter counter;
   for (const auto& p : module.named_parameters()) {
     const std::string& key = p.key();

@@ -55,7 +55,7 @@ VideoPrediction predict_video(methods::LoadedModel& model, const std::string& vi
     out.gflops = static_cast<double>(r.macs) * 1e-9;
   } else {
     const methods::Prediction p = model.method->predict(clips);
-    logits = p.logits[0][p.logits.size(1) - 1];  // the final exit
+    logits = p.logits[0][p.logits.size(1) - 1].to(torch::kFloat);  // the final exit, float also from a bf16 model
     if (p.regions.defined()) regions = p.regions[0], region_frames = p.region_frames[0];
     // A method whose cost depends on the video (AdaFuse) counts this video's own; the others cost what they always do.
     out.gflops = p.gflops.defined() ? p.gflops[0].item<double>() : out.full_gflops;

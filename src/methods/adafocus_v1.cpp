@@ -6,10 +6,6 @@ namespace adafocus::methods {
 
 namespace {
 
-torch::Tensor per_frame_ce(const torch::Tensor& logits, const torch::Tensor& target, int64_t frames) {
-  return torch::nn::functional::cross_entropy(logits, target.repeat_interleave(frames));
-}
-
 // Eval mode for what does not learn in a stage: its batch norms keep their statistics, its dropout is off.
 void freeze(torch::nn::Module& module, bool frozen) { module.train(!frozen); }
 

@@ -9,14 +9,6 @@
 
 namespace adafocus::methods {
 
-namespace {
-
-// Cross-entropy of per-frame logits (N*T, C) against the video label repeated over the frames, as official.
-torch::Tensor per_frame_ce(const torch::Tensor& logits, const torch::Tensor& target, int64_t frames) {
-  return torch::nn::functional::cross_entropy(logits, target.repeat_interleave(frames));
-}
-
-}  // namespace
 
 PolicySTNImpl::PolicySTNImpl(int64_t map_channels, int64_t map_cells, int64_t channels, int64_t hidden,
                              bool zero_init) {

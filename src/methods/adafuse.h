@@ -91,6 +91,7 @@ class AdaFuseImpl : public MethodImpl {
   nn::StateDict export_official_state_dict(const nn::StateDict& state) const override;
   void load_pretrained(const Config& config) override;
   void flops_forward(const Clips& clips) override;
+  void optimize_for_inference() override {}  // the skipping paths (Inference) fold BN themselves
 
   /// frames (N, 3, R, R) -> per-frame logits (N, C) and the gates. Training: hard Gumbel-softmax and the dense
   /// computation; eval: gates as model.adafuse.test_gates, blocks run as `how`.

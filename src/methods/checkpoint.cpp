@@ -104,6 +104,7 @@ LoadedModel load_model(const std::string& path, const std::string& preset, const
   nn::load_state_dict(*m.method, m.method->import_state_dict(nn::strip_module_prefix(c.model)), path);
   m.method->to(device);
   m.method->eval();
+  m.method->optimize_for_inference();
   return m;
 }
 

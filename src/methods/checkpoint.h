@@ -37,7 +37,8 @@ struct LoadedModel {
   std::string exits_json;  ///< the early-exit thresholds it carries, "" if none
 };
 
-/// The model of a checkpoint, in eval mode on `device`. `preset` (a file or built-in name, may be "") supplies the
+/// The model of a checkpoint, in eval mode on `device`, optimised for inference (MethodImpl::optimize_for_inference:
+/// not for training). `preset` (a file or built-in name, may be "") supplies the
 /// configuration when the checkpoint has none (official checkpoints) and overrides keys of one that has; `overrides`
 /// are key=value. A checkpoint of another method or shape is an error naming the keys.
 LoadedModel load_model(const std::string& path, const std::string& preset, const std::vector<std::string>& overrides,

@@ -117,6 +117,15 @@ const std::string& checked_policy(const std::string& policy) {
   return policy;
 }
 
+torch::Tensor per_frame_ce(const torch::Tensor& logits, const torch::Tensor& target, int64_t frames) {
+  return torch::nn::functional::cross_entropy(logits, target.repeat_interleave(frames));
+}
+
+void MethodImpl::optimize_for_inference() {
+  for (const auto& m : modules())
+    if (auto* backbone = dynamic_cast<nn::BackboneImpl*>(m.get())) backbone->fold_batchnorm();
+}
+
 torch::Tensor fixed_actions(const std::string& policy, int64_t n, const torch::TensorOptions& options) {
   return policy == "random" ? torch::rand({n, 2}, options) : torch::full({n, 2}, 0.5, options);
 }

@@ -104,6 +104,10 @@ class MethodImpl : public torch::nn::Module {
   /// What the FLOPs of one clip are counted on: predict(); AdaFuse, whose cost depends on the video, runs its dense
   /// upper bound here (every channel computed) and reports each video's real cost in Prediction::gflops.
   virtual void flops_forward(const Clips& clips) { predict(clips); }
+  /// Once the weights are final, for inference only: every backbone's BatchNorm folded into its convolutions and
+  /// computing in channels-last (nn::BackboneImpl::fold_batchnorm). Predictions agree with the plain model to float
+  /// rounding; the state dict, training mode and FLOPs counts are unchanged. AdaFuse folds in its own skipping path.
+  virtual void optimize_for_inference();
   /// Changes where patches go at test time (learned | random | center) without retraining; throws if the method
   /// has no patches.
   virtual void set_policy(const std::string& policy);
@@ -130,6 +134,8 @@ void load_backbone_weights(nn::BackboneImpl& backbone, const std::string& path,
 /// The weights model.glance.weights and model.local.weights name, when they do, into the two networks.
 void load_glance_and_local_weights(const Config& config, nn::BackboneImpl& glance, nn::BackboneImpl& local);
 
+/// Cross-entropy of per-frame logits (B*T, C) against each video's label (B,) repeated over its T frames, as official.
+torch::Tensor per_frame_ce(const torch::Tensor& logits, const torch::Tensor& target, int64_t frames);
 /// Dropout then a linear layer: the official heads ("0" dropout, "1" linear).
 torch::nn::Sequential dropout_linear(double dropout, int64_t in, int64_t out);
 

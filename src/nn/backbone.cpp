@@ -12,6 +12,28 @@ torch::Tensor BackboneImpl::pool(const torch::Tensor& map) const {
 }
 
 namespace {
+thread_local bool folding_on = true;
+}  // namespace
+
+FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn) {
+  torch::NoGradGuard no_grad;
+  const auto scale = bn.weight / torch::sqrt(bn.running_var + bn.options.eps());  // (Cout,)
+  return {(conv.weight * scale.view({-1, 1, 1, 1})).contiguous(torch::MemoryFormat::ChannelsLast),
+          bn.bias - bn.running_mean * scale};
+}
+
+torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const FoldedConv& folded,
+                      const torch::Tensor& x) {
+  if (!folded.weight.defined() || bn.is_training() || !folding_on) return bn.forward(conv.forward(x));
+  const auto& o = conv.options;
+  return torch::conv2d(x, folded.weight, folded.bias, *o.stride(), c10::get<torch::ExpandingArray<2>>(o.padding()),
+                       *o.dilation(), o.groups());
+}
+
+UnfoldedGuard::UnfoldedGuard() : previous_(folding_on) { folding_on = false; }
+UnfoldedGuard::~UnfoldedGuard() { folding_on = previous_; }
+
+namespace {
 
 // Every block with a temporal shift, whatever the architecture.
 std::vector<int64_t*> shift_segments(BackboneImpl& backbone) {

@@ -29,7 +29,7 @@ ConvBNReLU6Impl::ConvBNReLU6Impl(int64_t in, int64_t out, int64_t kernel, int64_
 }
 
 torch::Tensor ConvBNReLU6Impl::forward(const torch::Tensor& x) {
-  return torch::hardtanh(bn(conv(x)), 0.0, 6.0);  // ReLU6
+  return torch::hardtanh(conv_bn(*conv, *bn, folded, x), 0.0, 6.0);  // ReLU6
 }
 
 InvertedResidualImpl::InvertedResidualImpl(int64_t in, int64_t out, int64_t stride, int64_t expand_ratio_,
@@ -41,16 +41,34 @@ InvertedResidualImpl::InvertedResidualImpl(int64_t in, int64_t out, int64_t stri
   const int64_t hidden = static_cast<int64_t>(std::lround(static_cast<double>(in * expand_ratio)));
   if (expand_ratio != 1) conv->push_back(ConvBNReLU6(in, hidden, 1, 1));
   conv->push_back(ConvBNReLU6(hidden, hidden, 3, stride, hidden));
-  conv->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(hidden, out, 1).bias(false)));
-  conv->push_back(torch::nn::BatchNorm2d(out));
+  project = torch::nn::Conv2d(torch::nn::Conv2dOptions(hidden, out, 1).bias(false));
+  project_bn = torch::nn::BatchNorm2d(out);
+  conv->push_back(project);
+  conv->push_back(project_bn);
   register_module("conv", conv);
 }
 
+torch::Tensor InvertedResidualImpl::branch(const torch::Tensor& x) {
+  const size_t n = conv->size();  // [expand,] depthwise, project conv, its BN
+  auto y = x;
+  for (size_t i = 0; i + 2 < n; ++i) y = conv->ptr<ConvBNReLU6Impl>(i)->forward(y);
+  return conv_bn(*project, *project_bn, folded_project, y);
+}
+
 torch::Tensor InvertedResidualImpl::forward(const torch::Tensor& x) {
-  if (!use_residual) return conv->forward(x);
+  if (!use_residual) return branch(x);
   // As official TSM: only residual blocks with an expansion shift, and only on the convolution branch.
   const bool shift = tsm_segments_ > 0 && expand_ratio != 1;
-  return x + conv->forward(shift ? temporal_shift(x, tsm_segments_, shift_div_) : x);
+  return x + branch(shift ? temporal_shift(x, tsm_segments_, shift_div_) : x);
+}
+
+void InvertedResidualImpl::fold() {
+  const size_t n = conv->size();
+  for (size_t i = 0; i + 2 < n; ++i) {
+    auto* c = conv->ptr<ConvBNReLU6Impl>(i).get();
+    c->folded = nn::fold(*c->conv, *c->bn);
+  }
+  folded_project = nn::fold(*project, *project_bn);
 }
 
 MobileNetV2Impl::MobileNetV2Impl(const BackboneOptions& options) {
@@ -91,7 +109,18 @@ MobileNetV2Impl::MobileNetV2Impl(const BackboneOptions& options) {
   }
 }
 
-torch::Tensor MobileNetV2Impl::feature_map(const torch::Tensor& x) { return features->forward(x); }
+torch::Tensor MobileNetV2Impl::feature_map(const torch::Tensor& x) {
+  // Folded: channels-last from the input on (the convolutions would otherwise convert each input themselves).
+  return features->forward(folded_ && !is_training() ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x);
+}
+
+void MobileNetV2Impl::fold_batchnorm() {
+  for (const auto& m : features->children()) {
+    if (auto* c = m->as<ConvBNReLU6Impl>()) c->folded = fold(*c->conv, *c->bn);
+    if (auto* b = m->as<InvertedResidualImpl>()) b->fold();
+  }
+  folded_ = true;
+}
 
 torch::Tensor MobileNetV2Impl::classify(const torch::Tensor& pooled) { return classifier->forward(pooled); }
 

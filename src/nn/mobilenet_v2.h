@@ -17,6 +17,7 @@ class ConvBNReLU6Impl : public torch::nn::Module {
 
   torch::nn::Conv2d conv{nullptr};     // "0"
   torch::nn::BatchNorm2d bn{nullptr};  // "1"
+  FoldedConv folded;                   // BackboneImpl::fold_batchnorm
 };
 TORCH_MODULE(ConvBNReLU6);
 
@@ -29,9 +30,16 @@ class InvertedResidualImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   torch::nn::Sequential conv;  // "conv": [ConvBNReLU6 expand,] ConvBNReLU6 depthwise, Conv2d project, BatchNorm2d
+  torch::nn::Conv2d project{nullptr};         // the last two of `conv`
+  torch::nn::BatchNorm2d project_bn{nullptr};
   bool use_residual;
   int64_t expand_ratio;
   int64_t tsm_segments_, shift_div_;  // 0 segments: no temporal shift
+  FoldedConv folded_project;          // BackboneImpl::fold_batchnorm (the ConvBNReLU6s hold their own)
+  void fold();
+
+ private:
+  torch::Tensor branch(const torch::Tensor& x);
 };
 TORCH_MODULE(InvertedResidual);
 
@@ -47,12 +55,14 @@ class MobileNetV2Impl : public BackboneImpl {
   std::string classifier_prefix() const override { return "classifier."; }
   StateDict import_state_dict(const StateDict& state) const override;
   StateDict export_official_state_dict(const StateDict& state) const override;
+  void fold_batchnorm() override;
 
   torch::nn::Sequential features;    // "features.0" stem, "features.1".."17" blocks, "features.18" 1x1 conv
   torch::nn::Sequential classifier;  // "classifier.0" Dropout(0.2), "classifier.1" Linear
 
  private:
   int64_t last_channel_;
+  bool folded_ = false;
   /// Block and classifier keys between torchvision's layout and the official (tonylins') one.
   StateDict rename_keys(const StateDict& state, bool to_official) const;
   std::vector<int64_t> expand_ratios_;  // per entry of `features`; 0 for the stem and the last conv

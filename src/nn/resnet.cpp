@@ -17,6 +17,16 @@ torch::nn::Sequential make_downsample(int64_t in, int64_t out, int64_t stride) {
   if (stride == 1 && in == out) return nullptr;
   return torch::nn::Sequential(conv(in, out, 1, stride), torch::nn::BatchNorm2d(out));
 }
+
+// The downsample's conv and BN (its "0" and "1").
+torch::nn::Conv2dImpl& down_conv(const torch::nn::Sequential& down) { return *down->ptr(0)->as<torch::nn::Conv2d>(); }
+torch::nn::BatchNorm2dImpl& down_bn(const torch::nn::Sequential& down) { return *down->ptr(1)->as<torch::nn::BatchNorm2d>(); }
+
+torch::Tensor shortcut(const torch::nn::Sequential& down, const FoldedConv& folded, const torch::Tensor& x) {
+  return conv_bn(down_conv(down), down_bn(down), folded, x);
+}
+
+FoldedConv fold_downsample(const torch::nn::Sequential& down) { return fold(down_conv(down), down_bn(down)); }
 }  // namespace
 
 BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t planes, int64_t stride, int64_t tsm_segments, int64_t shift_div)
@@ -31,9 +41,15 @@ BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t planes, int64_t stride, int64
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   auto in = tsm_segments_ > 0 ? temporal_shift(x, tsm_segments_, shift_div_) : x;
-  auto out = torch::relu(bn1(conv1(in)));
-  out = bn2(conv2(out));
-  return torch::relu(out + (downsample ? downsample->forward(x) : x));
+  auto out = torch::relu(conv_bn(*conv1, *bn1, folded1, in));
+  out = conv_bn(*conv2, *bn2, folded2, out);
+  return torch::relu(out + (downsample ? shortcut(downsample, folded_down, x) : x));
+}
+
+void BasicBlockImpl::fold() {
+  folded1 = nn::fold(*conv1, *bn1);
+  folded2 = nn::fold(*conv2, *bn2);
+  if (downsample) folded_down = fold_downsample(downsample);
 }
 
 BottleneckImpl::BottleneckImpl(int64_t in, int64_t planes, int64_t stride, int64_t tsm_segments, int64_t shift_div)
@@ -50,10 +66,17 @@ BottleneckImpl::BottleneckImpl(int64_t in, int64_t planes, int64_t stride, int64
 
 torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
   auto in = tsm_segments_ > 0 ? temporal_shift(x, tsm_segments_, shift_div_) : x;
-  auto out = torch::relu(bn1(conv1(in)));
-  out = torch::relu(bn2(conv2(out)));
-  out = bn3(conv3(out));
-  return torch::relu(out + (downsample ? downsample->forward(x) : x));
+  auto out = torch::relu(conv_bn(*conv1, *bn1, folded1, in));
+  out = torch::relu(conv_bn(*conv2, *bn2, folded2, out));
+  out = conv_bn(*conv3, *bn3, folded3, out);
+  return torch::relu(out + (downsample ? shortcut(downsample, folded_down, x) : x));
+}
+
+void BottleneckImpl::fold() {
+  folded1 = nn::fold(*conv1, *bn1);
+  folded2 = nn::fold(*conv2, *bn2);
+  folded3 = nn::fold(*conv3, *bn3);
+  if (downsample) folded_down = fold_downsample(downsample);
 }
 
 ResNetImpl::ResNetImpl(const BackboneOptions& options) : stem_(options.stem()) {
@@ -98,8 +121,19 @@ ResNetImpl::ResNetImpl(const BackboneOptions& options) : stem_(options.stem()) {
 }
 
 torch::Tensor ResNetImpl::stem(const torch::Tensor& x) {
-  auto y = torch::relu(bn1(conv1(x)));
+  // Folded: channels-last from the input on (the convolutions would otherwise convert each input themselves).
+  const bool folded = folded_stem_.weight.defined() && !is_training();
+  auto y = torch::relu(conv_bn(*conv1, *bn1, folded_stem_, folded ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x));
   return stem_ == "imagenet" ? torch::max_pool2d(y, 3, 2, 1) : y;
+}
+
+void ResNetImpl::fold_batchnorm() {
+  folded_stem_ = fold(*conv1, *bn1);
+  for (const auto& layer : {layer1, layer2, layer3, layer4})
+    for (const auto& block : layer->children()) {
+      if (auto* b = block->as<BasicBlockImpl>()) b->fold();
+      if (auto* b = block->as<BottleneckImpl>()) b->fold();
+    }
 }
 
 torch::Tensor ResNetImpl::feature_map(const torch::Tensor& x) {

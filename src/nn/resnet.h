@@ -19,6 +19,8 @@ class BasicBlockImpl : public torch::nn::Module {
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
   torch::nn::Sequential downsample{nullptr};  // "downsample.0" 1x1 conv, "downsample.1" BN; only when shapes change
   int64_t tsm_segments_, shift_div_;          // 0 segments: no temporal shift
+  FoldedConv folded1, folded2, folded_down;   // BackboneImpl::fold_batchnorm
+  void fold();
 };
 TORCH_MODULE(BasicBlock);
 
@@ -34,6 +36,8 @@ class BottleneckImpl : public torch::nn::Module {
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   torch::nn::Sequential downsample{nullptr};
   int64_t tsm_segments_, shift_div_;  // 0 segments: no temporal shift
+  FoldedConv folded1, folded2, folded3, folded_down;
+  void fold();
 };
 TORCH_MODULE(Bottleneck);
 
@@ -49,6 +53,7 @@ class ResNetImpl : public BackboneImpl {
   int64_t feature_dim() const override { return feature_dim_; }
   int64_t stride() const override { return stem_ == "imagenet" ? 32 : stem_ == "small" ? 8 : 16; }
   std::string classifier_prefix() const override { return "fc."; }
+  void fold_batchnorm() override;
 
   torch::nn::Conv2d conv1{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr};
@@ -58,6 +63,7 @@ class ResNetImpl : public BackboneImpl {
  private:
   int64_t feature_dim_;
   std::string stem_;
+  FoldedConv folded_stem_;
 };
 
 }  // namespace adafocus::nn

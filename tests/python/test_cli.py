@@ -830,6 +830,34 @@ class AdaptiveInference(SharedFolder):
         self.assertGreater(out["decode_ms_per_video"], 0)
 
 
+class Speed(BinaryTest):
+    def test_compare_python_checks_agreement_and_writes_the_ratios(self):
+        with tempfile.TemporaryDirectory() as d:
+            text = self.ok("bench", "--compare-python", "--tiny", "--out", d, "--rounds", "1", "--warmup", "1")
+            self.assertIn("PyTorch ms", text)
+            with open(os.path.join(d, "compare.json")) as f:
+                out = json.load(f)
+            for key in ["v2_speedup_over_gflops_ratio", "inference_vs_python", "training_vs_python", "bf16_vs_fp32"]:
+                self.assertGreater(out[key], 0, key)
+            self.assertEqual(len(out["cases"]), 6)
+            for name, case in out["cases"].items():
+                self.assertLessEqual(case["max_abs_difference"], 1e-3, name)
+            # A model that computes something else is refused before anything is compared: a wrong weight file.
+            cases = os.path.join(d, "compare", "cases.json")
+            with open(cases) as f:
+                spec = json.load(f)
+            broken = os.path.join(d, "compare", "v2_p128_b1.pth")
+            state = torch.load(broken)
+            state["classifier.classifiers.0.1.bias"] += 1
+            torch.save(state, broken)
+            subprocess.run(["/usr/bin/python3", os.path.join(os.path.dirname(__file__), "..", "..", "bench",
+                                                             "python_reference.py"), os.path.join(d, "compare")],
+                           check=True, capture_output=True)
+            with open(os.path.join(d, "compare", "python.json")) as f:
+                self.assertGreater(json.load(f)["cases"]["v2_p128_b1"]["max_abs_difference"], 0.5)
+            self.assertEqual(len(spec["cases"]), 6)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     unittest.main(argv=sys.argv[:1], verbosity=2)

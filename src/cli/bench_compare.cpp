@@ -1,0 +1,321 @@
+// adafocus bench --compare-python: our speed against the same models in PyTorch eager, in one process tree. We build
+// each model, write its weights and an input as .pth files, time our own runs, then start bench/python_reference.py,
+// which loads the same weights into PyTorch modules, checks that its outputs agree with ours and times the same work
+// with the same threads. The two never run at the same time. Ratios are ours over theirs inverted (higher = we are
+// faster); they are printed and written to OUT/compare.json with the figures behind them.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "core/error.h"
+#include "core/files.h"
+#include "infer/evaluate.h"
+#include "infer/flops.h"
+#include "io/pth.h"
+#include "methods/adafocus_v2.h"
+#include "methods/baselines.h"
+#include "nn/state_dict.h"
+#include "train/optimizer.h"
+
+#ifndef ADAFOCUS_SOURCE_DIR
+#define ADAFOCUS_SOURCE_DIR "."
+#endif
+
+namespace adafocus::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+// One model at one batch size, for inference or for a training step.
+struct Case {
+  Case(std::string n, Config c, int64_t b, bool t) : name(std::move(n)), config(std::move(c)), batch(b), training(t) {}
+  std::string name;
+  Config config;
+  int64_t batch;
+  bool training;
+  methods::Method model;
+  double gflops = 0;
+  std::vector<double> seconds, plain_seconds, bf16_seconds;  // ours: as used, before optimising, in bf16
+  double bf16_difference = 0;
+  torch::Tensor clips, target;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+Config case_config(const std::string& preset, const std::vector<std::string>& overrides) {
+  Config c = Config::defaults();
+  if (!preset.empty()) c.merge_file(preset);
+  for (const auto& o : overrides) c.set(o);
+  return c;
+}
+
+json backbone_json(const Config& c, const std::string& section) {
+  const std::string arch = c.get_string(section + ".arch");
+  if (arch == "mobilenet_v2" && c.get_float(section + ".width_mult") != 1.0)
+    throw Error("the Python reference builds MobileNetV2 at width 1.0 only", c.origin(section + ".width_mult"));
+  if (c.get_bool(section + ".tsm")) throw Error("the Python reference has no temporal shift", c.origin(section + ".tsm"));
+  return {{"arch", arch}, {"base_width", c.get_int(section + ".base_width")}, {"stem", c.get_string(section + ".stem")}};
+}
+
+// What python_reference.py needs to rebuild the model: the architecture fields of the config.
+json model_json(const Case& k, int64_t classes) {
+  const Config& c = k.config;
+  const std::string method = c.get_string("model.method");
+  json m{{"method", method}, {"classes", classes}, {"frames", c.get_int("data.segments")},
+         {"resize", c.get_string("model.resize")}, {"dropout", c.get_float("model.dropout")}};
+  if (method == "full_frame") {
+    const int64_t r = c.get_int("model.backbone.resolution");
+    m["resolution"] = r > 0 ? r : c.get_int("data.input_size");
+    m["backbone"] = backbone_json(c, "model.backbone");
+    return m;
+  }
+  const auto& v2 = dynamic_cast<const methods::AdaFocusV2Impl&>(*k.model);
+  m.update({{"glance", backbone_json(c, "model.glance")}, {"local", backbone_json(c, "model.local")},
+            {"patch", c.get_int("model.patch_size")}, {"glance_size", c.get_int("model.glance.resolution")},
+            {"fuse", c.get_string("model.fuse")}, {"fc_dropout", c.get_float("model.fc_dropout")},
+            {"policy_channels", c.get_int("model.policy_channels")}, {"policy_hidden", c.get_int("model.policy_hidden")},
+            {"classifier_hidden", c.get_int("model.classifier_hidden")},
+            {"map_cells", v2.policy_stn->encoder->ptr(4)->as<torch::nn::Linear>()->options.in_features() /
+                              c.get_int("model.policy_channels")},
+            {"feature_gradient", c.get_string("model.policy_gradient") == "feature"},
+            {"local_stride", v2.local_CNN->stride()}});
+  return m;
+}
+
+train::Optimizer make_optimizer(methods::MethodImpl& model, const Config& c) {
+  train::OptimizerOptions oo;
+  oo.kind = c.get_string("train.optimizer");
+  oo.momentum = c.get_float("train.momentum");
+  oo.weight_decay = c.get_float("train.weight_decay");
+  for (const auto& g : model.param_groups())
+    if (g.lr_mult != 1.0)
+      throw Error("the Python reference trains every parameter at one rate; group " + g.name + " has a multiplier",
+                  c.origin("train.lr_" + g.name));
+  return train::Optimizer(model.param_groups(), oo);
+}
+
+template <typename F>
+std::vector<double> timed(F&& run, int64_t warmup, int64_t rounds) {
+  for (int64_t i = 0; i < warmup; ++i) run();
+  std::vector<double> out;
+  for (int64_t i = 0; i < rounds; ++i) {
+    const auto start = Clock::now();
+    run();
+    out.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  return out;
+}
+
+// The accuracy bf16 costs: the demo's trained AdaFocusV2 (and the other models there) evaluated in fp32 and bf16.
+json demo_bf16(const std::string& demo, const Runtime& runtime) {
+  json out{{"bf16_demo", json::object()}};
+  double v2_change = 0;
+  for (const std::string name : {"adafocus_v2", "adafocus_v3", "full_frame_low_res", "full_frame_full_res"}) {
+    const std::string path = demo + "/" + name + ".pt";
+    if (!std::filesystem::exists(path)) continue;
+    methods::LoadedModel m = methods::load_model(path, "", {}, runtime.torch_device());
+    infer::EvalOptions o;
+    o.device = runtime.torch_device();
+    double top1[2], seconds[2];
+    for (int i = 0; i < 2; ++i) {
+      infer::PrecisionGuard guard(i == 0 ? infer::Precision::Fp32 : infer::Precision::Bf16);
+      const auto start = Clock::now();
+      top1[i] = infer::evaluate(*m.method, m.config, o).scores.top1;
+      seconds[i] = std::chrono::duration<double>(Clock::now() - start).count();
+    }
+    out["bf16_demo"][name] = {{"fp32_top1", top1[0]}, {"bf16_top1", top1[1]}, {"fp32_eval_s", seconds[0]},
+                              {"bf16_eval_s", seconds[1]}};
+    fmt::print("{}: top-1 fp32 {:.1f}, bf16 {:.1f} (eval {:.1f} s / {:.1f} s)\n", name, top1[0], top1[1], seconds[0],
+               seconds[1]);
+    if (name == "adafocus_v2") v2_change = top1[1] - top1[0];
+  }
+  if (out["bf16_demo"].contains("adafocus_v2"))
+    out["bf16_top1_change"] = v2_change;
+  else
+    throw Error("no adafocus_v2.pt in the demo folder", demo, "run adafocus demo first, or leave out --demo");
+  return out;
+}
+
+}  // namespace
+
+int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
+  if (runtime.device != "cpu") throw Error("--compare-python times the CPU", "", "use --device cpu");
+  const std::string work = args.out + "/compare";
+  std::filesystem::create_directories(work);
+  torch::manual_seed(0);
+
+  std::vector<Case> cases;
+  // (i) AdaFocusV2 P=128 (MobileNetV2 glance at 224, ResNet-50 on the patches, 16 frames) against the full-frame
+  // ResNet-50 TSN at 224; (ii) a training step of the demo's AdaFocusV2 and full-frame presets.
+  std::vector<std::string> v2{"model.from_scratch=true"};
+  std::vector<std::string> tsn{"model.method=full_frame", "model.backbone.arch=resnet50", "data.segments=16",
+                               "data.input_size=224", "model.num_classes=200", "model.from_scratch=true"};
+  if (args.tiny)  // the same comparison on small shapes, for the tests: 4 frames of 64 px, patches of 32
+    for (auto* overrides : {&v2, &tsn})
+      for (const char* o : {"data.segments=4", "data.input_size=64", "model.glance.resolution=64", "model.patch_size=32",
+                            "model.local.arch=resnet18", "model.backbone.arch=resnet18", "model.policy_hidden=64",
+                            "model.classifier_hidden=128"})
+        overrides->push_back(o);
+  for (int64_t batch : {1, 8}) {
+    cases.emplace_back(fmt::format("v2_p128_b{}", batch), case_config("activitynet_v2", v2), batch, false);
+    cases.emplace_back(fmt::format("tsn_r50_224_b{}", batch), case_config("", tsn), batch, false);
+  }
+  cases.emplace_back("v2_demo_train", case_config("benchmark/adafocus_v2", {}), 0, true);
+  cases.emplace_back("full_frame_demo_train", case_config("benchmark/full_frame_full_res", {}), 0, true);
+
+  json spec{{"threads", runtime.threads}, {"warmup", args.warmup}, {"rounds", args.rounds}, {"cases", json::array()}};
+  for (auto& k : cases) {
+    const Config& c = k.config;
+    const int64_t classes = k.training ? 10 : c.get_int("model.num_classes");  // the benchmark has 10 classes
+    if (k.training) k.batch = c.get_int("data.batch_size");
+    const int64_t frames = c.get_int("data.segments"), size = c.get_int("data.input_size");
+    k.model = methods::make_method(c, classes);
+    k.clips = torch::randn({k.batch, frames, 3, size, size});
+    k.target = torch::randint(classes, {k.batch}, torch::kLong);
+    const std::string prefix = work + "/" + k.name;
+    // The weights as PyTorch names them: the official layout for V2 (its MobileNetV2 glance), ours for TSN.
+    const nn::StateDict state = nn::state_dict(*k.model);
+    io::write_state_dict(prefix + ".pth", c.get_string("model.method") == "full_frame"
+                                              ? state
+                                              : k.model->export_official_state_dict(state));
+    c10::Dict<std::string, torch::Tensor> input;
+    input.insert("clips", k.clips);
+    input.insert("target", k.target);
+    io::write_pth(prefix + "_input.pth", input);
+    json entry{{"name", k.name}, {"kind", k.training ? "training" : "inference"}, {"weights", prefix + ".pth"},
+               {"input", prefix + "_input.pth"}, {"ours", prefix + "_ours.pth"}, {"model", model_json(k, classes)}};
+
+    c10::Dict<std::string, torch::Tensor> ours;
+    if (k.training) {
+      // One step as the trainer takes it (both V2 branches: the policy's epoch); its loss and gradients the check.
+      k.model->train();
+      train::Optimizer optimizer = make_optimizer(*k.model, c);
+      methods::StepContext context;
+      context.epoch = context.policy_from_epoch = c.get_int("train.policy_from_epoch");
+      const double lr = c.get_float("train.lr");
+      torch::Tensor loss;
+      auto step = [&] {
+        optimizer.zero_grad();
+        loss = k.model->loss({k.clips, {}}, k.target, context).total;
+        loss.backward();
+        optimizer.step(lr);
+      };
+      constexpr int64_t kSeed = 7;  // the random branch's patches: the same draws in Python
+      torch::manual_seed(kSeed);
+      step();
+      ours.insert("loss", loss.detach());
+      for (const auto& p : k.model->named_parameters())
+        if (p.value().grad().defined()) ours.insert("grad." + p.key(), p.value().grad());
+      entry["seed"] = kSeed;
+      entry["optimizer"] = {{"kind", c.get_string("train.optimizer")}, {"lr", lr},
+                            {"momentum", c.get_float("train.momentum")},
+                            {"weight_decay", c.get_float("train.weight_decay")}};
+      io::write_pth(prefix + "_ours.pth", ours);
+      k.seconds = timed(step, args.warmup, args.rounds);
+    } else {
+      k.model->eval();
+      torch::NoGradGuard no_grad;
+      k.gflops = infer::method_flops(*k.model, frames, 0, size).report.gflops() * static_cast<double>(k.batch);
+      auto predict = [&] { return k.model->predict({k.clips, {}}); };
+      k.plain_seconds = timed(predict, args.warmup, args.rounds);  // as built, before optimize_for_inference
+      k.model->optimize_for_inference();
+      const methods::Prediction p = predict();
+      ours.insert("logits", p.logits);
+      if (p.glance_logits.defined()) ours.insert("glance_logits", p.glance_logits);
+      if (p.local_logits.defined()) ours.insert("local_logits", p.local_logits);
+      io::write_pth(prefix + "_ours.pth", ours);
+      k.seconds = timed(predict, args.warmup, args.rounds);
+      infer::PrecisionGuard bf16(infer::Precision::Bf16);
+      k.bf16_difference = (predict().logits.to(torch::kFloat) - p.logits).abs().max().item<double>();
+      k.bf16_seconds = timed(predict, args.warmup, args.rounds);
+    }
+    fmt::print(stderr, "ours: {} {:.1f} ms\n", k.name, 1e3 * median(k.seconds));
+    spec["cases"].push_back(entry);
+  }
+  write_file_atomic(work + "/cases.json", spec.dump(1), false);
+
+  // PyTorch, alone on the machine now.
+  const std::string script = args.script.empty() ? ADAFOCUS_SOURCE_DIR "/bench/python_reference.py" : args.script;
+  const std::string command = fmt::format("/usr/bin/python3 '{}' '{}'", script, work);
+  if (std::system(command.c_str()) != 0)
+    throw Error("the PyTorch reference failed: " + command, script,
+                "it needs Debian's python3-torch and python3-torchvision (scripts/install-deps.sh)");
+  json python;
+  {
+    std::ifstream f(work + "/python.json");
+    if (!f) throw Error("the PyTorch reference wrote no results", work + "/python.json");
+    python = json::parse(f);
+  }
+
+  // Agreement first: times of models that compute different things mean nothing.
+  json result{{"threads", runtime.threads}, {"torch_python", python["torch"]}, {"cases", json::object()}};
+  std::vector<std::vector<std::string>> rows;
+  double inference_worst = 1e9, training_worst = 1e9, bf16_worst = 1e9;
+  for (const auto& k : cases) {
+    const json& theirs = python["cases"][k.name];
+    const double difference = theirs["max_abs_difference"].get<double>();
+    // Inference: logits of random weights, |logit| ~ 1; training: the loss (~2.3) and one optimiser step.
+    const double tolerance = k.training ? 1e-4 : 1e-3;
+    const double gradients = theirs.value("gradient_difference", 0.0);  // relative to the largest gradient
+    if (!(difference <= tolerance) || !(gradients <= 1e-3))
+      throw Error(fmt::format("{}: our outputs and PyTorch's differ by {:.3g} (gradients {:.3g}); not timing models "
+                              "that compute different things",
+                              k.name, difference, gradients),
+                  work + "/python.json");
+    const double ours_s = median(k.seconds), theirs_s = median(theirs["seconds"].get<std::vector<double>>());
+    const double ratio = theirs_s / ours_s;
+    (k.training ? training_worst : inference_worst) = std::min(k.training ? training_worst : inference_worst, ratio);
+    json& r = result["cases"][k.name];
+    r = {{"ours_ms", 1e3 * ours_s}, {"python_ms", 1e3 * theirs_s}, {"speedup", ratio},
+         {"max_abs_difference", difference}, {"gflops", k.gflops}};
+    std::string plain = "-", bf16 = "-";
+    if (!k.training) {
+      const double b = median(k.bf16_seconds);
+      bf16_worst = std::min(bf16_worst, ours_s / b);
+      r.update({{"plain_ms", 1e3 * median(k.plain_seconds)}, {"bf16_ms", 1e3 * b}, {"bf16_vs_fp32", ours_s / b},
+                {"bf16_max_abs_difference", k.bf16_difference}});
+      plain = fmt::format("{:.1f}", 1e3 * median(k.plain_seconds));
+      bf16 = fmt::format("{:.1f} ({:.2f}x)", 1e3 * b, ours_s / b);
+    } else {
+      r["gradient_difference"] = gradients;
+    }
+    rows.push_back({k.name, fmt::format("{:.1f}", 1e3 * ours_s), fmt::format("{:.1f}", 1e3 * theirs_s),
+                    fmt::format("{:.2f}x", ratio), fmt::format("{:.1e}", difference), plain, bf16});
+  }
+  result["inference_vs_python"] = inference_worst;
+  result["training_vs_python"] = training_worst;
+  result["bf16_vs_fp32"] = bf16_worst;
+  if (!args.demo.empty()) result.update(demo_bf16(args.demo, runtime));
+  // AdaFocusV2 P=128 against the full-frame TSN: the measured speedup over the ratio of their GFLOPs, per batch.
+  for (int64_t batch : {1, 8}) {
+    const Case& a = cases[batch == 1 ? 0 : 2];
+    const Case& b = cases[batch == 1 ? 1 : 3];
+    const double speedup = median(b.seconds) / median(a.seconds), ratio = b.gflops / a.gflops;
+    result[fmt::format("v2_speedup_b{}", batch)] = speedup;
+    result[fmt::format("v2_gflops_ratio_b{}", batch)] = ratio;
+    result[fmt::format("v2_speedup_over_gflops_ratio_b{}", batch)] = speedup / ratio;
+  }
+  result["v2_speedup_over_gflops_ratio"] = result["v2_speedup_over_gflops_ratio_b8"];
+
+  print_table({"case", "ours ms", "PyTorch ms", "speedup", "max |diff|", "ours unoptimised ms", "ours bf16 ms"}, rows);
+  fmt::print("AdaFocusV2 P=128 vs full-frame ResNet-50 TSN@224: batch 1 {:.2f}x for {:.2f}x fewer GFLOPs ({:.2f}), "
+             "batch 8 {:.2f}x for {:.2f}x ({:.2f})\n",
+             result["v2_speedup_b1"].get<double>(), result["v2_gflops_ratio_b1"].get<double>(),
+             result["v2_speedup_over_gflops_ratio_b1"].get<double>(), result["v2_speedup_b8"].get<double>(),
+             result["v2_gflops_ratio_b8"].get<double>(), result["v2_speedup_over_gflops_ratio_b8"].get<double>());
+  write_file_atomic(args.out + "/compare.json", result.dump(2) + "\n", false);
+  fmt::print("{}/compare.json\n", args.out);
+  return 0;
+}
+
+}  // namespace adafocus::cli

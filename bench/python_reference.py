@@ -3,9 +3,9 @@
 run on the same inputs with the same number of threads, written as a user of PyTorch would write them (eval mode and
 no_grad for inference, a plain loss.backward() and torch.optim step for training).
 
-  python_reference.py WORK    reads WORK/cases.json, writes WORK/python.json
+  python_reference.py SPEC OUT    reads the cases of SPEC (JSON), writes the results to OUT (JSON)
 
-Each case first checks that our outputs (WORK/<case>_ours.pth) agree with PyTorch's on the same input, then times
+adafocus runs it case by case, right after timing its own. Each case first checks that our outputs (WORK/<case>_ours.pth) agree with PyTorch's on the same input, then times
 `rounds` runs after `warmup` ones. Run with /usr/bin/python3 (Debian's python3-torch).
 """
 import json
@@ -288,8 +288,7 @@ def training(case, warmup, rounds):
 
 
 def main():
-    work = sys.argv[1]
-    with open(os.path.join(work, "cases.json")) as f:
+    with open(sys.argv[1]) as f:
         spec = json.load(f)
     torch.set_num_threads(spec["threads"])
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cases": {}}
@@ -298,7 +297,7 @@ def main():
         results["cases"][case["name"]] = run(case, spec["warmup"], spec["rounds"])
         print("python: %s %.1f ms" % (case["name"], 1e3 * min(results["cases"][case["name"]]["seconds"])),
               file=sys.stderr)
-    with open(os.path.join(work, "python.json"), "w") as f:
+    with open(sys.argv[2], "w") as f:
         json.dump(results, f, indent=1)
 
 

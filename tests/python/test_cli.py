@@ -842,21 +842,28 @@ class Speed(BinaryTest):
             self.assertEqual(len(out["cases"]), 6)
             for name, case in out["cases"].items():
                 self.assertLessEqual(case["max_abs_difference"], 1e-3, name)
-            # A model that computes something else is refused before anything is compared: a wrong weight file.
-            cases = os.path.join(d, "compare", "cases.json")
-            with open(cases) as f:
-                spec = json.load(f)
-            broken = os.path.join(d, "compare", "v2_p128_b1.pth")
+            # A model that computes something else shows: a wrong weight file gives a large difference.
+            work = os.path.join(d, "compare")
+            broken = os.path.join(work, "v2_p128_b1.pth")
             state = torch.load(broken)
             state["classifier.classifiers.0.1.bias"] += 1
             torch.save(state, broken)
+            out = os.path.join(work, "broken.json")
             subprocess.run(["/usr/bin/python3", os.path.join(os.path.dirname(__file__), "..", "..", "bench",
-                                                             "python_reference.py"), os.path.join(d, "compare")],
-                           check=True, capture_output=True)
-            with open(os.path.join(d, "compare", "python.json")) as f:
+                                                             "python_reference.py"),
+                            os.path.join(work, "v2_p128_b1.json"), out], check=True, capture_output=True)
+            with open(out) as f:
                 self.assertGreater(json.load(f)["cases"]["v2_p128_b1"]["max_abs_difference"], 0.5)
-            self.assertEqual(len(spec["cases"]), 6)
-
+            # ... and adafocus refuses to time models that disagree (a stand-in reference reporting a difference).
+            fake = os.path.join(d, "fake.py")
+            with open(fake, "w") as f:
+                f.write("import json, sys\nspec = json.load(open(sys.argv[1]))\n"
+                        "json.dump({'torch': 'x', 'cases': {c['name']: {'max_abs_difference': 0.5, 'seconds': [1.0]}"
+                        " for c in spec['cases']}}, open(sys.argv[2], 'w'))\n")
+            r = run("bench", "--compare-python", "--tiny", "--out", d, "--rounds", "1", "--warmup", "1",
+                    "--python-script", fake)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("differ by 0.5", r.stderr)
 
 if __name__ == "__main__":
     torch.set_num_threads(2)

@@ -17,6 +17,7 @@
 #include "core/files.h"
 #include "infer/evaluate.h"
 #include "infer/flops.h"
+#include "infer/precision.h"
 #include "io/pth.h"
 #include "methods/adafocus_v2.h"
 #include "methods/baselines.h"
@@ -147,6 +148,7 @@ json demo_bf16(const std::string& demo, const Runtime& runtime) {
 
 int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
   if (runtime.device != "cpu") throw Error("--compare-python times the CPU", "", "use --device cpu");
+  infer::PrecisionGuard fp32(infer::Precision::Fp32);  // bf16 is timed beside fp32 below, whatever --precision says
   const std::string work = args.out + "/compare";
   std::filesystem::create_directories(work);
   torch::manual_seed(0);

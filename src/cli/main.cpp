@@ -2,6 +2,7 @@
 // call the library, print.
 #include <fmt/format.h>
 #include <malloc.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -46,7 +47,11 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   cli::Runtime runtime;
-  runtime.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // The cores this process may run on (a container's or taskset's share), not all the machine's.
+  cpu_set_t cpus;
+  runtime.threads = sched_getaffinity(0, sizeof(cpus), &cpus) == 0
+                        ? std::max(1, CPU_COUNT(&cpus))
+                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   runtime.device = torch::cuda::is_available() ? "cuda" : "cpu";
   // LibTorch defaults to one intra-op thread; we default to every core.
   app.add_option("--threads", runtime.threads, "CPU threads for tensor operations")->check(CLI::PositiveNumber);

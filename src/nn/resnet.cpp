@@ -23,7 +23,18 @@ torch::nn::Conv2dImpl& down_conv(const torch::nn::Sequential& down) { return *do
 torch::nn::BatchNorm2dImpl& down_bn(const torch::nn::Sequential& down) { return *down->ptr(1)->as<torch::nn::BatchNorm2d>(); }
 
 torch::Tensor shortcut(const torch::nn::Sequential& down, const FoldedConv& folded, const torch::Tensor& x) {
-  return conv_bn(down_conv(down), down_bn(down), folded, x);
+  auto& conv = down_conv(down);
+  // oneDNN 2.6 (LibTorch 1.13) writes past its workspace in the weight gradient of a strided 1x1 convolution on
+  // channels-last input with fewer input channels than its channel block (16 with AVX-512; oneDNN issue 6035): the
+  // heap is corrupted and the process dies later (channels-last training of the benchmark's 8-channel ResNet-10 at
+  // 128 px did). Every other pixel taken first, then convolved with stride 1, is the same and avoids that kernel.
+  const auto stride = (*conv.options.stride())[0];
+  if (stride > 1 && torch::GradMode::is_enabled() && x.size(1) < 16 &&
+      x.is_contiguous(torch::MemoryFormat::ChannelsLast) && !x.is_contiguous()) {
+    const auto every = x.slice(2, 0, x.size(2), stride).slice(3, 0, x.size(3), stride);  // (N, C, H/s, W/s)
+    return down_bn(down).forward(torch::conv2d(every, conv.weight));
+  }
+  return conv_bn(conv, down_bn(down), folded, x);
 }
 
 FoldedConv fold_downsample(const torch::nn::Sequential& down) { return fold(down_conv(down), down_bn(down)); }

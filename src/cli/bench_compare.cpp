@@ -179,8 +179,9 @@ int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
   json python{{"cases", json::object()}}, python_heap{{"cases", json::object()}};
   auto run_python = [&](const json& entry) {
     const std::string name = entry["name"].get<std::string>(), spec = work + "/" + name + ".json";
-    json cases{{"threads", runtime.threads}, {"warmup", args.warmup}, {"rounds", args.rounds}, {"cases", json::array({entry})}};
-    write_file_atomic(spec, cases.dump(1), false);
+    const json one{{"threads", runtime.threads}, {"warmup", args.warmup}, {"rounds", args.rounds},
+                   {"cases", json::array({entry})}};
+    write_file_atomic(spec, one.dump(1), false);
     for (const std::string env : {"", "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824 "}) {
       const std::string out = work + "/" + name + (env.empty() ? "_python.json" : "_python_heap.json");
       const std::string command = fmt::format("{}/usr/bin/python3 '{}' '{}' '{}'", env, script, spec, out);

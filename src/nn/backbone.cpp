@@ -26,7 +26,9 @@ torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& b
                       const torch::Tensor& x) {
   if (!folded.weight.defined() || bn.is_training() || !folding_on) return bn.forward(conv.forward(x));
   const auto& o = conv.options;
-  return torch::conv2d(x, folded.weight, folded.bias, *o.stride(), c10::get<torch::ExpandingArray<2>>(o.padding()),
+  // Channels-last from the network's input on (a no-op after the first convolution); oneDNN would otherwise convert
+  // each NCHW input itself.
+  return torch::conv2d(x.contiguous(torch::MemoryFormat::ChannelsLast), folded.weight, folded.bias, *o.stride(), c10::get<torch::ExpandingArray<2>>(o.padding()),
                        *o.dilation(), o.groups());
 }
 

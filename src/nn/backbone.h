@@ -75,7 +75,8 @@ struct FoldedConv {
 };
 /// conv's weight scaled and bn's shift as a bias, in channels-last: conv then bn in eval mode as one convolution.
 FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn);
-/// bn(conv(x)), computed as one convolution when `folded` is set, bn is in eval mode and no UnfoldedGuard is alive.
+/// bn(conv(x)), computed as one convolution on channels-last x when `folded` is set, bn is in eval mode and no
+/// UnfoldedGuard is alive.
 torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const FoldedConv& folded,
                       const torch::Tensor& x);
 /// While alive, folded convolutions run as conv + BN on this thread: the FLOPs counter counts what the papers count.

@@ -109,17 +109,13 @@ MobileNetV2Impl::MobileNetV2Impl(const BackboneOptions& options) {
   }
 }
 
-torch::Tensor MobileNetV2Impl::feature_map(const torch::Tensor& x) {
-  // Folded: channels-last from the input on (the convolutions would otherwise convert each input themselves).
-  return features->forward(folded_ && !is_training() ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x);
-}
+torch::Tensor MobileNetV2Impl::feature_map(const torch::Tensor& x) { return features->forward(x); }
 
 void MobileNetV2Impl::fold_batchnorm() {
   for (const auto& m : features->children()) {
     if (auto* c = m->as<ConvBNReLU6Impl>()) c->folded = fold(*c->conv, *c->bn);
     if (auto* b = m->as<InvertedResidualImpl>()) b->fold();
   }
-  folded_ = true;
 }
 
 torch::Tensor MobileNetV2Impl::classify(const torch::Tensor& pooled) { return classifier->forward(pooled); }

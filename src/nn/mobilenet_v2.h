@@ -62,7 +62,6 @@ class MobileNetV2Impl : public BackboneImpl {
 
  private:
   int64_t last_channel_;
-  bool folded_ = false;
   /// Block and classifier keys between torchvision's layout and the official (tonylins') one.
   StateDict rename_keys(const StateDict& state, bool to_official) const;
   std::vector<int64_t> expand_ratios_;  // per entry of `features`; 0 for the stem and the last conv

@@ -132,9 +132,7 @@ ResNetImpl::ResNetImpl(const BackboneOptions& options) : stem_(options.stem()) {
 }
 
 torch::Tensor ResNetImpl::stem(const torch::Tensor& x) {
-  // Folded: channels-last from the input on (the convolutions would otherwise convert each input themselves).
-  const bool folded = folded_stem_.weight.defined() && !is_training();
-  auto y = torch::relu(conv_bn(*conv1, *bn1, folded_stem_, folded ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x));
+  auto y = torch::relu(conv_bn(*conv1, *bn1, folded_stem_, x));
   return stem_ == "imagenet" ? torch::max_pool2d(y, 3, 2, 1) : y;
 }
 

@@ -91,15 +91,11 @@ json model_json(const Case& k, int64_t classes) {
 }
 
 train::Optimizer make_optimizer(methods::MethodImpl& model, const Config& c) {
-  train::OptimizerOptions oo;
-  oo.kind = c.get_string("train.optimizer");
-  oo.momentum = c.get_float("train.momentum");
-  oo.weight_decay = c.get_float("train.weight_decay");
   for (const auto& g : model.param_groups())
     if (g.lr_mult != 1.0)
       throw Error("the Python reference trains every parameter at one rate; group " + g.name + " has a multiplier",
                   c.origin("train.lr_" + g.name));
-  return train::Optimizer(model.param_groups(), oo);
+  return train::Optimizer(model.param_groups(), train::OptimizerOptions::from_config(c));
 }
 
 template <typename F>

@@ -6,6 +6,14 @@
 
 namespace adafocus::train {
 
+OptimizerOptions OptimizerOptions::from_config(const Config& config) {
+  OptimizerOptions o;
+  o.kind = config.get_string("train.optimizer");
+  o.momentum = config.get_float("train.momentum");
+  o.weight_decay = config.get_float("train.weight_decay");
+  return o;
+}
+
 Optimizer::Optimizer(std::vector<methods::ParamGroup> groups, OptimizerOptions options)
     : groups_(std::move(groups)), options_(std::move(options)) {
   if (options_.kind != "sgd" && options_.kind != "adam")

@@ -17,6 +17,8 @@ struct OptimizerOptions {
   double momentum = 0.9;
   double weight_decay = 1e-4;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  /// train.optimizer, train.momentum and train.weight_decay of `config`.
+  static OptimizerOptions from_config(const Config& config);
 };
 
 class Optimizer {

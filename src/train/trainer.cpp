@@ -227,11 +227,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
     method->load_pretrained(config);
   method->to(o.device);
 
-  OptimizerOptions oo;
-  oo.kind = config.get_string("train.optimizer");
-  oo.momentum = config.get_float("train.momentum");
-  oo.weight_decay = config.get_float("train.weight_decay");
-  Optimizer optimizer(method->param_groups(), oo);
+  Optimizer optimizer(method->param_groups(), OptimizerOptions::from_config(config));
   if (o.resume) {
     nn::load_state_dict(*method, state.model, last_path);
     optimizer.load_state(state.optimizer);

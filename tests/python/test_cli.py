@@ -614,13 +614,18 @@ class Methods(SharedFolder):
                 "--output", theirs)
         self.assertTrue(torch.equal(torch.load(ours)["logits"], torch.load(theirs)["logits"]))
 
-    def test_demo_smoke(self):
-        out_dir = os.path.join(self.dir, "demo")
-        r = run("demo", "--out", out_dir, "--train-videos", "16", "--val-videos", "8", "--epochs", "1",
-                "--pretrain-images", "256", "--calibration-videos", "8", "--set", "data.batch_size=8")
+    def tiny_demo(self, out_dir, methods=(), calibration_videos=8):
+        """`adafocus demo` on 16 training and 8 val videos for one epoch; its output and results.json by method."""
+        r = run("demo", "--out", out_dir, *(["--methods", ",".join(methods)] if methods else []), "--train-videos",
+                "16", "--val-videos", "8", "--epochs", "1", "--pretrain-images", "256", "--calibration-videos",
+                str(calibration_videos), "--set", "data.batch_size=8")
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(os.path.join(out_dir, "results.json")) as f:
-            rows = {row["method"]: row for row in json.load(f)}
+            return r, {row["method"]: row for row in json.load(f)}
+
+    def test_demo_smoke(self):
+        out_dir = os.path.join(self.dir, "demo")
+        r, rows = self.tiny_demo(out_dir)
         for m in ["adafocus_v2", "adafocus_v3", "random_patch", "full_frame_low_res", "full_frame_full_res"]:
             self.assertIn(m, rows)
             self.assertTrue(os.path.exists(os.path.join(out_dir, m + ".pt")), m)
@@ -645,12 +650,7 @@ class Methods(SharedFolder):
         # Every trained row carries its training time; AdaFocus V1 and its stage-1 model (evaluated with random
         # patches) are rows on request, V1's time counting all its stages, the stage-1 row's stages 0-1.
         self.assertTrue(all(rows[m]["train_s"] > 0 for m in ["adafocus_v2", "adafocus_v3", "random_patch"]), rows)
-        r = run("demo", "--out", out_dir, "--methods", "adafocus_v1_stage1,adafocus_v1", "--train-videos", "16",
-                "--val-videos", "8", "--epochs", "1", "--pretrain-images", "256", "--calibration-videos", "8",
-                "--set", "data.batch_size=8")
-        self.assertEqual(r.returncode, 0, r.stderr)
-        with open(os.path.join(out_dir, "results.json")) as f:
-            rows = {row["method"]: row for row in json.load(f)}
+        r, rows = self.tiny_demo(out_dir, ["adafocus_v1_stage1", "adafocus_v1"])
         self.assertGreater(rows["adafocus_v1"]["train_s"], rows["adafocus_v1_stage1"]["train_s"])
         self.assertIn("iou", rows["adafocus_v1_stage1"])
         self.assertEqual(len(rows["adafocus_v1"]["top1_per_exit"]), 9)
@@ -658,12 +658,7 @@ class Methods(SharedFolder):
 
     def test_adafuse_in_the_demo_eval_and_bench(self):
         out_dir = os.path.join(self.dir, "demo_adafuse")
-        r = run("demo", "--out", out_dir, "--methods", "adafuse_tsm,full_frame_tsm", "--train-videos", "16",
-                "--val-videos", "8", "--epochs", "1", "--pretrain-images", "256", "--calibration-videos", "0",
-                "--set", "data.batch_size=8")
-        self.assertEqual(r.returncode, 0, r.stderr)
-        with open(os.path.join(out_dir, "results.json")) as f:
-            rows = {row["method"]: row for row in json.load(f)}
+        r, rows = self.tiny_demo(out_dir, ["adafuse_tsm", "full_frame_tsm"], calibration_videos=0)
         fuse = rows["adafuse_tsm"]
         self.assertAlmostEqual(fuse["kept"] + fuse["reused"] + fuse["skipped"], 1.0, places=6)
         self.assertGreater(fuse["skipped"], 0)

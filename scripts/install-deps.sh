@@ -8,6 +8,8 @@ packages=(
   cmake ninja-build g++ make ccache pkg-config
   # LibTorch 1.13 (CPU) and a fast BLAS: the default reference BLAS makes 1x1 convs and Linear 5-8x slower.
   libtorch-dev libopenblas0-openmp
+  # multi-process training: the gloo headers that LibTorch's c10d ProcessGroupGloo.hpp includes
+  libgloo-dev
   # command line, config, JSON, formatting
   libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libfmt-dev
   # video decoding and encoding (FFmpeg libraries; the ffmpeg tools make and check test videos), JPEG frames, gzip

@@ -99,6 +99,61 @@ TEST_F(LoaderTest, EpochsShuffleDifferentlyAndResumeExactly) {
   expect_same(resumed, std::vector<data::Batch>(e1.begin() + 3, e1.end()));
 }
 
+TEST_F(LoaderTest, ProcessesLoadDisjointShardsThatMakeUpTheOneProcessBatches) {
+  // 10 videos over 3 processes, batches of 2 each: as PyTorch's DistributedSampler, the epoch's order is padded with
+  // its start to 12 and process r takes positions r, r + 3, ...: 4 each, 2 full batches, nothing dropped.
+  data::VideoDataset dataset(options(true));
+  data::LoaderOptions lo;
+  lo.batch_size = 6;
+  lo.shuffle = true;
+  lo.drop_last = true;
+  lo.seed = 9;
+  data::Loader one(dataset, lo);
+  const auto whole = epoch(one, 1);  // 1 batch of 6 (4 dropped)
+  std::vector<std::vector<data::Batch>> shards;
+  std::vector<size_t> all;
+  for (int rank = 0; rank < 3; ++rank) {
+    data::LoaderOptions shard = lo;
+    shard.batch_size = 2;
+    shard.rank = rank;
+    shard.world = 3;
+    data::Loader loader(dataset, shard);
+    EXPECT_EQ(loader.samples_per_epoch(), 4);
+    shards.push_back(epoch(loader, 1));
+    ASSERT_EQ(shards.back().size(), 2u);
+    for (const auto& b : shards.back()) all.insert(all.end(), b.indices.begin(), b.indices.end());
+  }
+  // Every video, the first two of the order twice (the padding), and nothing else.
+  std::map<size_t, int> count;
+  for (size_t i : all) ++count[i];
+  EXPECT_EQ(count.size(), 10u);
+  int twice = 0;
+  for (const auto& [item, n] : count) twice += n == 2;
+  EXPECT_EQ(twice, 2);
+  // The first step of the three processes holds the one-process first batch's videos, each with the same clip (its
+  // random crop and frames derive from its position in the epoch, not from who loads it).
+  std::map<size_t, torch::Tensor> clips;
+  for (const auto& s : shards)
+    for (size_t i = 0; i < s[0].indices.size(); ++i) clips[s[0].indices[i]] = s[0].clips[static_cast<int64_t>(i)];
+  ASSERT_EQ(clips.size(), 6u);
+  for (size_t i = 0; i < whole[0].indices.size(); ++i) {
+    ASSERT_TRUE(clips.count(whole[0].indices[i]));
+    EXPECT_TRUE(clips[whole[0].indices[i]].equal(whole[0].clips[static_cast<int64_t>(i)]));
+  }
+  // Evaluation (no drop_last) shards without padding: every video exactly once.
+  std::vector<size_t> evaluated;
+  for (int rank = 0; rank < 3; ++rank) {
+    data::LoaderOptions shard;
+    shard.batch_size = 3;
+    shard.rank = rank;
+    shard.world = 3;
+    data::Loader loader(dataset, shard);
+    for (const auto& b : epoch(loader, 0)) evaluated.insert(evaluated.end(), b.indices.begin(), b.indices.end());
+  }
+  std::sort(evaluated.begin(), evaluated.end());
+  EXPECT_EQ(evaluated, (std::vector<size_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
+}
+
 TEST_F(LoaderTest, FrameCacheGivesTheSameBatchesWithinItsBudget) {
   // Video files and frame folders alike; 3 workers filling the cache at once.
   for (const char* layout : {"d", "f"}) {

@@ -12,6 +12,7 @@
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "dist/dist.h"
 #include "infer/precision.h"
 
 namespace {
@@ -47,11 +48,14 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   cli::Runtime runtime;
-  // The cores this process may run on (a container's or taskset's share), not all the machine's.
+  // The cores this process may run on (a container's or taskset's share), not all the machine's, shared with the
+  // other processes of a data-parallel job on this machine (torchrun's LOCAL_WORLD_SIZE, SLURM's tasks per node) -
+  // unless the launcher gave each process its own cores already (srun's CPU binding).
   cpu_set_t cpus;
-  runtime.threads = sched_getaffinity(0, sizeof(cpus), &cpus) == 0
-                        ? std::max(1, CPU_COUNT(&cpus))
-                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int machine = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  runtime.threads = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? std::max(1, CPU_COUNT(&cpus)) : machine;
+  if (runtime.threads == machine || !std::getenv("SLURM_PROCID"))
+    runtime.threads = std::max(1, runtime.threads / dist::local_processes());
   runtime.device = torch::cuda::is_available() ? "cuda" : "cpu";
   // LibTorch defaults to one intra-op thread; we default to every core.
   app.add_option("--threads", runtime.threads, "CPU threads for tensor operations")->check(CLI::PositiveNumber);

@@ -43,8 +43,13 @@ Loader::Loader(const VideoDataset& dataset, LoaderOptions options) : dataset_(da
 
 Loader::~Loader() { stop_workers(); }
 
+int64_t Loader::samples_per_epoch() const {
+  const int64_t n = static_cast<int64_t>(dataset_.size()), w = options_.world;
+  return options_.drop_last ? (n + w - 1) / w : (n - options_.rank + w - 1) / w;
+}
+
 int64_t Loader::batches_per_epoch() const {
-  const int64_t n = static_cast<int64_t>(dataset_.size()), b = options_.batch_size;
+  const int64_t n = samples_per_epoch(), b = options_.batch_size;
   return options_.drop_last ? n / b : (n + b - 1) / b;
 }
 
@@ -67,6 +72,11 @@ void Loader::start_epoch(int64_t epoch, int64_t first_batch) {
     Rng rng = Rng::derive(options_.seed, {static_cast<uint64_t>(epoch), 0x5eedULL});
     rng.shuffle(order_);
   }
+  if (options_.drop_last)  // pad to a multiple of the processes with the order's start, as DistributedSampler
+    for (size_t i = 0; order_.size() % static_cast<size_t>(options_.world) != 0; ++i) order_.push_back(order_[i]);
+  positions_.clear();
+  for (size_t p = static_cast<size_t>(options_.rank); p < order_.size(); p += static_cast<size_t>(options_.world))
+    positions_.push_back(p);
   end_batch_ = batches_per_epoch();
   next_batch_ = claimed_ = std::min(first_batch, end_batch_);
   done_.clear();
@@ -144,12 +154,12 @@ std::pair<size_t, Sample> Loader::load_sample(size_t position) const {
 
 Batch Loader::load_batch(int64_t batch) const {
   const size_t begin = static_cast<size_t>(batch * options_.batch_size);
-  const size_t end = std::min(begin + static_cast<size_t>(options_.batch_size), order_.size());
+  const size_t end = std::min(begin + static_cast<size_t>(options_.batch_size), positions_.size());
   Batch out;
   std::vector<torch::Tensor> clips, focus;
   size_t max_labels = 1;
-  for (size_t position = begin; position < end; ++position) {
-    auto [index, sample] = load_sample(position);
+  for (size_t i = begin; i < end; ++i) {
+    auto [index, sample] = load_sample(positions_[i]);
     clips.push_back(std::move(sample.clip));
     if (sample.focus.defined()) focus.push_back(std::move(sample.focus));
     max_labels = std::max(max_labels, sample.labels.size());

@@ -1,6 +1,7 @@
 // Batches of clips from worker threads. The batches of an epoch depend only on (seed, epoch): the shuffled order and
 // every sample's random stream are derived from them, and batches are delivered in order whatever the number of
-// workers or their timing. A sample that fails to load is replaced by another (deterministically) and reported;
+// workers or their timing, or - in data-parallel training - of the number of processes: the samples at a position of
+// the epoch are the same whichever process loads them. A sample that fails to load is replaced by another (deterministically) and reported;
 // with on_error=strict the first failure stops the epoch.
 //
 // Legend: B batch, T frames, S input side.
@@ -28,6 +29,10 @@ struct LoaderOptions {
   uint64_t seed = 0;
   bool strict = false;    ///< true: the first sample that fails to load throws; false: replace and report
   int max_replacements = 10;  ///< attempts to replace one failed sample before giving up
+  /// Data parallel: this process loads every `world`-th position of the epoch's order from `rank` on, as PyTorch's
+  /// DistributedSampler - when training (drop_last) the order is first padded with its own start to a multiple of
+  /// `world`; when evaluating it is not, so that no video counts twice. batch_size is then this process's share.
+  int rank = 0, world = 1;
 
   static LoaderOptions from_config(const Config& config, bool train);
 };
@@ -59,6 +64,8 @@ class Loader {
   /// The next batch of the epoch in order, or nullopt when the epoch is over. Rethrows a worker's error.
   std::optional<Batch> next();
   int64_t batches_per_epoch() const;
+  /// The samples this process loads per epoch (its shard, padded when training with several processes).
+  int64_t samples_per_epoch() const;
   /// Samples that failed and were replaced, so far.
   std::vector<LoadFailure> failures() const;
 
@@ -71,7 +78,8 @@ class Loader {
   const VideoDataset& dataset_;
   LoaderOptions options_;
   int64_t epoch_ = 0, next_batch_ = 0, end_batch_ = 0;
-  std::vector<size_t> order_;
+  std::vector<size_t> order_;       // the epoch's order of dataset items (all processes')
+  std::vector<size_t> positions_;   // the positions of order_ this process loads
 
   mutable std::mutex mutex_;
   std::condition_variable ready_, space_;

@@ -1,7 +1,10 @@
 #include "infer/evaluate.h"
 
+#include <fmt/format.h>
+
 #include <filesystem>
 
+#include "core/error.h"
 #include "data/loader.h"
 #include "infer/predictor.h"
 
@@ -49,6 +52,27 @@ void OverlapMeter::clear() {
   counts_.clear();
 }
 
+void OverlapMeter::sum_across(dist::Group& group) {
+  // Regions per video may be unknown to a process that saw none: the widest.
+  const int64_t regions = group.all_gather_rows(torch::tensor({static_cast<int64_t>(on_item_.size())})).max().item<int64_t>();
+  on_item_.resize(static_cast<size_t>(regions));
+  counts_.resize(static_cast<size_t>(regions));
+  std::vector<double> v{iou_sum_, static_cast<double>(iou_frames_), static_cast<double>(hits_), static_cast<double>(frames_)};
+  v.insert(v.end(), on_item_.begin(), on_item_.end());
+  v.insert(v.end(), counts_.begin(), counts_.end());
+  auto t = torch::tensor(v, torch::kDouble);
+  group.all_reduce(t);
+  const auto* s = t.data_ptr<double>();
+  iou_sum_ = s[0];
+  iou_frames_ = static_cast<int64_t>(s[1]);
+  hits_ = static_cast<int64_t>(s[2]);
+  frames_ = static_cast<int64_t>(s[3]);
+  for (size_t i = 0; i < on_item_.size(); ++i) {
+    on_item_[i] = s[4 + i];
+    counts_[i] = static_cast<int64_t>(s[4 + on_item_.size() + i]);
+  }
+}
+
 std::vector<double> OverlapMeter::on_item_by_region() const {
   std::vector<double> out;
   for (size_t i = 0; i < on_item_.size(); ++i)
@@ -61,6 +85,13 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
   dataset_options.limit = options.max_videos;
   data::VideoDataset dataset(dataset_options);
   data::LoaderOptions lo = data::LoaderOptions::from_config(config, false);
+  if (options.group && static_cast<int64_t>(dataset.size()) < options.group->world())
+    throw Error(fmt::format("{} videos to evaluate, fewer than the {} processes", dataset.size(), options.group->world()),
+                dataset.options().list, "evaluate with fewer processes, or on a longer list");
+  if (options.group) {
+    lo.rank = options.group->rank();
+    lo.world = options.group->world();
+  }
   data::Loader loader(dataset, lo);
 
   OverlapMeter overlap(dataset.options().list, static_cast<int>(config.get_int("data.input_size")),
@@ -108,12 +139,22 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
     }
     if (options.progress) options.progress(++done, batches);
   }
-  e.logits = torch::cat(logits);
-  const int64_t width = std::max<int64_t>(1, std::max_element(labels.begin(), labels.end(), [](const auto& a, const auto& b) {
-                                                return a.size(1) < b.size(1);
-                                              })->size(1));
+  int64_t width = 1;
+  for (const auto& l : labels) width = std::max(width, l.size(1));
+  if (options.group) width = options.group->all_gather_rows(torch::tensor({width})).max().item<int64_t>();
   for (auto& l : labels)  // pad to the widest batch's number of labels
     l = torch::cat({l, torch::full({l.size(0), width - l.size(1)}, -1, torch::kLong)}, 1);
+  if (options.group) {  // every process's videos, in rank order; the counts summed
+    dist::Group& group = *options.group;
+    for (auto* parts : {&logits, &labels, &final_logits, &exits, &glance_logits, &video_gflops, &gates})
+      if (!parts->empty()) *parts = {group.all_gather_rows(torch::cat(*parts))};
+    if (!centres.empty()) centres = {group.all_gather_rows(torch::cat(centres, 1).t()).t()};
+    auto total = torch::tensor({macs});
+    group.all_reduce(total);
+    macs = total.item<int64_t>();
+    overlap.sum_across(group);
+  }
+  e.logits = torch::cat(logits);
   e.labels = torch::cat(labels);
   e.videos = e.logits.size(0);
   if (options.exit_rule) {

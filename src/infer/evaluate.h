@@ -11,6 +11,7 @@
 #include "core/config.h"
 #include "data/dataset.h"
 #include "data/synthetic.h"
+#include "dist/dist.h"
 #include "infer/adaptive.h"
 #include "infer/flops.h"
 #include "infer/metrics.h"
@@ -56,6 +57,8 @@ class OverlapMeter {
   int64_t iou_frames() const { return iou_frames_; }
   /// Forgets what was added (keeps the ground truth).
   void clear();
+  /// Adds what the meters of the other processes counted (collective).
+  void sum_across(dist::Group& group);
 
  private:
   int input_size_, test_resize_;
@@ -75,6 +78,9 @@ struct EvalOptions {
   int64_t max_videos = 0;                  ///< > 0: only the first this many videos of the list
   torch::Device device = torch::kCPU;
   std::function<void(int64_t done, int64_t total)> progress;
+  /// Several processes (data-parallel training): each evaluates every world-th video and the results are gathered,
+  /// so that every process gets the metrics of the whole list (the videos' rows in rank order).
+  dist::Group* group = nullptr;
 };
 
 /// Runs `method` (eval mode, no gradients) over the list with the test view of the config's data settings. The

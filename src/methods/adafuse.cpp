@@ -220,10 +220,10 @@ namespace {
 // The masked dense block: conv1's output fused as the gates say, then the rest.
 torch::Tensor dense_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs,
                           const torch::Tensor& mask, int64_t segments) {
-  auto out = torch::relu(b.bn1->forward(b.conv1->forward(xs)));  // (N, G, H1, W1)
+  auto out = torch::relu(nn::batch_norm(*b.bn1, b.conv1->forward(xs)));  // (N, G, H1, W1)
   if (mask.defined()) out = fuse_channels(out, mask, segments);
-  out = b.bn2->forward(b.conv2->forward(out));                    // (N, G2, H2, W2)
-  if (b.conv3) out = b.bn3->forward(b.conv3->forward(torch::relu(out)));
+  out = nn::batch_norm(*b.bn2, b.conv2->forward(out));                  // (N, G2, H2, W2)
+  if (b.conv3) out = nn::batch_norm(*b.bn3, b.conv3->forward(torch::relu(out)));
   return torch::relu(out + (b.downsample ? b.downsample->forward(x) : x));
 }
 
@@ -320,7 +320,7 @@ torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const to
     }
     out = torch::cat(rows);
   }
-  if (b.conv3) out = b.bn3->forward(b.conv3->forward(torch::relu(out)));
+  if (b.conv3) out = nn::batch_norm(*b.bn3, b.conv3->forward(torch::relu(out)));
   return torch::relu(out + (b.downsample ? b.downsample->forward(x) : x));
 }
 

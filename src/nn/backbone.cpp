@@ -13,7 +13,14 @@ torch::Tensor BackboneImpl::pool(const torch::Tensor& map) const {
 
 namespace {
 thread_local bool folding_on = true;
+BatchNormSync batch_norm_sync;
 }  // namespace
+
+void set_batch_norm_sync(BatchNormSync sync) { batch_norm_sync = std::move(sync); }
+
+torch::Tensor batch_norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
+  return batch_norm_sync && bn.is_training() ? batch_norm_sync(bn, x) : bn.forward(x);
+}
 
 FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn) {
   torch::NoGradGuard no_grad;
@@ -24,7 +31,7 @@ FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dI
 
 torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const FoldedConv& folded,
                       const torch::Tensor& x) {
-  if (!folded.weight.defined() || bn.is_training() || !folding_on) return bn.forward(conv.forward(x));
+  if (!folded.weight.defined() || bn.is_training() || !folding_on) return batch_norm(bn, conv.forward(x));
   const auto& o = conv.options;
   // Channels-last from the network's input on (a no-op after the first convolution); oneDNN would otherwise convert
   // each NCHW input itself.

@@ -8,6 +8,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -79,6 +80,14 @@ FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dI
 /// UnfoldedGuard is alive.
 torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const FoldedConv& folded,
                       const torch::Tensor& x);
+/// Batch normalisation over the batches of all processes (train.sync_bn): the trainer sets it while several
+/// processes train, empty otherwise.
+using BatchNormSync = std::function<torch::Tensor(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x)>;
+void set_batch_norm_sync(BatchNormSync sync);
+/// bn(x); across processes when a sync is set and bn is in training mode. The backbones' BatchNorm2d layers go
+/// through here (conv_bn), so train.sync_bn reaches them all; the policies' and AdaFuse's gates' BatchNorm1d stay per
+/// process.
+torch::Tensor batch_norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);
 /// While alive, folded convolutions run as conv + BN on this thread: the FLOPs counter counts what the papers count.
 class UnfoldedGuard {
  public:

@@ -32,7 +32,7 @@ torch::Tensor shortcut(const torch::nn::Sequential& down, const FoldedConv& fold
   if (stride > 1 && torch::GradMode::is_enabled() && x.size(1) < 16 &&
       x.is_contiguous(torch::MemoryFormat::ChannelsLast) && !x.is_contiguous()) {
     const auto every = x.slice(2, 0, x.size(2), stride).slice(3, 0, x.size(3), stride);  // (N, C, H/s, W/s)
-    return down_bn(down).forward(torch::conv2d(every, conv.weight));
+    return batch_norm(down_bn(down), torch::conv2d(every, conv.weight));
   }
   return conv_bn(conv, down_bn(down), folded, x);
 }

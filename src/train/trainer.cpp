@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include <unistd.h>
+
 #include "core/error.h"
 #include "core/files.h"
 #include "core/progress.h"
@@ -145,6 +147,35 @@ void check_initial_weights(const Config& c) {
   }
 }
 
+// A checkpoint in the run folder (or --init), which only rank 0 reads: the others receive its bytes. With one
+// process, simply the file.
+methods::Checkpoint read_checkpoint(const std::string& path, dist::Group* group) {
+  if (!group) return methods::load_checkpoint(path);
+  const std::string bytes = group->share(group->rank() == 0 ? read_file(path) : "");
+  if (group->rank() == 0) return methods::load_checkpoint(path);
+  const std::string copy = (fs::temp_directory_path() / fmt::format("adafocus-{}-rank{}.pt", ::getpid(), group->rank())).string();
+  write_file_atomic(copy, bytes, false);
+  methods::Checkpoint c = methods::load_checkpoint(copy);
+  fs::remove(copy);
+  return c;
+}
+
+// The sums of every process (a copy; with one process, the sums).
+std::vector<double> summed(const std::vector<double>& sums, dist::Group* group) {
+  if (!group) return sums;
+  auto t = torch::tensor(sums, torch::kDouble);
+  group->all_reduce(t);
+  return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+}
+
+// While alive, the backbones' BatchNorm2d layers normalise over every process's batch.
+struct SyncBatchNorm {
+  explicit SyncBatchNorm(dist::Group* group) {
+    if (group) nn::set_batch_norm_sync([group](auto& bn, const auto& x) { return dist::sync_batch_norm(*group, bn, x); });
+  }
+  ~SyncBatchNorm() { nn::set_batch_norm_sync(nullptr); }
+};
+
 }  // namespace
 
 std::vector<std::string> class_names(const Config& c) {
@@ -175,12 +206,12 @@ namespace {
 
 // A checkpoint a run starts from (--init): it must be of the same method and, for a staged method's stage N > 0,
 // of stage N - 1.
-methods::Checkpoint checked_init(const std::string& path, const Config& config) {
+methods::Checkpoint checked_init(const std::string& path, const Config& config, dist::Group* group) {
   const int64_t stage = config.get_int("stage");
-  if (!fs::exists(path))
+  if ((!group || group->rank() == 0) && !fs::exists(path))
     throw Error("no such checkpoint", path,
                 stage > 0 ? fmt::format("stage {} starts from stage {}'s last.pt", stage, stage - 1) : "check --init");
-  methods::Checkpoint c = methods::load_checkpoint(path);
+  methods::Checkpoint c = read_checkpoint(path, group);
   if (c.config_yaml.empty()) return c;  // an official checkpoint: the model's own load checks its keys
   Config its = Config::defaults();
   its.merge_yaml(c.config_yaml, path);
@@ -198,22 +229,25 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
   const auto start_time = std::chrono::steady_clock::now();
   const std::string config_path = o.run_dir + "/config.yaml", last_path = o.run_dir + "/last.pt",
                     best_path = o.run_dir + "/best.pt", metrics_path = o.run_dir + "/metrics.jsonl";
-  Config config = given;
+  dist::Group* const group = o.group;
+  const bool writer = !group || group->rank() == 0;  // rank 0 alone reads and writes the run folder
+  const bool quiet = o.quiet || !writer;
+  Config config = given;  // train() has read RUN/config.yaml when resuming
   methods::Checkpoint state;
   if (o.resume) {
-    if (!fs::exists(last_path))
+    if (writer && !fs::exists(last_path))
       throw Error("nothing to resume: no last.pt", o.run_dir, "start the run without --resume");
-    config = Config::defaults();
-    config.merge_file(config_path);
-    state = methods::load_checkpoint(last_path);
+    state = read_checkpoint(last_path, group);
   } else {
     const int64_t stage = config.get_int("stage");
     if (stage > 0 && o.init.empty())
       throw Error(fmt::format("stage {} starts from the model of stage {}", stage, stage - 1), config.origin("stage"),
                   fmt::format("pass --init RUN/stage{}/last.pt, or leave out stage= to train every stage", stage - 1));
     if (o.init.empty()) check_initial_weights(config);
-    fs::create_directories(o.run_dir);
-    config.save(config_path);
+    if (writer) {
+      fs::create_directories(o.run_dir);
+      config.save(config_path);
+    }
   }
   const std::vector<std::string> classes = o.resume ? state.classes : class_names(config);
   if (classes.empty()) throw Error("no classes: the training list has no labels", under_root(config, "data.train_list"));
@@ -222,7 +256,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
   torch::manual_seed(seed);  // initialisation
   methods::Method method = methods::make_method(config, static_cast<int64_t>(classes.size()));
   if (!o.resume && !o.init.empty())
-    nn::load_state_dict(*method, method->import_state_dict(checked_init(o.init, config).model), o.init);
+    nn::load_state_dict(*method, method->import_state_dict(checked_init(o.init, config, group).model), o.init);
   else if (!o.resume)
     method->load_pretrained(config);
   method->to(o.device);
@@ -232,9 +266,28 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
     nn::load_state_dict(*method, state.model, last_path);
     optimizer.load_state(state.optimizer);
   }
+  std::unique_ptr<dist::GradientReducer> reducer;
+  if (group) {
+    // Every process starts from rank 0's weights (the same seed gives the same ones; this makes sure).
+    std::vector<torch::Tensor> tensors = method->parameters();
+    for (const auto& b : method->buffers()) tensors.push_back(b);
+    group->broadcast(tensors);
+    reducer = std::make_unique<dist::GradientReducer>(*group, method->named_parameters().pairs(), o.bucket_mb);
+  }
+  const SyncBatchNorm sync_bn(config.get_bool("train.sync_bn") ? group : nullptr);
 
   data::VideoDataset train_set(data::DatasetOptions::from_config(config, "data.train_list", true));
-  data::Loader loader(train_set, data::LoaderOptions::from_config(config, true));
+  data::LoaderOptions loader_options = data::LoaderOptions::from_config(config, true);
+  if (group) {
+    if (loader_options.batch_size % group->world() != 0)
+      throw Error(fmt::format("data.batch_size {} (the batch of all processes) does not split over {} processes",
+                              loader_options.batch_size, group->world()),
+                  config.origin("data.batch_size"), "use a multiple of the number of processes");
+    loader_options.batch_size /= group->world();
+    loader_options.rank = group->rank();
+    loader_options.world = group->world();
+  }
+  data::Loader loader(train_set, loader_options);
   const int64_t steps = loader.batches_per_epoch();
   if (steps == 0)
     throw Error(fmt::format("{} training videos make no full batch of {}", train_set.size(),
@@ -247,7 +300,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
     const double factor = static_cast<double>(reference) / static_cast<double>(train_set.size());
     epochs = std::max<int64_t>(1, std::llround(static_cast<double>(epochs) * factor));
     policy_from_epoch = std::llround(static_cast<double>(policy_from_epoch) * factor);
-    if (!o.quiet)
+    if (!quiet)
       fmt::print(stderr, "schedule for {} training videos (train.schedule_videos {}): {} epochs{}\n", train_set.size(),
                  reference, epochs, policy_from_epoch > 0 ? fmt::format(", policy from epoch {}", policy_from_epoch) : "");
   }
@@ -269,7 +322,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
   const bool two_stages = config.get_bool("train.policy_only") && context.policy_from_epoch > 0 &&
                           context.policy_from_epoch < epochs;
 
-  std::vector<std::string> metrics = metrics_before(metrics_path, state.epoch);
+  std::vector<std::string> metrics = writer ? metrics_before(metrics_path, state.epoch) : std::vector<std::string>();
   auto save = [&](const std::string& path, int64_t epoch, int64_t batch, const std::vector<double>& sums) {
     state.config_yaml = config.to_yaml();
     state.classes = classes;
@@ -281,9 +334,18 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
     methods::save_checkpoint(path, state);
   };
 
+  // BatchNorm statistics that are not synchronised (train.sync_bn false, the policies' BatchNorm1d) drift apart
+  // between processes: rank 0's are the model's (its checkpoints), and every process takes them at the start of an
+  // epoch (frozen networks in eval mode use them while training) and before validation.
+  auto share_buffers = [&] {
+    if (!group) return;
+    std::vector<torch::Tensor> buffers = method->buffers();
+    group->broadcast(buffers);
+  };
   TrainSummary summary;
   infer::EvalOptions eval_options;
   eval_options.device = o.device;
+  eval_options.group = group;
   for (int64_t epoch = state.epoch; epoch < epochs; ++epoch) {
     context.epoch = epoch;
     context.policy_only = two_stages && epoch >= context.policy_from_epoch;
@@ -292,17 +354,23 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
     const int64_t stage_epochs = !two_stages ? epochs : context.policy_only ? epochs - stage_start : context.policy_from_epoch;
     const int64_t first = epoch == state.epoch ? state.batch : 0;
     std::vector<double> sums(kAllSums, 0.0);
-    if (epoch == state.epoch)  // resumed within the epoch (checkpoints before the policy's sums have only 3)
+    if (epoch == state.epoch && writer)  // resumed within the epoch (checkpoints before the policy's sums have only 3)
       std::copy_n(state.epoch_sums.begin(), std::min(kAllSums, state.epoch_sums.size()), sums.begin());
     const auto epoch_start = std::chrono::steady_clock::now();
     loader.start_epoch(epoch, first);
     Progress progress(fmt::format("epoch {}/{}", epoch + 1, epochs), steps, "steps");
     method->train();
+    share_buffers();
+    if (reducer) reducer->reset_wait_seconds();
     double lr = 0;
     for (int64_t step = first; step < steps; ++step) {
+      if (group) group->report(fmt::format("epoch {} step {}", epoch + 1, step + 1));
       std::optional<data::Batch> batch = loader.next();
-      // Dropout and random patches draw from a stream fixed by (seed, epoch, step): resuming repeats them.
-      torch::manual_seed(Rng::derive(seed, {static_cast<uint64_t>(epoch), static_cast<uint64_t>(step)}).next());
+      // Dropout and random patches draw from a stream fixed by (seed, epoch, step): resuming repeats them. Each
+      // process draws its own for its share of the batch.
+      const auto e = static_cast<uint64_t>(epoch), t = static_cast<uint64_t>(step);
+      torch::manual_seed((group && group->rank() > 0 ? Rng::derive(seed, {e, t, static_cast<uint64_t>(group->rank())})
+                                                     : Rng::derive(seed, {e, t})).next());
       lr = learning_rate(schedule, lr0, epoch - stage_start, step, steps, stage_epochs, warmup, lr_steps);
       const methods::Clips clips{batch->clips.to(o.device),
                                  batch->focus.defined() ? batch->focus.to(o.device) : torch::Tensor()};
@@ -313,7 +381,9 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
         throw Error(fmt::format("the loss became {} at epoch {} step {}", value, epoch + 1, step + 1), o.run_dir,
                     "lower train.lr or set train.clip_grad; last.pt still holds the last good state");
       optimizer.zero_grad();
+      if (reducer) reducer->prepare();
       losses.total.backward();
+      if (reducer) reducer->finish();  // every process's gradients, averaged
       add_policy_step(losses, *batch, train_set, policy_params, input_size, train_overlap, sums);
       add_term_step(losses, sums);
       if (clip > 0) optimizer.clip_grad_norm(clip);
@@ -322,11 +392,14 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
       sums[kLoss] += value * b;
       sums[kCorrect] += (losses.logits.argmax(1) == target).sum().item<double>();
       sums[kVideos] += b;
-      if (!o.quiet) progress.update(step + 1, status(sums));
-      if (checkpoint_every > 0 && (step + 1) % checkpoint_every == 0 && step + 1 < steps)
-        save(last_path, epoch, step + 1, sums);
+      if (!quiet) progress.update(step + 1, status(sums));
+      if (checkpoint_every > 0 && (step + 1) % checkpoint_every == 0 && step + 1 < steps) {
+        const std::vector<double> all = summed(sums, group);
+        if (writer) save(last_path, epoch, step + 1, all);
+      }
     }
-    if (!o.quiet) progress.finish(status(sums));
+    sums = summed(sums, group);  // the epoch over every process's share
+    if (!quiet) progress.finish(status(sums));
 
     nlohmann::json line{{"epoch", epoch}, {"lr", lr}, {"train_loss", sums[kLoss] / sums[kVideos]},
                         {"train_top1", 100 * sums[kCorrect] / sums[kVideos]},
@@ -334,6 +407,11 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
     for (const TermGroup& g : term_groups())
       if (sums[g.count] > 0)
         for (size_t i = 0; i < g.names.size(); ++i) line[g.names[i]] = sums[g.first + i] / sums[g.count];
+    if (reducer) {  // the gradients' all-reduce: bytes each process sends into it per step, time waited for it
+      line["processes"] = group->world();
+      line["allreduce_mb_per_step"] = reducer->bytes_per_step() / 1e6;
+      line["allreduce_wait_s"] = reducer->wait_seconds();
+    }
     if (sums[kPolicySteps] > 0) {  // the learned policy during this epoch's training steps
       line["policy_spread"] = sums[kSpread] / sums[kPolicySteps];
       line["policy_grad"] = sums[kGrad] / sums[kPolicySteps];
@@ -343,25 +421,29 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
       }
     }
     if (evaluates(config, epoch, epochs)) {
+      share_buffers();
       summary.last = infer::evaluate(*method, config, eval_options);
       line.update(scores_json(summary.last));
       const double value = metric == "map" ? summary.last.scores.map : summary.last.scores.top1;
       if (value > state.best_metric) {
         state.best_metric = value;
         state.best_epoch = epoch;
-        save(best_path, epoch + 1, 0, std::vector<double>(kAllSums, 0.0));
+        if (writer) save(best_path, epoch + 1, 0, std::vector<double>(kAllSums, 0.0));
       }
-      if (!o.quiet)
+      if (!quiet)
         fmt::print(stderr, "  val top1 {:.2f}  mAP {:.2f}{}  ({:.3f} GFLOPs/video)\n", summary.last.scores.top1,
                    summary.last.scores.map, summary.last.iou >= 0 ? fmt::format("  IoU {:.3f}", summary.last.iou) : "",
                    summary.last.gflops());
     }
-    metrics.push_back(line.dump());
-    std::string text;
-    for (const auto& l : metrics) text += l + "\n";
-    write_file_atomic(metrics_path, text);  // before last.pt: a crash in between redoes this epoch's line
-    save(last_path, epoch + 1, 0, std::vector<double>(kAllSums, 0.0));
+    if (writer) {
+      metrics.push_back(line.dump());
+      std::string text;
+      for (const auto& l : metrics) text += l + "\n";
+      write_file_atomic(metrics_path, text);  // before last.pt: a crash in between redoes this epoch's line
+      save(last_path, epoch + 1, 0, std::vector<double>(kAllSums, 0.0));
+    }
   }
+  if (group) group->barrier();  // rank 0 hosts the store: nobody leaves while another still needs it
   summary.epochs = epochs;
   summary.metric = metric;
   summary.best_metric = state.best_metric;
@@ -375,11 +457,13 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
 
 TrainSummary train(const Config& given, const TrainOptions& o) {
   Config config = given;
+  const bool writer = !o.group || o.group->rank() == 0;
   if (o.resume) {
-    if (!fs::exists(o.run_dir + "/config.yaml"))
+    const std::string path = o.run_dir + "/config.yaml";
+    if (writer && !fs::exists(path))
       throw Error("nothing to resume: no config.yaml", o.run_dir, "start the run without --resume");
     config = Config::defaults();
-    config.merge_file(o.run_dir + "/config.yaml");
+    config.merge_yaml(o.group ? o.group->share(writer ? read_file(path) : "") : read_file(path), path);
   }
   const int64_t stages = methods::training_stages(config.get_string("model.method")), stage = config.get_int("stage");
   if (stages == 1 && stage != -1)
@@ -396,17 +480,20 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
   for (int64_t s = 0; s < stages; ++s) per_stage.push_back(stage_config(config, s));
   if (!o.resume) {
     check_initial_weights(config);
-    fs::create_directories(o.run_dir);
-    config.save(o.run_dir + "/config.yaml");
+    if (writer) {
+      fs::create_directories(o.run_dir);
+      config.save(o.run_dir + "/config.yaml");
+    }
   }
   TrainSummary summary;
   double seconds = 0;
   for (int64_t s = 0; s < stages; ++s) {
     TrainOptions so = o;
     so.run_dir = fmt::format("{}/stage{}", o.run_dir, s);
-    so.resume = fs::exists(so.run_dir + "/last.pt");  // a finished stage resumes to its end at once
+    const bool exists = writer && fs::exists(so.run_dir + "/last.pt");
+    so.resume = (o.group ? o.group->share(exists ? "1" : "0") : exists ? "1" : "0") == "1";  // a finished stage resumes to its end at once
     so.init = s == 0 ? o.init : fmt::format("{}/stage{}/last.pt", o.run_dir, s - 1);
-    if (!o.quiet) fmt::print(stderr, "== stage {} of 0-{} ({}) ==\n", s, stages - 1, so.run_dir);
+    if (!o.quiet && writer) fmt::print(stderr, "== stage {} of 0-{} ({}) ==\n", s, stages - 1, so.run_dir);
     summary = train_one(per_stage[static_cast<size_t>(s)], so);
     seconds += summary.seconds;
   }

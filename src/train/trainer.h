@@ -8,7 +8,8 @@
 //   RUN/best.pt        the model with the best validation metric (train.metric)
 // Every file is written atomically. Randomness (sampling, augmentation, dropout, random patches) is derived from
 // (seed, epoch, step), so a run killed at any point and resumed ends with the same metrics as an uninterrupted one
-// (same thread count and device), the epochs' wall times (epoch_s) aside.
+// (same thread count and device), the epochs' wall times (epoch_s) aside - also with another number of processes
+// when BatchNorm and random draws do not depend on the split (train.sync_bn, methods without random training draws).
 #pragma once
 
 #include <functional>
@@ -16,6 +17,7 @@
 
 #include "core/config.h"
 #include "data/loader.h"
+#include "dist/dist.h"
 #include "infer/evaluate.h"
 
 namespace adafocus::train {
@@ -27,6 +29,13 @@ struct TrainOptions {
   bool quiet = false;  ///< no progress display (tests)
   /// A checkpoint whose model weights this run starts from (a staged method's previous stage), or "".
   std::string init;
+  /// Data-parallel training with several processes (null: one). Every process calls train() with the same
+  /// arguments; data.batch_size is the batch of all of them together, each loads its share of every batch
+  /// (a disjoint shard of the epoch), gradients are averaged across them in the backward pass, BatchNorm2d uses
+  /// every process's batch with train.sync_bn, and validation is shared and gathered. Only rank 0 reads the run
+  /// folder and writes to it (config, metrics, checkpoints, progress): it need not be on a shared filesystem.
+  dist::Group* group = nullptr;
+  double bucket_mb = 25;  ///< gradient bucket size (dist::GradientReducer)
 };
 
 struct TrainSummary {
@@ -35,7 +44,7 @@ struct TrainSummary {
   double best_metric = -1;
   int64_t best_epoch = -1;
   infer::Evaluation last;                    ///< the final validation
-  std::vector<data::LoadFailure> failures;   ///< samples that failed to load and were replaced
+  std::vector<data::LoadFailure> failures;   ///< samples that failed to load and were replaced (this process's)
   double seconds = 0;
 };
 

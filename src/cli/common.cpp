@@ -1,10 +1,5 @@
 #include "cli/common.h"
 
-#include <fcntl.h>
-#include <spawn.h>
-
-#include <cstring>
-#include <filesystem>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -79,29 +74,6 @@ void print_table(const std::vector<std::string>& header, const std::vector<std::
   };
   line(header);
   for (const auto& row : rows) line(row);
-}
-
-pid_t spawn(const std::vector<std::string>& argv, const std::string& log, const std::string& what) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = 0;
-  const int error = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (error != 0) throw Error("cannot start " + what + ": " + std::strerror(error), argv[0]);
-  return pid;
-}
-
-std::string tail(const std::string& path, size_t lines) {
-  const std::string text = std::filesystem::exists(path) ? read_file(path) : "";
-  size_t pos = text.size(), seen = 0;
-  while (pos > 0 && seen <= lines)
-    if (text[--pos] == '\n') ++seen;
-  return text.substr(pos == 0 ? 0 : pos + 1);
 }
 
 }  // namespace adafocus::cli

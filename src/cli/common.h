@@ -4,8 +4,6 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
-#include <sys/types.h>
-
 #include <functional>
 #include <string>
 #include <vector>
@@ -98,11 +96,6 @@ infer::ExitTable exit_table(const methods::LoadedModel& model, const std::string
 
 /// "a,b,,c" -> {"a", "b", "c"}.
 std::vector<std::string> split_commas(const std::string& s);
-
-/// Starts `argv` with its output (stdout and stderr) in `log`; returns the child's pid. `what` names it in errors.
-pid_t spawn(const std::vector<std::string>& argv, const std::string& log, const std::string& what);
-/// The last `lines` lines of a file ("" when it does not exist), to show why a child process failed.
-std::string tail(const std::string& path, size_t lines);
 
 /// Prints rows under a header, columns left-aligned and padded.
 void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows);

@@ -10,12 +10,8 @@
 // DIR/<method>.pt (final models, with their early-exit thresholds), DIR/results.json, DIR/accuracy_vs_gflops.svg,
 // DIR/focus.gif and DIR/focus_v3.gif. Finished steps are not redone when the demo is run again.
 #include <fmt/format.h>
-#include <sys/wait.h>
 
-#include <algorithm>
 #include <chrono>
-#include <csignal>
-#include <cstring>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -197,75 +193,6 @@ double training_seconds(const std::vector<std::string>& folders) {
   return total;
 }
 
-// A method of the demo: the configuration it trains with, its run folder and its final model.
-struct Plan {
-  std::string method, preset, run_dir, model;
-  bool v1_stage1 = false;
-  Config config;
-};
-
-// The benchmark's networks are too small for a second intra-op thread (an epoch with one thread took as long as
-// with two here; docs/distributed.md), so with several threads the methods still to train train side by side, one
-// `adafocus train` child process each with its share of the threads (output in runs/<method>.log): the training
-// phase takes about half as long on 2 cores. Each is the single-process training the loop below would run, which
-// then finds them finished. The full-resolution baseline, the longest, starts first.
-void train_side_by_side(const std::vector<Plan>& plans, const Runtime& runtime) {
-  std::vector<const Plan*> todo;
-  for (const Plan& p : plans) {
-    const bool planned = std::any_of(todo.begin(), todo.end(), [&](const Plan* t) { return t->run_dir == p.run_dir; });
-    if (!fs::exists(p.model) && !planned) todo.push_back(&p);
-  }
-  if (runtime.threads < 2 || todo.size() < 2) return;
-  std::stable_partition(todo.begin(), todo.end(), [](const Plan* p) { return p->method == "full_frame_full_res"; });
-  const int jobs = static_cast<int>(std::min<size_t>(todo.size(), static_cast<size_t>(runtime.threads)));
-  const int threads = std::max(1, runtime.threads / jobs);
-  setenv("OMP_WAIT_POLICY", "passive", 0);  // side by side, spinning OpenMP threads slow each other out of proportion
-  fmt::print(stderr, "training {} methods, {} at a time with {} thread{} each (output in {}/*.log)\n", todo.size(), jobs,
-             threads, threads == 1 ? "" : "s", fs::path(todo.front()->run_dir).parent_path().string());
-  std::map<pid_t, std::pair<const Plan*, std::chrono::steady_clock::time_point>> running;
-  size_t next = 0;
-  const auto stop_all = [&] {
-    for (const auto& r : running) kill(r.first, SIGTERM);
-    for (const auto& r : running) waitpid(r.first, nullptr, 0);
-  };
-  while (next < todo.size() || !running.empty()) {
-    while (static_cast<int>(running.size()) < jobs && next < todo.size()) {
-      const Plan& p = *todo[next++];
-      fs::create_directories(fs::path(p.run_dir).parent_path());
-      std::vector<std::string> argv{"/proc/self/exe", "--threads", std::to_string(threads), "--device", runtime.device,
-                                    "train"};
-      // As the loop: a one-stage run resumes its last.pt; a staged one resumes stage by stage by itself.
-      if (methods::training_stages(p.config.get_string("model.method")) == 1 && fs::exists(p.run_dir + "/last.pt")) {
-        argv.insert(argv.end(), {"--resume", p.run_dir});
-      } else {
-        p.config.save(p.run_dir + ".yaml");
-        argv.insert(argv.end(), {"-c", p.run_dir + ".yaml", "--out", p.run_dir});
-      }
-      try {
-        running[spawn(argv, p.run_dir + ".log", "the training of " + p.method)] = {&p, std::chrono::steady_clock::now()};
-      } catch (...) {
-        stop_all();
-        throw;
-      }
-      fmt::print(stderr, "started {}\n", p.method);
-    }
-    int status = 0;
-    const pid_t pid = waitpid(-1, &status, 0);
-    if (pid < 0) throw Error(std::string("waiting for the trainings: ") + std::strerror(errno));
-    const auto it = running.find(pid);
-    if (it == running.end()) continue;
-    const auto [plan, start] = it->second;
-    running.erase(it);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      stop_all();
-      throw Error("the training of " + plan->method + " failed:\n" + tail(plan->run_dir + ".log", 5), plan->run_dir + ".log",
-                  "finished trainings are kept: the same command continues");
-    }
-    fmt::print(stderr, "{} trained in {:.0f} s\n", plan->method,
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-}
-
 }  // namespace
 
 int run_demo(const DemoArgs& args, const Runtime& runtime) {
@@ -319,16 +246,15 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
   //    exits on held-out videos drawn as the training ones (the V3 paper fits Eq. 7 on validation data; the official
   //    V2 code on training data, on which the glance's p_0 is overconfident - docs/benchmark.md), and evaluated at
   //    each budget on the val videos.
-  std::vector<Plan> plans;
+  std::vector<Row> rows;
+  std::vector<std::pair<std::string, double>> timings;
   for (const std::string& method : split_commas(args.methods)) {
+    const auto method_start = std::chrono::steady_clock::now();
     // adafocus_v1_stage1 is AdaFocus V1's own stage-1 model (random patches), from the adafocus_v1 run.
-    Plan p;
-    p.method = method;
-    p.v1_stage1 = method == "adafocus_v1_stage1";
-    p.preset = p.v1_stage1 ? "adafocus_v1" : method;
-    Config& config = p.config;
-    config = Config::defaults();
-    config.merge_file("benchmark/" + p.preset);
+    const bool v1_stage1 = method == "adafocus_v1_stage1";
+    const std::string preset = v1_stage1 ? "adafocus_v1" : method;
+    Config config = Config::defaults();
+    config.merge_file("benchmark/" + preset);
     for (const auto& o : args.overrides) config.set(o);
     config.set("data.root", benchmark(config), "demo");
     config.set("model.local.weights", pretrained, "demo");
@@ -348,20 +274,7 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
         config.set(key, fmt::format("[{}]", fmt::join(items, ", ")), "demo");
       }
     }
-    p.run_dir = args.out + "/runs/" + p.preset;
-    p.model = args.out + "/" + method + ".pt";
-    plans.push_back(std::move(p));
-  }
-  train_side_by_side(plans, runtime);
-
-  std::vector<Row> rows;
-  std::vector<std::pair<std::string, double>> timings;
-  for (const Plan& plan : plans) {
-    const auto method_start = std::chrono::steady_clock::now();
-    const std::string& method = plan.method;
-    const bool v1_stage1 = plan.v1_stage1;
-    const Config& config = plan.config;
-    const std::string &run_dir = plan.run_dir, &model = plan.model;
+    const std::string run_dir = args.out + "/runs/" + preset, model = args.out + "/" + method + ".pt";
     const std::string kind = config.get_string("model.method");
     // A staged method's model is its last stage's (AdaFocus V1's stage-1 row: stage 1's); the training time counts
     // every stage up to it.

@@ -3,7 +3,9 @@
 // own videos, pretraining and training runs; finished steps are not redone), with every preset unchanged; the sweep
 // gathers the cells' results.json and training logs into one table and DIR/sweep.json. With --jobs N the cells run
 // as N child processes (`adafocus demo`, output in the cell's demo.log), each with threads / N threads.
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -95,6 +97,31 @@ std::vector<std::string> demo_command(const DemoArgs& demo, int threads, const R
   return argv;
 }
 
+// Starts `argv` with its output (stdout and stderr) in `log`; returns the child's pid.
+pid_t spawn(const std::vector<std::string>& argv, const std::string& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = 0;
+  const int error = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (error != 0) throw Error(std::string("cannot start a cell: ") + std::strerror(error), argv[0]);
+  return pid;
+}
+
+// The last lines of a file, to show why a cell failed.
+std::string tail(const std::string& path, size_t lines) {
+  const std::string text = fs::exists(path) ? read_file(path) : "";
+  size_t pos = text.size(), seen = 0;
+  while (pos > 0 && seen <= lines)
+    if (text[--pos] == '\n') ++seen;
+  return text.substr(pos == 0 ? 0 : pos + 1);
+}
+
 int run(const SweepArgs& given, const Runtime& runtime) {
   SweepArgs args = given;
   if (args.quick) {  // the demo's setting and the hardest, one seed
@@ -172,7 +199,7 @@ int run(const SweepArgs& given, const Runtime& runtime) {
         Cell& c = todo[next];
         try {
           fs::create_directories(c.demo.out);
-          running[spawn(demo_command(c.demo, threads, runtime), c.demo.out + "/demo.log", "a cell")] = {next, std::chrono::steady_clock::now()};
+          running[spawn(demo_command(c.demo, threads, runtime), c.demo.out + "/demo.log")] = {next, std::chrono::steady_clock::now()};
         } catch (...) {  // no cell is left running behind the error
           for (const auto& r : running) kill(r.first, SIGTERM);
           for (const auto& r : running) waitpid(r.first, nullptr, 0);

@@ -142,16 +142,23 @@ class PoolingClassifier(nn.Module):
         return torch.stack(logits, 1)
 
 
-class AdaFocusV2(nn.Module):
-    """AdaFocusV2 as adafocus runs it (the official model, plus the deep-feature policy gradient option)."""
+class GlanceAndFocus(nn.Module):
+    """The glance and local networks with their auxiliary heads, named as AdaFocusV2 and V3 name them."""
 
     def __init__(self, c):
         super().__init__()
         self.c = c
         self.global_CNN, self.local_CNN = backbone(c["glance"]), backbone(c["local"])
+        self.global_CNN_fc = nn.Sequential(nn.Dropout(c["fc_dropout"]), nn.Linear(self.global_CNN.dim, c["classes"]))
+        self.local_CNN_fc = nn.Sequential(nn.Dropout(c["fc_dropout"]), nn.Linear(self.local_CNN.dim, c["classes"]))
+
+
+class AdaFocusV2(GlanceAndFocus):
+    """AdaFocusV2 as adafocus runs it (the official model, plus the deep-feature policy gradient option)."""
+
+    def __init__(self, c):
+        super().__init__(c)
         cg, cl, classes = self.global_CNN.dim, self.local_CNN.dim, c["classes"]
-        self.global_CNN_fc = nn.Sequential(nn.Dropout(c["fc_dropout"]), nn.Linear(cg, classes))
-        self.local_CNN_fc = nn.Sequential(nn.Dropout(c["fc_dropout"]), nn.Linear(cl, classes))
         self.policy_stn = PolicySTN(cg, c["map_cells"], c["policy_channels"], c["policy_hidden"])
         fused = (cg if c["fuse"] == "concat" else 0) + cl
         self.classifier = PoolingClassifier(fused, c["classifier_hidden"], c["frames"], classes, c["dropout"])
@@ -202,6 +209,116 @@ class AdaFocusV2(nn.Module):
         return total / len(branches)
 
 
+class CubePolicy(nn.Module):
+    """AdaFocusV3's policy: 3D convolutions over the glance maps of all frames, then K cube positions in [0, 1]^3."""
+
+    def __init__(self, cg, frames, cells, channels, cubes):
+        super().__init__()
+        layers = [nn.Conv3d(cg, channels, 1, bias=False), nn.BatchNorm3d(channels), nn.ReLU()]
+        for _ in range(2):
+            layers += [nn.Conv3d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm3d(channels), nn.ReLU()]
+        self.encoder = nn.Sequential(*layers)
+        self.fc = nn.Linear(channels * frames * cells, 3 * cubes)
+        self.cubes = cubes
+
+    def forward(self, maps):  # (B, T, C, h, w) -> (B, K, 3)
+        return torch.sigmoid(self.fc(self.encoder(maps.permute(0, 2, 1, 3, 4)).flatten(1))).view(-1, self.cubes, 3)
+
+
+def mlp(n_in, hidden):
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+
+
+class CubeClassifier(nn.Module):
+    def __init__(self, cg, cl, hidden, cubes, classes, dropout, concat):
+        super().__init__()
+        self.concat = concat
+        self.global_mlp, self.local_mlp = mlp(cg, hidden), mlp(cl, hidden)
+        self.classifiers = nn.ModuleList(
+            [nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden if k == 0 or not concat else 2 * hidden, classes))
+             for k in range(cubes + 1)])
+
+    def head(self, k, local, glance):
+        if k == 0:
+            return self.classifiers[0](glance)
+        return self.classifiers[k](torch.cat([local, glance], 1) if self.concat else local)
+
+
+def assign_frames(times, frames):
+    """Frame-wise cubes at test time: each cube takes the free frame nearest its position (ties: the earlier)."""
+    out = torch.empty(times.shape, dtype=torch.long)
+    for b in range(times.size(0)):
+        free = list(range(frames))
+        for k in range(times.size(1)):
+            t = float(times[b, k])
+            best = min(free, key=lambda f: (abs(f - t), f))
+            free.remove(best)
+            out[b, k] = best
+    return out
+
+
+def sample_cubes(clips, corners, side, length):
+    """Cubes (B, K, L, C, P, P) cut from clips (B, T, C, H, W) at corners (B, K, 3) (y, x, t) by trilinear sampling."""
+    b, t, c, h, w = clips.shape
+    k = corners.size(1)
+    i = torch.arange(side, dtype=clips.dtype)
+    y = corners[..., 0].view(b, k, 1, 1, 1) + i.view(1, 1, 1, side, 1)
+    x = corners[..., 1].view(b, k, 1, 1, 1) + i.view(1, 1, 1, 1, side)
+    z = corners[..., 2].view(b, k, 1, 1, 1) + torch.arange(length, dtype=clips.dtype).view(1, 1, length, 1, 1)
+    shape = (b, k, length, side, side)
+    grid = torch.stack([((2 * x + 1) / w - 1).expand(shape), ((2 * y + 1) / h - 1).expand(shape),
+                        ((2 * z + 1) / t - 1).expand(shape)], -1).view(b, k * length, side, side, 3)
+    out = F.grid_sample(clips.permute(0, 2, 1, 3, 4), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(b, c, k, length, side, side).permute(0, 2, 3, 1, 4, 5)
+
+
+class AdaFocusV3(GlanceAndFocus):
+    """AdaFocusV3 inference with early exit, as adafocus runs it: the glance on every frame, the policy's cubes, then
+    one cube per exit for the videos still present; a video leaves once its exit's -entropy reaches the threshold."""
+
+    def __init__(self, c):
+        super().__init__(c)
+        cg, cl, classes = self.global_CNN.dim, self.local_CNN.dim, c["classes"]
+        self.policy = CubePolicy(cg, c["frames"], c["map_cells"], c["policy_channels"], c["cubes"])
+        self.classifier = CubeClassifier(cg, cl, c["classifier_hidden"], c["cubes"], classes, c["dropout"],
+                                         c["fuse"] == "concat")
+
+    def early_exit(self, clips, thresholds):
+        c, (b, t, _, s, _) = self.c, clips.shape
+        p, length, cubes = c["patch"], c["cube_frames"], c["cubes"]
+        maps = self.global_CNN.feature_map(resize(clips.reshape(-1, *clips.shape[2:]), c["glance_size"], c["resize"]))
+        features = maps.mean((2, 3)).view(b, t, -1)
+        corners = self.policy(maps.view(b, t, *maps.shape[1:])) * torch.tensor([s - p, s - p, t - length],
+                                                                               dtype=clips.dtype)
+        times = assign_frames(corners[..., 2], t) if length == 1 else corners[..., 2].round().long()
+        glance = self.classifier.global_mlp(features.reshape(b * t, -1)).view(b, t, -1).max(1)[0]
+        present = torch.arange(b)
+        logits, exits, local = None, torch.empty(b, dtype=torch.long), None
+        frames = clips.reshape(-1, *clips.shape[2:])
+        for e in range(cubes + 1):
+            if e > 0:  # the next cube of the videos present: its frames gathered, cut where the policy put it
+                n = present.numel()
+                rows = ((present * t + times[:, e - 1]).unsqueeze(1) + torch.arange(length)).flatten()
+                at = torch.cat([corners[:, e - 1, :2], torch.zeros(n, 1)], 1).unsqueeze(1)
+                cube = sample_cubes(frames.index_select(0, rows).view(n, length, *frames.shape[1:]), at, p, length)
+                z = self.local_CNN.feature_map(cube.reshape(n * length, 3, p, p)).mean((2, 3)).view(n, length, -1)
+                z = self.classifier.local_mlp(z.mean(1))
+                local = z if e == 1 else torch.max(local, z)
+            step = self.classifier.head(e, local, glance)
+            if logits is None:
+                logits = torch.empty(b, step.size(1))
+            lp = F.log_softmax(step.double(), 1)
+            leave = torch.ones(present.numel(), dtype=torch.bool) if e == cubes else (lp.exp() * lp).sum(1) >= thresholds[e]
+            logits[present[leave]] = step[leave]
+            exits[present[leave]] = e
+            keep = (~leave).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            present, corners, times, glance = present[keep], corners[keep], times[keep], glance[keep]
+            local = local[keep] if local is not None else None
+        return logits, exits
+
+
 class TSN(nn.Module):
     """Full-frame TSN: the backbone on every frame at its resolution, logits averaged over the frames."""
 
@@ -225,7 +342,7 @@ class TSN(nn.Module):
 
 
 def build(case):
-    model = AdaFocusV2(case["model"]) if case["model"]["method"] == "adafocus_v2" else TSN(case["model"])
+    model = {"adafocus_v2": AdaFocusV2, "adafocus_v3": AdaFocusV3}.get(case["model"]["method"], TSN)(case["model"])
     model.load_state_dict(torch.load(case["weights"]), strict=True)
     return model
 
@@ -256,6 +373,19 @@ def inference(case, warmup, rounds):
                                     theirs)
         times = timed(lambda: model.predict(clips), warmup, rounds)
     return {"max_abs_difference": difference, "seconds": times}
+
+
+def early_exit(case, warmup, rounds):
+    """V3 with early exit at the case's thresholds: the logits each video left with and where it left must agree."""
+    model = build(case).eval()
+    clips, ours = torch.load(case["input"])["clips"], torch.load(case["ours"])
+    with torch.no_grad():
+        logits, exits = model.early_exit(clips, case["thresholds"])
+        same_exits = bool((exits == ours["exits"]).all())
+        # a video leaving at another exit is a disagreement however close the logits are
+        difference = float((logits - ours["logits"]).abs().max()) if same_exits else 1e9
+        times = timed(lambda: model.early_exit(clips, case["thresholds"]), warmup, rounds)
+    return {"max_abs_difference": difference, "same_exits": same_exits, "seconds": times}
 
 
 def training(case, warmup, rounds):
@@ -293,7 +423,7 @@ def main():
     torch.set_num_threads(spec["threads"])
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cases": {}}
     for case in spec["cases"]:
-        run = training if case["kind"] == "training" else inference
+        run = {"training": training, "early_exit": early_exit}.get(case["kind"], inference)
         results["cases"][case["name"]] = run(case, spec["warmup"], spec["rounds"])
         print("python: %s %.1f ms" % (case["name"], 1e3 * min(results["cases"][case["name"]]["seconds"])),
               file=sys.stderr)

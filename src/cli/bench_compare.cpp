@@ -15,11 +15,13 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "core/files.h"
+#include "infer/adaptive.h"
 #include "infer/evaluate.h"
 #include "infer/flops.h"
 #include "infer/precision.h"
 #include "io/pth.h"
 #include "methods/adafocus_v2.h"
+#include "methods/adafocus_v3.h"
 #include "methods/baselines.h"
 #include "nn/state_dict.h"
 #include "train/optimizer.h"
@@ -31,13 +33,16 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 
-// One model at one batch size, for inference or for a training step.
+// One model at one batch size, for inference, inference with early exit (`exit_quantile` > 0), or a training step.
 struct Case {
-  Case(std::string n, Config c, int64_t b, bool t) : name(std::move(n)), config(std::move(c)), batch(b), training(t) {}
+  Case(std::string n, Config c, int64_t b, bool t, double q = 0)
+      : name(std::move(n)), config(std::move(c)), batch(b), training(t), exit_quantile(q) {}
   std::string name;
   Config config;
   int64_t batch;
   bool training;
+  double exit_quantile;             // the share of the videos present at each exit that stay for the next one
+  std::vector<double> thresholds;   // early exit: one per exit (entropy criterion)
   methods::Method model;
   double gflops = 0;
   std::vector<double> seconds, plain_seconds, bf16_seconds;  // ours: as used, before optimising, in bf16
@@ -77,12 +82,21 @@ json model_json(const Case& k, int64_t classes) {
     m["backbone"] = backbone_json(c, "model.backbone");
     return m;
   }
-  const auto& v2 = dynamic_cast<const methods::AdaFocusV2Impl&>(*k.model);
   m.update({{"glance", backbone_json(c, "model.glance")}, {"local", backbone_json(c, "model.local")},
             {"patch", c.get_int("model.patch_size")}, {"glance_size", c.get_int("model.glance.resolution")},
             {"fuse", c.get_string("model.fuse")}, {"fc_dropout", c.get_float("model.fc_dropout")},
-            {"policy_channels", c.get_int("model.policy_channels")}, {"policy_hidden", c.get_int("model.policy_hidden")},
-            {"classifier_hidden", c.get_int("model.classifier_hidden")},
+            {"policy_channels", c.get_int("model.policy_channels")},
+            {"classifier_hidden", c.get_int("model.classifier_hidden")}});
+  if (method == "adafocus_v3") {
+    const auto& v3 = dynamic_cast<const methods::AdaFocusV3Impl&>(*k.model);
+    const int64_t cubes = v3.exits() - 1;
+    m.update({{"cube_frames", c.get_int("model.cube_frames")}, {"cubes", cubes},
+              {"map_cells", v3.policy->fc->options.in_features() / (c.get_int("model.policy_channels") *
+                                                                    c.get_int("data.segments"))}});
+    return m;
+  }
+  const auto& v2 = dynamic_cast<const methods::AdaFocusV2Impl&>(*k.model);
+  m.update({{"policy_hidden", c.get_int("model.policy_hidden")},
             {"map_cells", v2.policy_stn->encoder->ptr(4)->as<torch::nn::Linear>()->options.in_features() /
                               c.get_int("model.policy_channels")},
             {"feature_gradient", c.get_string("model.policy_gradient") == "feature"},
@@ -167,6 +181,11 @@ int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
   }
   cases.emplace_back("v2_demo_train", case_config("benchmark/adafocus_v2", {}), 0, true);
   cases.emplace_back("full_frame_demo_train", case_config("benchmark/full_frame_full_res", {}), 0, true);
+  // (iii) AdaFocusV3 (the demo's preset, 8 frames) with early exit at two budgets: at each exit the videos whose
+  // confidence is in the top half (then the top quarter) of the batch's leave.
+  for (const double stay : {0.5, 0.75})
+    cases.emplace_back(fmt::format("v3_exit_b8_top{}", static_cast<int>(100 * (1 - stay))),
+                       case_config("benchmark/adafocus_v3", {"model.from_scratch=true"}), 8, false, stay);
 
   // PyTorch right after us on each case (the machine's speed drifts; neighbours in time see the same machine): as
   // users run it, then with our allocator settings (src/cli/main.cpp keeps freed blocks in the heap, where Python's
@@ -205,7 +224,8 @@ int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
 
   for (auto& k : cases) {
     const Config& c = k.config;
-    const int64_t classes = k.training ? 10 : c.get_int("model.num_classes");  // the benchmark has 10 classes
+    const bool exits = k.exit_quantile > 0;
+    const int64_t classes = k.training || exits ? 10 : c.get_int("model.num_classes");  // the benchmark has 10 classes
     if (k.training) k.batch = args.tiny ? 4 : c.get_int("data.batch_size");
     const int64_t frames = c.get_int("data.segments"), size = c.get_int("data.input_size");
     k.model = methods::make_method(c, classes);
@@ -214,14 +234,14 @@ int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
     const std::string prefix = work + "/" + k.name;
     // The weights as PyTorch names them: the official layout for V2 (its MobileNetV2 glance), ours for TSN.
     const nn::StateDict state = nn::state_dict(*k.model);
-    io::write_state_dict(prefix + ".pth", c.get_string("model.method") == "full_frame"
-                                              ? state
-                                              : k.model->export_official_state_dict(state));
+    io::write_state_dict(prefix + ".pth", c.get_string("model.method") == "adafocus_v2"
+                                              ? k.model->export_official_state_dict(state)
+                                              : state);
     c10::Dict<std::string, torch::Tensor> input;
     input.insert("clips", k.clips);
     input.insert("target", k.target);
     io::write_pth(prefix + "_input.pth", input);
-    json entry{{"name", k.name}, {"kind", k.training ? "training" : "inference"}, {"weights", prefix + ".pth"},
+    json entry{{"name", k.name}, {"kind", k.training ? "training" : exits ? "early_exit" : "inference"}, {"weights", prefix + ".pth"},
                {"input", prefix + "_input.pth"}, {"ours", prefix + "_ours.pth"}, {"model", model_json(k, classes)}};
 
     c10::Dict<std::string, torch::Tensor> ours;
@@ -251,6 +271,31 @@ int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
                             {"weight_decay", c.get_float("train.weight_decay")}};
       io::write_pth(prefix + "_ours.pth", ours);
       k.seconds = timed(step, args.warmup, args.rounds);
+    } else if (exits) {
+      k.model->eval();
+      torch::NoGradGuard no_grad;
+      const methods::Clips clips{k.clips, {}};
+      // Thresholds between the batch's scores at each exit (never on one: rounding cannot move a video across).
+      const auto every = infer::run_adaptive(*k.model, clips, {infer::Criterion::Entropy, {}}, false);
+      const auto scores = std::get<0>(infer::exit_scores(every.exit_logits, infer::Criterion::Entropy).sort(0));  // (B, K)
+      const int64_t i = std::clamp<int64_t>(std::llround(std::ceil(k.exit_quantile * static_cast<double>(k.batch))) - 1, 0,
+                                            k.batch - 2);
+      const auto between = ((scores[i] + scores[i + 1]) / 2).contiguous();
+      k.thresholds.assign(between.data_ptr<double>(), between.data_ptr<double>() + between.numel());
+      const infer::ExitRule rule{infer::Criterion::Entropy, k.thresholds};
+      auto run = [&] { return infer::run_adaptive(*k.model, clips, rule, false); };
+      k.plain_seconds = timed(run, args.warmup, args.rounds);
+      k.model->optimize_for_inference();
+      const infer::AdaptiveResult r = infer::run_adaptive(*k.model, clips, rule, true);
+      k.gflops = static_cast<double>(r.macs) * 1e-9;  // counted as the videos left
+      ours.insert("logits", r.logits);
+      ours.insert("exits", r.exits);
+      io::write_pth(prefix + "_ours.pth", ours);
+      entry["thresholds"] = k.thresholds;
+      k.seconds = timed(run, args.warmup, args.rounds);
+      infer::PrecisionGuard bf16(infer::Precision::Bf16);
+      k.bf16_difference = (run().logits - r.logits).abs().max().item<double>();
+      k.bf16_seconds = timed(run, args.warmup, args.rounds);
     } else {
       k.model->eval();
       torch::NoGradGuard no_grad;
@@ -290,6 +335,8 @@ int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
     r = {{"ours_ms", 1e3 * ours_s}, {"python_ms", 1e3 * theirs_s}, {"speedup", ratio},
          {"python_same_allocator_ms", 1e3 * heap_s}, {"speedup_same_allocator", heap_s / ours_s},
          {"max_abs_difference", difference}, {"gflops", k.gflops}};
+    if (k.exit_quantile > 0)
+      r.update({{"thresholds", k.thresholds}, {"counted_gflops_per_video", k.gflops / static_cast<double>(k.batch)}});
     std::string plain = "-", bf16 = "-";
     if (!k.training) {
       const double b = median(k.bf16_seconds);
@@ -374,6 +421,11 @@ int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
              result["v2_speedup_b1"].get<double>(), result["v2_gflops_ratio_b1"].get<double>(),
              result["v2_speedup_over_gflops_ratio_b1"].get<double>(), result["v2_speedup_b8"].get<double>(),
              result["v2_gflops_ratio_b8"].get<double>(), result["v2_speedup_over_gflops_ratio_b8"].get<double>());
+  for (const auto& k : cases)
+    if (k.exit_quantile > 0)
+      fmt::print("AdaFocusV3 with early exit ({}): {:.4f} GFLOPs per video counted, ours {:.1f} ms, PyTorch {:.1f} ms\n",
+                 k.name, k.gflops / static_cast<double>(k.batch), result["cases"][k.name]["ours_ms"].get<double>(),
+                 result["cases"][k.name]["python_ms"].get<double>());
   write_file_atomic(args.out + "/compare.json", result.dump(2) + "\n", false);
   fmt::print("{}/compare.json\n", args.out);
   return 0;

@@ -965,7 +965,11 @@ class Speed(BinaryTest):
                 out = json.load(f)
             for key in ["v2_speedup_over_gflops_ratio", "inference_vs_python", "training_vs_python", "bf16_vs_fp32"]:
                 self.assertGreater(out[key], 0, key)
-            self.assertEqual(len(out["cases"]), 6)
+            self.assertEqual(len(out["cases"]), 8)
+            # AdaFocusV3 with early exit at two budgets: the same exits and logits as PyTorch's (checked by adafocus),
+            # the lower budget counting fewer GFLOPs per video.
+            self.assertLess(out["cases"]["v3_exit_b8_top50"]["counted_gflops_per_video"],
+                            out["cases"]["v3_exit_b8_top25"]["counted_gflops_per_video"])
             for name, case in out["cases"].items():
                 self.assertLessEqual(case["max_abs_difference"], 1e-3, name)
             # A model that computes something else shows: a wrong weight file gives a large difference.

@@ -271,47 +271,45 @@ int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
                             {"weight_decay", c.get_float("train.weight_decay")}};
       io::write_pth(prefix + "_ours.pth", ours);
       k.seconds = timed(step, args.warmup, args.rounds);
-    } else if (exits) {
-      k.model->eval();
-      torch::NoGradGuard no_grad;
-      const methods::Clips clips{k.clips, {}};
-      // Thresholds between the batch's scores at each exit (never on one: rounding cannot move a video across).
-      const auto every = infer::run_adaptive(*k.model, clips, {infer::Criterion::Entropy, {}}, false);
-      const auto scores = std::get<0>(infer::exit_scores(every.exit_logits, infer::Criterion::Entropy).sort(0));  // (B, K)
-      const int64_t i = std::clamp<int64_t>(std::llround(std::ceil(k.exit_quantile * static_cast<double>(k.batch))) - 1, 0,
-                                            k.batch - 2);
-      const auto between = ((scores[i] + scores[i + 1]) / 2).contiguous();
-      k.thresholds.assign(between.data_ptr<double>(), between.data_ptr<double>() + between.numel());
-      const infer::ExitRule rule{infer::Criterion::Entropy, k.thresholds};
-      auto run = [&] { return infer::run_adaptive(*k.model, clips, rule, false); };
-      k.plain_seconds = timed(run, args.warmup, args.rounds);
-      k.model->optimize_for_inference();
-      const infer::AdaptiveResult r = infer::run_adaptive(*k.model, clips, rule, true);
-      k.gflops = static_cast<double>(r.macs) * 1e-9;  // counted as the videos left
-      ours.insert("logits", r.logits);
-      ours.insert("exits", r.exits);
-      io::write_pth(prefix + "_ours.pth", ours);
-      entry["thresholds"] = k.thresholds;
-      k.seconds = timed(run, args.warmup, args.rounds);
-      infer::PrecisionGuard bf16(infer::Precision::Bf16);
-      k.bf16_difference = (run().logits - r.logits).abs().max().item<double>();
-      k.bf16_seconds = timed(run, args.warmup, args.rounds);
     } else {
       k.model->eval();
       torch::NoGradGuard no_grad;
-      k.gflops = infer::method_flops(*k.model, frames, 0, size).report.gflops() * static_cast<double>(k.batch);
-      auto predict = [&] { return k.model->predict({k.clips, {}}); };
-      k.plain_seconds = timed(predict, args.warmup, args.rounds);  // as built, before optimize_for_inference
+      const methods::Clips clips{k.clips, {}};
+      infer::ExitRule rule{infer::Criterion::Entropy, {}};
+      if (exits) {
+        // Thresholds between the batch's scores at each exit (never on one: rounding cannot move a video across).
+        const auto every = infer::run_adaptive(*k.model, clips, rule, false);
+        const auto scores = std::get<0>(infer::exit_scores(every.exit_logits, infer::Criterion::Entropy).sort(0));  // (B, K)
+        const int64_t i = std::clamp<int64_t>(std::llround(std::ceil(k.exit_quantile * static_cast<double>(k.batch))) - 1,
+                                              0, k.batch - 2);
+        const auto between = ((scores[i] + scores[i + 1]) / 2).contiguous();
+        k.thresholds.assign(between.data_ptr<double>(), between.data_ptr<double>() + between.numel());
+        rule.thresholds = k.thresholds;
+        entry["thresholds"] = k.thresholds;
+      }
+      // What is timed: the whole-clip prediction, or the run that stops each video at its exit.
+      auto logits = [&] {
+        return exits ? infer::run_adaptive(*k.model, clips, rule, false).logits : k.model->predict(clips).logits;
+      };
+      k.plain_seconds = timed(logits, args.warmup, args.rounds);  // as built, before optimize_for_inference
       k.model->optimize_for_inference();
-      const methods::Prediction p = predict();
-      ours.insert("logits", p.logits);
-      if (p.glance_logits.defined()) ours.insert("glance_logits", p.glance_logits);
-      if (p.local_logits.defined()) ours.insert("local_logits", p.local_logits);
+      if (exits) {
+        const infer::AdaptiveResult r = infer::run_adaptive(*k.model, clips, rule, true);
+        k.gflops = static_cast<double>(r.macs) * 1e-9;  // counted as the videos left
+        ours.insert("logits", r.logits);
+        ours.insert("exits", r.exits);
+      } else {
+        k.gflops = infer::method_flops(*k.model, frames, 0, size).report.gflops() * static_cast<double>(k.batch);
+        const methods::Prediction p = k.model->predict(clips);
+        ours.insert("logits", p.logits);
+        if (p.glance_logits.defined()) ours.insert("glance_logits", p.glance_logits);
+        if (p.local_logits.defined()) ours.insert("local_logits", p.local_logits);
+      }
       io::write_pth(prefix + "_ours.pth", ours);
-      k.seconds = timed(predict, args.warmup, args.rounds);
+      k.seconds = timed(logits, args.warmup, args.rounds);
       infer::PrecisionGuard bf16(infer::Precision::Bf16);
-      k.bf16_difference = (predict().logits.to(torch::kFloat) - p.logits).abs().max().item<double>();
-      k.bf16_seconds = timed(predict, args.warmup, args.rounds);
+      k.bf16_difference = (logits().to(torch::kFloat) - ours.at("logits")).abs().max().item<double>();
+      k.bf16_seconds = timed(logits, args.warmup, args.rounds);
     }
     fmt::print(stderr, "ours: {} {:.1f} ms\n", k.name, 1e3 * median(k.seconds));
     run_python(entry);

@@ -220,7 +220,6 @@ Group::~Group() {
 
 int Group::rank() const { return impl_->launch.rank; }
 int Group::world() const { return impl_->launch.world; }
-std::chrono::milliseconds Group::timeout() const { return impl_->timeout; }
 
 void Group::report(const std::string& where) {
   {
@@ -381,13 +380,13 @@ struct GradientReducer::Impl {
   std::vector<Bucket> buckets;
   std::vector<unsigned> hooks;
   size_t next = 0;      // the next bucket to launch: buckets go in order on every rank
-  torch::Tensor used;   // (P,) 1 where this rank's step produced a gradient
   double wait_s = 0;
 
   explicit Impl(Group& g) : group(g) {}
 
-  void launch_ready() {
-    while (next < buckets.size() && buckets[next].pending == 0) {
+  // Launches the buckets that are full, in order; with `all`, also those some parameters of which had no gradient.
+  void launch(bool all) {
+    while (next < buckets.size() && (all || buckets[next].pending == 0)) {
       buckets[next].wait = group.all_reduce_async(buckets[next].flat);
       ++next;
     }
@@ -405,8 +404,7 @@ struct GradientReducer::Impl {
     }
     slot.copy_(grad);
     p.seen = true;
-    used[static_cast<int64_t>(i)] = 1;
-    if (--b.pending == 0) launch_ready();
+    if (--b.pending == 0) launch(false);
   }
 };
 
@@ -444,7 +442,6 @@ GradientReducer::GradientReducer(Group& group, const std::vector<std::pair<std::
     b.members = m.size();
     r.buckets.push_back(std::move(b));
   }
-  r.used = torch::zeros({static_cast<int64_t>(r.params.size())}, torch::kFloat);
   for (size_t i = 0; i < r.params.size(); ++i)
     r.hooks.push_back(r.params[i].tensor.register_hook([&r, i](const torch::Tensor& grad) { r.on_gradient(i, grad); }));
 }
@@ -461,19 +458,17 @@ void GradientReducer::prepare() {
     b.wait = nullptr;
   }
   for (auto& p : r.params) p.seen = false;
-  r.used.zero_();
   r.next = 0;
 }
 
 void GradientReducer::finish() {
   Impl& r = *impl_;
   const auto start = Clock::now();
-  while (r.next < r.buckets.size()) {  // buckets some parameters of which had no gradient here
-    r.buckets[r.next].wait = r.group.all_reduce_async(r.buckets[r.next].flat);
-    ++r.next;
-  }
-  torch::Tensor used = r.used.clone();
-  r.group.all_reduce(used);  // which parameters had a gradient on any rank
+  r.launch(true);
+  auto used = torch::empty({static_cast<int64_t>(r.params.size())}, torch::kFloat);  // (P,) 1 where a rank had a gradient
+  float* u = used.data_ptr<float>();
+  for (size_t i = 0; i < r.params.size(); ++i) u[i] = r.params[i].seen;
+  r.group.all_reduce(used);
   for (auto& b : r.buckets) {
     b.wait();
     b.flat.div_(r.group.world());
@@ -481,7 +476,7 @@ void GradientReducer::finish() {
   r.wait_s += std::chrono::duration<double>(Clock::now() - start).count();
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < r.params.size(); ++i) {
-    if (used[static_cast<int64_t>(i)].item<float>() == 0) continue;
+    if (u[i] == 0) continue;
     Impl::Param& p = r.params[i];
     const auto average = r.buckets[p.bucket].flat.narrow(0, p.offset, p.tensor.numel()).view(p.tensor.sizes());
     if (p.tensor.grad().defined())
@@ -490,8 +485,6 @@ void GradientReducer::finish() {
       p.tensor.mutable_grad() = average.clone();
   }
 }
-
-int64_t GradientReducer::bucket_count() const { return static_cast<int64_t>(impl_->buckets.size()); }
 
 double GradientReducer::bytes_per_step() const {
   double bytes = 0;

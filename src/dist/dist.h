@@ -50,7 +50,6 @@ class Group {
 
   int rank() const;
   int world() const;
-  std::chrono::milliseconds timeout() const;
 
   /// Sums `t` (contiguous, CPU or the group's device) across ranks, in place.
   void all_reduce(torch::Tensor& t);
@@ -94,7 +93,6 @@ class GradientReducer {
   void prepare();
   /// After it: every rank's gradients averaged into .grad.
   void finish();
-  int64_t bucket_count() const;
   double bytes_per_step() const;       ///< gradient bytes all-reduced per step (each rank's payload)
   double wait_seconds() const;         ///< time spent in finish() waiting for communication, so far
   void reset_wait_seconds();

@@ -268,10 +268,10 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
   }
   std::unique_ptr<dist::GradientReducer> reducer;
   if (group) {
-    // Every process starts from rank 0's weights (the same seed gives the same ones; this makes sure).
-    std::vector<torch::Tensor> tensors = method->parameters();
-    for (const auto& b : method->buffers()) tensors.push_back(b);
-    group->broadcast(tensors);
+    // Every process starts from rank 0's weights (the same seed gives the same ones; this makes sure); its
+    // BatchNorm statistics follow at the start of each epoch (share_buffers).
+    std::vector<torch::Tensor> parameters = method->parameters();
+    group->broadcast(parameters);
     reducer = std::make_unique<dist::GradientReducer>(*group, method->named_parameters().pairs(), o.bucket_mb);
   }
   const SyncBatchNorm sync_bn(config.get_bool("train.sync_bn") ? group : nullptr);

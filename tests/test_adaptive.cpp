@@ -110,6 +110,24 @@ TEST(CubeCrop, IntegralCornersCopyPixels) {
     }
 }
 
+TEST(CubeCrop, WholeFrameCutsAreTheTrilinearSample) {
+  // Without gradient, cubes at whole frames are cut by nn::crop_bilinear; with a gradient (or a fractional frame)
+  // by the 3-d grid_sample. The two must agree on fractional pixel corners, inside and across the frame's edges.
+  torch::manual_seed(6);
+  const auto clips = torch::randn({2, 5, 3, 20, 16});
+  const auto corners = torch::tensor({{{2.3, 3.6, 1.0}, {-3.5, 9.25, 0.0}}, {{14.7, -2.2, 3.0}, {0.0, 0.0, 2.0}}});
+  torch::Tensor fast;
+  {
+    torch::NoGradGuard no_grad;
+    fast = nn::sample_cubes(clips, corners, 7, 2);
+  }
+  const auto q = corners.clone().requires_grad_(true);  // the grid_sample path
+  const auto slow = nn::sample_cubes(clips, q, 7, 2);
+  ASSERT_EQ(fast.sizes(), slow.sizes());
+  EXPECT_TRUE(torch::allclose(fast, slow.detach(), 1e-5, 1e-5)) << (fast - slow).abs().max();
+  EXPECT_GT((slow.detach() == 0).sum().item<int64_t>(), 0);  // the edges were reached: zeros outside
+}
+
 // d/dq of sum(weights * f(q)) against central differences, for each of the 3 coordinates of one cube's corner.
 void expect_gradient_matches(const std::function<torch::Tensor(const torch::Tensor&)>& f, torch::Tensor corners) {
   corners = corners.to(torch::kDouble).requires_grad_(true);

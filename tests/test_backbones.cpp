@@ -7,6 +7,7 @@
 #include "infer/precision.h"
 #include "io/pth.h"
 #include "nn/backbone.h"
+#include "nn/kernels.h"
 #include "nn/state_dict.h"
 #include "test_util.h"
 
@@ -143,35 +144,101 @@ TEST(Backbones, FoldedBatchNormKeepsOutputsAndFlops) {
     // The FLOPs counter still sees conv + BN (the papers' convention), and training mode the unfolded network.
     EXPECT_DOUBLE_EQ(infer::backbone_flops(*model, 64, 64, std::max(tsm, 1)).gflops(), flops);
     model->train();
-    {
+    {  // batch statistics (the running ones move), not the folded copy
       torch::NoGradGuard again;
-      EXPECT_FALSE(model->feature_map(x).is_contiguous(torch::MemoryFormat::ChannelsLast));
+      const auto bn = model->modules(false);
+      auto* first = std::find_if(bn.begin(), bn.end(), [](const auto& m) { return m->template as<torch::nn::BatchNorm2d>(); })
+                        ->get()->as<torch::nn::BatchNorm2d>();
+      const auto before = first->running_mean.clone();
+      model->feature_map(x);
+      EXPECT_FALSE(torch::equal(first->running_mean, before));
     }
   }
 }
 
 TEST(Backbones, ChannelsLastTrainingOfANarrowResNetMatchesAndSurvives) {
-  // oneDNN 2.6's strided 1x1 weight gradient on channels-last input of < 16 channels corrupts the heap (this shape
-  // crashed a process within three steps); the network must train in channels-last as in NCHW.
+  // ResNets train in channels-last, through our batch norm where the channels are few (nn/kernels.h), and around
+  // oneDNN 2.6's strided 1x1 weight gradient on channels-last input of < 16 channels, which corrupts the heap (this
+  // shape crashed a process within three steps). Reference: the same network in double precision, which none of
+  // that touches (LibTorch's own batch norm and convolutions), over three steps (running statistics included).
   torch::manual_seed(5);
-  auto plain = nn::make_backbone(nn::BackboneOptions("resnet10").base_width(8).stem("small_s2"));
-  auto last = nn::make_backbone(nn::BackboneOptions("resnet10").base_width(8).stem("small_s2"));
-  nn::load_state_dict(*last, nn::state_dict(*plain), "plain");
-  for (auto& p : last->parameters())
-    if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+  auto ours = nn::make_backbone(nn::BackboneOptions("resnet10").base_width(8).stem("small_s2"));
+  auto reference = nn::make_backbone(nn::BackboneOptions("resnet10").base_width(8).stem("small_s2"));
+  nn::load_state_dict(*reference, nn::state_dict(*ours), "ours");
+  reference->to(torch::kDouble);
   const auto x = torch::randn({4, 3, 128, 128});
   for (int step = 0; step < 3; ++step) {
-    plain->zero_grad();
-    last->zero_grad();
-    plain->feature_map(x).square().mean().backward();
-    last->feature_map(x.contiguous(torch::MemoryFormat::ChannelsLast)).square().mean().backward();
+    ours->zero_grad();
+    reference->zero_grad();
+    const auto map = ours->feature_map(x);
+    EXPECT_TRUE(map.is_contiguous(torch::MemoryFormat::ChannelsLast));
+    map.square().mean().backward();
+    reference->feature_map(x.to(torch::kDouble)).square().mean().backward();
   }
-  const auto a = plain->named_parameters(), b = last->named_parameters();
+  const auto a = reference->named_parameters(), b = ours->named_parameters();
   for (const auto& p : a) {
     if (p.key().rfind("fc.", 0) == 0) continue;  // the classifier is not in feature_map
     SCOPED_TRACE(p.key());
-    EXPECT_TRUE(AllCloseRelative(b[p.key()].grad(), p.value().grad(), 1e-2));  // sums in another order
+    EXPECT_TRUE(AllCloseRelative(b[p.key()].grad(), p.value().grad().to(torch::kFloat), 1e-3));
   }
+  const auto a_buffers = reference->named_buffers(), b_buffers = ours->named_buffers();
+  for (const auto& p : a_buffers) {
+    SCOPED_TRACE(p.key());
+    EXPECT_TRUE(AllCloseRelative(b_buffers[p.key()].to(torch::kDouble), p.value().to(torch::kDouble), 1e-5));
+  }
+}
+
+TEST(Backbones, ChannelsLastBatchNormIsLibTorchs) {
+  // Ours on channels-last input against LibTorch's batch norm on the same values in NCHW: output, every gradient and
+  // the running statistics, over two steps (num_batches_tracked and the momentum's update). Shapes: the benchmark's
+  // channel counts, counts that are not a divisor of the 16-float lane, and row counts that leave a partial chunk
+  // (2,048 rows) and a partial lane block.
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{64, 8, 28, 28}, {7, 3, 33, 17}, {5, 12, 9, 13}, {2, 4, 1, 3}}) {
+    SCOPED_TRACE(::testing::PrintToString(shape));
+    torch::manual_seed(11);
+    torch::nn::BatchNorm2d ours(shape[1]), theirs(shape[1]);
+    for (auto* bn : {ours.get(), theirs.get()}) {
+      torch::NoGradGuard no_grad;
+      torch::manual_seed(12);
+      bn->weight.uniform_(0.5, 1.5);
+      bn->bias.uniform_(-0.5, 0.5);
+    }
+    ours->train();
+    theirs->train();
+    for (int step = 0; step < 2; ++step) {
+      const auto x = (torch::randn(shape) * 3 + 1).contiguous(torch::MemoryFormat::ChannelsLast).requires_grad_();
+      const auto x2 = x.detach().contiguous().requires_grad_();
+      const auto g = torch::randn(shape);
+      ASSERT_TRUE(nn::use_channels_last_batch_norm(*ours, x));
+      ASSERT_FALSE(nn::use_channels_last_batch_norm(*theirs, x2));
+      const auto y = nn::channels_last_batch_norm(*ours, x);
+      const auto y2 = theirs->forward(x2);
+      EXPECT_TRUE(y.is_contiguous(torch::MemoryFormat::ChannelsLast));
+      EXPECT_TRUE(AllCloseRelative(y, y2, 1e-5));
+      ours->zero_grad();
+      theirs->zero_grad();
+      y.backward(g);
+      y2.backward(g);
+      EXPECT_TRUE(x.grad().is_contiguous(torch::MemoryFormat::ChannelsLast));
+      EXPECT_TRUE(AllCloseRelative(x.grad(), x2.grad(), 1e-5));
+      EXPECT_TRUE(AllCloseRelative(ours->weight.grad(), theirs->weight.grad(), 1e-5));
+      EXPECT_TRUE(AllCloseRelative(ours->bias.grad(), theirs->bias.grad(), 1e-5));
+      EXPECT_TRUE(AllCloseRelative(ours->running_mean, theirs->running_mean, 1e-6));
+      EXPECT_TRUE(AllCloseRelative(ours->running_var, theirs->running_var, 1e-6));
+      EXPECT_EQ(ours->num_batches_tracked.item<int64_t>(), theirs->num_batches_tracked.item<int64_t>());
+    }
+  }
+}
+
+TEST(Backbones, AreaDownsampleIsAvgPool) {
+  torch::manual_seed(13);
+  for (const auto& [shape, factor] : {std::make_pair(std::vector<int64_t>{3, 3, 128, 128}, 4),
+                                      std::make_pair(std::vector<int64_t>{2, 5, 18, 12}, 3)}) {
+    const auto x = torch::randn(shape);
+    const auto ours = nn::area_downsample(x, factor);
+    EXPECT_TRUE(AllCloseRelative(ours, torch::avg_pool2d(x, factor), 1e-6)) << factor;
+  }
+  EXPECT_THROW(nn::area_downsample(torch::randn({1, 3, 10, 10}), 4), c10::Error);
 }
 
 TEST(Backbones, Bf16AutocastRunsInBf16AndRestores) {

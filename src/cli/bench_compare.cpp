@@ -207,11 +207,14 @@ int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
       if (!f) throw Error("the PyTorch reference wrote no results", out);
       const json got = json::parse(f);
       // Agreement first: times of models that compute different things mean nothing. Inference: logits of random
-      // weights, |logit| ~ 1; training: the loss (~2.3) and the gradients relative to the largest.
+      // weights, |logit| ~ 1; training: the loss (~2.3) and the gradients relative to the largest. Our ResNets train
+      // in channels-last and PyTorch's user code in NCHW: PyTorch's own gradients of the demo's V2 step differ by
+      // 1.5e-3 between the two layouts (the first convolutions' weight gradients sum 262k products in another
+      // order), so 5e-3; a wrong kernel is off by the gradients' size.
       const json& theirs = got["cases"][name];
       const double difference = theirs["max_abs_difference"].get<double>(),
                    gradients = theirs.value("gradient_difference", 0.0);
-      if (!(difference <= (entry["kind"] == "training" ? 1e-4 : 1e-3)) || !(gradients <= 1e-3))
+      if (!(difference <= (entry["kind"] == "training" ? 1e-4 : 1e-3)) || !(gradients <= 5e-3))
         throw Error(fmt::format("{}: our outputs and PyTorch's differ by {:.3g} (gradients {:.3g}); not timing models "
                                 "that compute different things",
                                 name, difference, gradients),

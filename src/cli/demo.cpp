@@ -491,10 +491,11 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
       if (v3_top1 >= p.top1) ++held;
       worst_gap = std::min(worst_gap, v3_top1 - p.top1);
     }
+    const std::string margin = reachable > 0 ? fmt::format(", smallest margin {:+.1f}", worst_gap) : "";
     claim(reachable > 0 && held == reachable,
-          fmt::format("with early exit AdaFocusV3 is on or above the V2+ curve at every budget both reach ({} of {}, "
-                      "smallest margin {:+.1f}; {} V2+ budgets lie below V3's first exit, {:.4f} GFLOPs)",
-                      held, reachable, worst_gap, v2->curve.size() - static_cast<size_t>(reachable),
+          fmt::format("with early exit AdaFocusV3 is on or above the V2+ curve at every budget both reach ({} of {}{}; "
+                      "{} V2+ budgets lie below V3's first exit, {:.4f} GFLOPs)",
+                      held, reachable, margin, v2->curve.size() - static_cast<size_t>(reachable),
                       v3_points.front().first));
   }
   if (v3 && !v3->curve.empty()) {

@@ -9,6 +9,7 @@
 #include "methods/adafocus_v3.h"
 #include "methods/adafuse.h"
 #include "methods/baselines.h"
+#include "nn/kernels.h"
 
 namespace adafocus::methods {
 
@@ -102,7 +103,13 @@ torch::nn::Sequential dropout_linear(double dropout, int64_t in, int64_t out) {
 torch::Tensor resize_frames(const torch::Tensor& frames, int64_t side, const std::string& mode) {
   if (frames.size(2) == side && frames.size(3) == side) return frames;
   namespace F = torch::nn::functional;
-  if (mode == "area") return F::adaptive_avg_pool2d(frames, F::AdaptiveAvgPool2dFuncOptions({side, side}));
+  if (mode == "area") {
+    // Whole factors (the benchmark's 128 -> 32 px) average the same blocks as the adaptive pooling, 3x faster here.
+    if (frames.size(2) % side == 0 && frames.size(3) == frames.size(2) && frames.device().is_cpu() &&
+        frames.scalar_type() == torch::kFloat && !(torch::GradMode::is_enabled() && frames.requires_grad()))
+      return nn::area_downsample(frames, frames.size(2) / side);
+    return F::adaptive_avg_pool2d(frames, F::AdaptiveAvgPool2dFuncOptions({side, side}));
+  }
   if (mode == "bilinear")
     return F::interpolate(frames, F::InterpolateFuncOptions()
                                       .size(std::vector<int64_t>{side, side})

@@ -2,6 +2,7 @@
 
 
 #include "core/error.h"
+#include "nn/kernels.h"
 #include "nn/mobilenet_v2.h"
 #include "nn/resnet.h"
 
@@ -19,7 +20,8 @@ BatchNormSync batch_norm_sync;
 void set_batch_norm_sync(BatchNormSync sync) { batch_norm_sync = std::move(sync); }
 
 torch::Tensor batch_norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
-  return batch_norm_sync && bn.is_training() ? batch_norm_sync(bn, x) : bn.forward(x);
+  if (batch_norm_sync && bn.is_training()) return batch_norm_sync(bn, x);
+  return use_channels_last_batch_norm(bn, x) ? channels_last_batch_norm(bn, x) : bn.forward(x);
 }
 
 FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn) {

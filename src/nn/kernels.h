@@ -1,0 +1,39 @@
+#pragma once
+// CPU kernels that LibTorch 1.13 lacks or runs slowly for the benchmark's small networks, each checked against the
+// LibTorch operator it replaces (tests/test_backbones.cpp) and timed in bench/bench_kernels.cpp. Compiled with OpenMP
+// (CMakeLists.txt), so that at::parallel_for uses LibTorch's threads.
+//
+// Training-mode BatchNorm2d for channels-last float tensors with few channels. LibTorch 1.13's channels-last batch
+// norm vectorises over the channels, so with fewer channels than a vector it crawls: forward + backward of (256, 4,
+// 32, 32) took 69 ms against 2.5 in NCHW, (256, 8, 64, 64) 91 against 18 (2 threads here, docs/performance.md) - while oneDNN's convolutions on those same small-channel maps are 2.5-4x
+// faster in channels-last. This one treats the (N, H, W, C) memory as rows of C and sums blocks of whole rows, so
+// the reductions vectorise whatever C is, and keeps every tensor it returns (the output, the input's gradient) in
+// channels-last: a gradient in another layout would send the ReLU and addition behind it onto slow mixed-stride paths.
+#include <torch/nn/modules/batchnorm.h>
+
+namespace adafocus::nn {
+
+/// Whether channels_last_batch_norm takes x through bn: training mode, tracked running statistics, float,
+/// CPU, 4-d channels-last (and not also NCHW-contiguous) with fewer than 16 channels.
+bool use_channels_last_batch_norm(const torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);
+
+/// bn(x) in training mode - the same values, gradients and running-statistics update as bn.forward(x) (batch
+/// statistics, biased variance for normalising, unbiased for running_var, num_batches_tracked counted), computed
+/// as described above. Call only where use_channels_last_batch_norm holds.
+torch::Tensor channels_last_batch_norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);
+
+/// Bilinear crops without gradient: crop n (side x side) of frame index[n] of frames (F, C, H, W), its top-left sample
+/// at pixel (corners[n][0], corners[n][1]) (y, x; pixel centres at whole numbers), zeros outside the frame -> (N, C,
+/// side, side). The values of grid_sample's bilinear, zero-padded sampling at those points, computed separably: for
+/// 256 crops of 56 px the cube cut's 3-d grid_sample took 16 ms, a 2-d one 11, this 1 (docs/performance.md). Float,
+/// CPU.
+torch::Tensor crop_bilinear(const torch::Tensor& frames, const torch::Tensor& index, const torch::Tensor& corners,
+                            int64_t side);
+
+/// The mean of every factor x factor block of frames (N, C, H, W) -> (N, C, H / factor, W / factor): avg_pool2d
+/// with kernel = stride = factor (the glance's area resize, 128 -> 32 px on the benchmark), whose NCHW kernel is
+/// not vectorised in LibTorch 1.13 (a demo batch: 14 ms, this 5). Float, CPU, no gradient; H and W multiples of
+/// factor.
+torch::Tensor area_downsample(const torch::Tensor& frames, int64_t factor);
+
+}  // namespace adafocus::nn

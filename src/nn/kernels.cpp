@@ -79,6 +79,10 @@ std::vector<double> to_vector(const torch::Tensor& t) {
   return {d.data_ptr<double>(), d.data_ptr<double>() + d.numel()};
 }
 
+torch::Tensor to_tensor(const std::vector<double>& v, const torch::TensorOptions& options) {
+  return torch::tensor(v, torch::kDouble).to(options);
+}
+
 // y = (x - mean) * invstd * weight + bias with the batch statistics; backward as ATen's batch_norm_backward in
 // training mode: dx = weight * invstd * (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean))).
 struct ChannelsLastBatchNorm : torch::autograd::Function<ChannelsLastBatchNorm> {
@@ -129,8 +133,7 @@ struct ChannelsLastBatchNorm : torch::autograd::Function<ChannelsLastBatchNorm> 
     auto dx = torch::empty_like(x, torch::MemoryFormat::ChannelsLast);
     affine(l, pdy, px, dx.data_ptr<float>(), l.spread(ka), l.spread(kb), l.spread(kc));
     const auto opts = saved[1].options();
-    return {dx, torch::tensor(dweight, torch::kDouble).to(opts), torch::tensor(dbias, torch::kDouble).to(opts),
-            torch::Tensor(), torch::Tensor()};
+    return {dx, to_tensor(dweight, opts), to_tensor(dbias, opts), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -138,7 +141,7 @@ struct ChannelsLastBatchNorm : torch::autograd::Function<ChannelsLastBatchNorm> 
 
 bool use_channels_last_batch_norm(const torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
   return bn.is_training() && bn.options.track_running_stats() && bn.options.affine() && x.dim() == 4 &&
-         x.size(1) < 16 && x.scalar_type() == torch::kFloat && x.device().is_cpu() && x.numel() > x.size(1) &&
+         x.size(1) < 16 && x.scalar_type() == torch::kFloat && x.device().is_cpu() &&
          x.is_contiguous(torch::MemoryFormat::ChannelsLast) && !x.is_contiguous();
 }
 
@@ -170,12 +173,12 @@ torch::Tensor channels_last_batch_norm(torch::nn::BatchNorm2dImpl& bn, const tor
     const double momentum = bn.options.momentum() ? *bn.options.momentum() : 1.0 / bn.num_batches_tracked.item<double>();
     const auto opts = bn.running_mean.options();
     const double unbiased = count / std::max(count - 1.0, 1.0);
-    bn.running_mean.mul_(1 - momentum).add_(torch::tensor(mean, torch::kDouble).to(opts), momentum);
-    bn.running_var.mul_(1 - momentum).add_(torch::tensor(var, torch::kDouble).to(opts), momentum * unbiased);
+    bn.running_mean.mul_(1 - momentum).add_(cl_batch_norm::to_tensor(mean, opts), momentum);
+    bn.running_var.mul_(1 - momentum).add_(cl_batch_norm::to_tensor(var, opts), momentum * unbiased);
   }
   const auto opts = x.options();
-  return cl_batch_norm::ChannelsLastBatchNorm::apply(x, bn.weight, bn.bias, torch::tensor(mean, torch::kDouble).to(opts),
-                                                     torch::tensor(invstd, torch::kDouble).to(opts));
+  return cl_batch_norm::ChannelsLastBatchNorm::apply(x, bn.weight, bn.bias, cl_batch_norm::to_tensor(mean, opts),
+                                                     cl_batch_norm::to_tensor(invstd, opts));
 }
 
 torch::Tensor crop_bilinear(const torch::Tensor& frames, const torch::Tensor& index, const torch::Tensor& corners,

@@ -1,7 +1,7 @@
 #pragma once
 // CPU kernels that LibTorch 1.13 lacks or runs slowly for the benchmark's small networks, each checked against the
-// LibTorch operator it replaces (tests/test_backbones.cpp) and timed in bench/bench_kernels.cpp. Compiled with OpenMP
-// (CMakeLists.txt), so that at::parallel_for uses LibTorch's threads.
+// LibTorch operator it replaces (tests/test_backbones.cpp, test_adaptive.cpp) and timed in bench/bench_kernels.cpp.
+// Compiled with OpenMP (CMakeLists.txt), so that at::parallel_for uses LibTorch's threads.
 //
 // Training-mode BatchNorm2d for channels-last float tensors with few channels. LibTorch 1.13's channels-last batch
 // norm vectorises over the channels, so with fewer channels than a vector it crawls: forward + backward of (256, 4,

@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 
 #include "infer/flops.h"
+#include "io/pth.h"
 #include "methods/adafuse.h"
+#include "nn/resnet.h"
+#include "nn/state_dict.h"
 #include "nn/temporal_shift.h"
 #include "test_util.h"
 
@@ -126,6 +129,38 @@ TEST(AdaFuse, SkippingChannelsGivesTheMaskedDenseOutput) {
     }
 }
 
+TEST(AdaFuse, TsmBlocksAreTheOfficialOnesDownsampleOfTheShiftedInput) {
+  // A gated TSM block whose shortcut downsamples, against the official BateNet's equations written in PyTorch
+  // (reference.py adafuse_block_reference): there the downsample reads the shifted input.
+  for (const std::string kind : {"bottleneck", "basic"}) {
+    const nn::StateDict state = io::read_state_dict(test::reference("adafuse_" + kind + "_block.pth"));
+    const auto x = io::read_tensor(test::reference("adafuse_" + kind + "_x.pt"));        // (6, Ci, 12, 12)
+    const auto mask = io::read_tensor(test::reference("adafuse_" + kind + "_mask.pt"));  // (6, G, 3)
+    const auto expected = io::read_tensor(test::reference("adafuse_" + kind + "_out.pt"));
+    const int64_t segments = 3, shift_div = 4;
+    std::shared_ptr<torch::nn::Module> block;
+    methods::GatedBlock b{};
+    if (kind == "bottleneck") {
+      auto k = std::make_shared<nn::BottleneckImpl>(16, 8, 2, segments, shift_div);
+      b = {k->conv1.get(), k->conv2.get(), k->conv3.get(), k->bn1.get(), k->bn2.get(), k->bn3.get(),
+           k->downsample.get(), segments, shift_div, nullptr};
+      block = k;
+    } else {
+      auto k = std::make_shared<nn::BasicBlockImpl>(8, 8, 2, segments, shift_div);
+      b = {k->conv1.get(), k->conv2.get(), nullptr, k->bn1.get(), k->bn2.get(), nullptr, k->downsample.get(),
+           segments, shift_div, nullptr};
+      block = k;
+    }
+    nn::load_state_dict(*block, state, kind);
+    block->eval();
+    torch::NoGradGuard no_grad;
+    const auto xs = nn::temporal_shift(x, segments, shift_div);
+    for (const auto how : {methods::Inference::Dense, methods::Inference::Frames, methods::Inference::Batch})
+      EXPECT_TRUE(test::AllCloseRelative(methods::gated_block(b, x, xs, mask, segments, how), expected, 1e-5))
+          << kind << " " << static_cast<int>(how);
+  }
+}
+
 TEST(AdaFuse, OfficialLayoutWithSharedPolicies) {
   Config c = tiny_adafuse("resnet50", true);
   c.set("model.adafuse.hidden_quota=64");
@@ -151,6 +186,40 @@ TEST(AdaFuse, OfficialLayoutWithSharedPolicies) {
     if (item.key().rfind("base_model.fc.", 0) != 0) {
       EXPECT_TRUE(item.value().equal(ours[item.key()])) << item.key();
     }
+}
+
+TEST(AdaFuse, PaperPresetsTrainWithTheOfficialGroupsAndClipping) {
+  // ops/models_gate.py get_optim_policies with --npb, opts.py --clip-gradient 20: weights (new_fc's too) at the base
+  // rate with decay, biases at 2x without, batch norm without decay; the gradient norm clipped at 20.
+  Config c = Config::defaults();
+  c.merge_file("sthv1_adafuse_tsm");
+  c.set("model.backbone.base_width=8");
+  EXPECT_EQ(c.get_float("train.clip_grad"), 20.0);
+  auto method = methods::make_method(c, 5);
+  std::map<std::string, std::pair<double, double>> rate_and_decay;
+  size_t grouped = 0;
+  for (const auto& g : method->param_groups())
+    for (const auto& p : g.params) {
+      rate_and_decay[p.first] = {g.lr_mult, g.decay_mult};
+      ++grouped;
+    }
+  EXPECT_EQ(grouped, method->parameters().size());
+  EXPECT_EQ(rate_and_decay.size(), grouped);  // each parameter in one group
+  const std::vector<std::pair<std::string, std::pair<double, double>>> expected{
+      {"new_fc.weight", {1, 1}},
+      {"new_fc.bias", {2, 0}},
+      {"base_model.conv1.weight", {1, 1}},
+      {"base_model.bn1.weight", {1, 0}},
+      {"base_model.layer1.0.bn2.bias", {1, 0}},
+      {"base_model.layer2.0.downsample.0.weight", {1, 1}},
+      {"base_model.layer2.0.downsample.1.weight", {1, 0}},
+      {"base_model.layer1.0.policy_net.gate_bn.weight", {1, 0}},
+      {"base_model.gate_fc0s.16_24.weight", {1, 1}},
+      {"base_model.gate_fc1s.16_24.bias", {2, 0}}};
+  for (const auto& [key, mults] : expected) {
+    ASSERT_TRUE(rate_and_decay.count(key)) << key;
+    EXPECT_EQ(rate_and_decay[key], mults) << key;
+  }
 }
 
 TEST(AdaFuse, TrainingLowersTheFlopsTerm) {

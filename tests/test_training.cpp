@@ -44,6 +44,22 @@ void expect_like_pytorch(const std::string& kind, double lr) {
 TEST(Optimizer, SgdWithMomentumAndWeightDecayIsPyTorchs) { expect_like_pytorch("sgd", 0.1); }
 TEST(Optimizer, AdamIsPyTorchs) { expect_like_pytorch("adam", 0.01); }
 
+TEST(Optimizer, GroupsScaleTheWeightDecay) {
+  // One SGD step (no momentum) on p = 1 with gradient 0: decay 0.1 x multiplier moves it by lr x that.
+  auto p = torch::ones({1}, torch::kDouble).set_requires_grad(true), q = p.detach().clone().set_requires_grad(true);
+  train::OptimizerOptions o;
+  o.kind = "sgd";
+  o.momentum = 0;
+  o.weight_decay = 0.1;
+  train::Optimizer opt({methods::ParamGroup{"decayed", {{"p", p}}, 1.0, 1.0}, methods::ParamGroup{"not", {{"q", q}}, 2.0, 0.0}},
+                       o);
+  p.mutable_grad() = torch::zeros({1}, torch::kDouble);
+  q.mutable_grad() = torch::ones({1}, torch::kDouble);
+  opt.step(0.5);
+  EXPECT_DOUBLE_EQ(p.item<double>(), 1 - 0.5 * 0.1);
+  EXPECT_DOUBLE_EQ(q.item<double>(), 1 - 2 * 0.5 * 1);  // its rate doubled, no decay
+}
+
 TEST(Optimizer, StateRoundTripsAndRejectsAnotherModel) {
   auto p = torch::ones({3}, torch::kDouble).set_requires_grad(true);
   train::OptimizerOptions o;

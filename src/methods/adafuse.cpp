@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <set>
+#include <tuple>
 
 #include "core/error.h"
 #include "infer/flops.h"
@@ -217,6 +219,12 @@ torch::Tensor fuse_channels(const torch::Tensor& out1, const torch::Tensor& mask
 
 namespace {
 
+// The block's shortcut. As the official gated blocks (ops/batenet.py) compute it: with TSM a downsampling shortcut
+// reads the shifted input (the block shifts x itself before conv1), an identity one the unshifted input.
+torch::Tensor shortcut(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs) {
+  return b.downsample ? b.downsample->forward(xs) : x;
+}
+
 // The masked dense block: conv1's output fused as the gates say, then the rest.
 torch::Tensor dense_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs,
                           const torch::Tensor& mask, int64_t segments) {
@@ -224,7 +232,7 @@ torch::Tensor dense_block(const GatedBlock& b, const torch::Tensor& x, const tor
   if (mask.defined()) out = fuse_channels(out, mask, segments);
   out = nn::batch_norm(*b.bn2, b.conv2->forward(out));                  // (N, G2, H2, W2)
   if (b.conv3) out = nn::batch_norm(*b.bn3, b.conv3->forward(torch::relu(out)));
-  return torch::relu(out + (b.downsample ? b.downsample->forward(x) : x));
+  return torch::relu(out + shortcut(b, x, xs));
 }
 
 // What a frame's gates ask of a block: the conv1 outputs it computes (kept here or reused by the next frame) and
@@ -321,7 +329,7 @@ torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const to
     out = torch::cat(rows);
   }
   if (b.conv3) out = nn::batch_norm(*b.bn3, b.conv3->forward(torch::relu(out)));
-  return torch::relu(out + (b.downsample ? b.downsample->forward(x) : x));
+  return torch::relu(out + shortcut(b, x, xs));
 }
 
 }  // namespace
@@ -345,7 +353,7 @@ torch::Tensor AdaFuseImpl::frame_logits(const torch::Tensor& frames, GateMasks& 
   auto x = resnet.stem(frames);  // (N, Ci, H, W)
   const int64_t segments = frames_;
   for (GatedBlock& b : blocks) {
-    // TSM shifts the block input; the shortcut keeps the unshifted one.
+    // TSM shifts the block input (conv1, the policy and a downsampling shortcut read it; an identity one does not).
     const auto xs = b.tsm_segments > 0 ? nn::temporal_shift(x, b.tsm_segments, b.shift_div) : x;
     torch::Tensor mask;
     if (b.policy) {
@@ -404,7 +412,8 @@ Losses AdaFuseImpl::loss(const Clips& clips, const torch::Tensor& target, const 
   const auto ce = F::cross_entropy(logits, target);
   const GateFlops f = gate_flops(gates, base_gflops(resolution_), false);
   // The official efficiency term: w * |GFLOPs per frame - 0| on the upper bound or the real count; from
-  // train.policy_from_epoch on (official --eff_loss_after; 0: from the start): before the network has learned
+  // train.policy_from_epoch on (official --eff_loss_after + 1: it adds the term when epoch > eff_loss_after, by
+  // default -1, i.e. from the start, our 0): before the network has learned
   // anything the term alone drives the gates, and on the benchmark they all learned to skip in two epochs.
   const auto counted = (flops_loss_ == "real" ? f.real : f.upper_bound).to(ce.scalar_type());
   const double weight = context.epoch >= context.policy_from_epoch ? flops_weight_ : 0.0;
@@ -422,12 +431,35 @@ Losses AdaFuseImpl::loss(const Clips& clips, const torch::Tensor& target, const 
 }
 
 std::vector<ParamGroup> AdaFuseImpl::param_groups() {
-  std::vector<std::pair<std::string, torch::Tensor>> backbone, policy;
+  // The official groups (ops/models_gate.py get_optim_policies, with --npb): weights at the base rate with weight
+  // decay, biases at twice the rate without decay, batch-norm scales and shifts (the backbone's and the gates')
+  // without decay. new_fc is an ordinary linear layer there: its x5 group is never filled. Our multipliers of the
+  // backbone, the gates and the classifier (train.lr_local, lr_policy, lr_classifier; 1 in the paper presets) scale
+  // each part's three groups.
+  std::set<const c10::TensorImpl*> batch_norm;
+  for (const auto& m : modules())
+    if (m->as<torch::nn::BatchNorm2dImpl>() || m->as<torch::nn::BatchNorm1dImpl>())
+      for (const auto& p : m->parameters()) batch_norm.insert(p.unsafeGetTensorImpl());
+  using Named = std::vector<std::pair<std::string, torch::Tensor>>;
+  Named backbone, policy;
   for (auto& p : prefixed_parameters("base_model", *tsn->base_model))
     (is_gate_parameter(p.first) ? policy : backbone).push_back(p);
-  return {{"backbone", backbone, lr_backbone_},
-          {"policy", policy, lr_policy_},
-          {"classifier", prefixed_parameters("new_fc", *tsn->new_fc), lr_classifier_}};
+  std::vector<ParamGroup> groups;
+  for (const auto& [name, params, lr] : {std::make_tuple("backbone", backbone, lr_backbone_),
+                                         std::make_tuple("policy", policy, lr_policy_),
+                                         std::make_tuple("classifier", prefixed_parameters("new_fc", *tsn->new_fc),
+                                                         lr_classifier_)}) {
+    Named weights, biases, norms;
+    for (const auto& p : params) {
+      const bool bias = p.first.size() > 5 && p.first.compare(p.first.size() - 5, 5, ".bias") == 0;
+      (batch_norm.count(p.second.unsafeGetTensorImpl()) ? norms : bias ? biases : weights).push_back(p);
+    }
+    const std::string n = name;
+    groups.push_back({n, weights, lr, 1.0});
+    groups.push_back({n + "_bias", biases, 2 * lr, 0.0});
+    groups.push_back({n + "_bn", norms, lr, 0.0});
+  }
+  return groups;
 }
 
 nn::StateDict AdaFuseImpl::import_state_dict(const nn::StateDict& state) const {

@@ -75,11 +75,12 @@ struct StepContext {
   int64_t stage = -1;
 };
 
-/// Parameters sharing a learning-rate multiplier (the official per-group ratios).
+/// Parameters sharing a learning-rate multiplier (the official per-group ratios) and a weight-decay multiplier.
 struct ParamGroup {
   std::string name;
   std::vector<std::pair<std::string, torch::Tensor>> params;  ///< state-dict name, parameter
   double lr_mult = 1.0;
+  double decay_mult = 1.0;  ///< x train.weight_decay
 };
 
 class MethodImpl : public torch::nn::Module {

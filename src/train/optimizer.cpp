@@ -29,11 +29,11 @@ void Optimizer::zero_grad() {
 void Optimizer::step(double lr) {
   torch::NoGradGuard no_grad;
   for (auto& g : groups_) {
-    const double group_lr = lr * g.lr_mult;
+    const double group_lr = lr * g.lr_mult, decay = options_.weight_decay * g.decay_mult;
     for (auto& [name, p] : g.params) {
       if (!p.grad().defined()) continue;
       torch::Tensor grad = p.grad();
-      if (options_.weight_decay != 0) grad = grad.add(p, options_.weight_decay);
+      if (decay != 0) grad = grad.add(p, decay);
       if (options_.kind == "sgd") {
         if (options_.momentum != 0) {
           auto it = state_.find(name + ".momentum_buffer");

@@ -314,7 +314,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
   infer::OverlapMeter train_overlap(train_set.options().list, input_size, 0);  // training view
   std::vector<torch::Tensor> policy_params;  // the gradient norm the log reports
   for (const auto& group : method->param_groups())
-    if (group.name == "policy")
+    if (group.name.rfind("policy", 0) == 0)  // "policy" and its parts ("policy_bias", ...)
       for (const auto& named : group.params) policy_params.push_back(named.second);
   methods::StepContext context;
   context.policy_from_epoch = policy_from_epoch;

@@ -299,6 +299,41 @@ def adafocus_v2_reference(out):
     torch.save(actions, os.path.join(out, "official_v2_actions.pt"))
 
 
+def adafuse_block_reference(out):
+    """AdaFuse's gated TSM blocks with a downsampling shortcut, as the official BateNet computes them
+    (mengyuest/AdaFuse ops/batenet.py, Bottleneck/BasicBlock.forward): the block input is shifted once; conv1 + BN +
+    ReLU; each channel kept, replaced by the previous frame's conv1 output of that channel (zeros at the first frame)
+    or zeroed, as the mask [skip, reuse, keep] says; the rest of the block; the shortcut's downsample applied to the
+    shifted input. Weights under torchvision's names, the input, the mask and the output, for both block kinds."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+    g = torch.Generator().manual_seed(11)
+    segments, fold_div = 3, 4
+    for kind, block, cin in [("bottleneck", Bottleneck, 16), ("basic", BasicBlock, 8)]:
+        torch.manual_seed(11)
+        planes = 8
+        cout = planes * block.expansion
+        b = block(cin, planes, stride=2, downsample=nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False),
+                                                                  nn.BatchNorm2d(cout))).eval()
+        randomize_batchnorm(b, g)
+        x = torch.randn(2 * segments, cin, 12, 12, generator=g)
+        width = b.conv1.out_channels
+        mask = F.one_hot(torch.randint(0, 3, (2 * segments, width), generator=g), 3).float()  # (N, G, 3)
+        with torch.no_grad():
+            xs = official_shift(x, segments, fold_div)
+            y = b.relu(b.bn1(b.conv1(xs)))
+            before = torch.zeros_like(y.view(2, segments, *y.shape[1:]))
+            before[:, 1:] = y.view(2, segments, *y.shape[1:])[:, :-1]
+            y = y * mask[:, :, 2, None, None] + before.view_as(y) * mask[:, :, 1, None, None]
+            if block is Bottleneck:
+                y = b.bn3(b.conv3(b.relu(b.bn2(b.conv2(y)))))
+            else:
+                y = b.bn2(b.conv2(y))
+            y = b.relu(y + b.downsample(xs))
+        torch.save(dict(b.state_dict()), os.path.join(out, f"adafuse_{kind}_block.pth"))
+        for name, t in [("x", x), ("mask", mask), ("out", y)]:
+            torch.save(t, os.path.join(out, f"adafuse_{kind}_{name}.pt"))
+
+
 def training_reference():
     """torch.optim SGD/Adam steps, OneCycleLR, the official cosine schedule and cal_map, for the training tests."""
     grads = [torch.tensor([0.5, -1.0, 2.0]), torch.tensor([0.1, 0.3, -0.2]), torch.tensor([-0.4, 0.0, 1.0])]
@@ -403,6 +438,7 @@ def backbones(out):
                _use_new_zipfile_serialization=False)
     data_reference(out)
     adafocus_v2_reference(out)
+    adafuse_block_reference(out)
     import json
     with open(os.path.join(out, "training_reference.json"), "w") as f:
         json.dump(training_reference(), f)

@@ -273,8 +273,9 @@ def sample_cubes(clips, corners, side, length):
 
 
 class AdaFocusV3(GlanceAndFocus):
-    """AdaFocusV3 inference with early exit, as adafocus runs it: the glance on every frame, the policy's cubes, then
-    one cube per exit for the videos still present; a video leaves once its exit's -entropy reaches the threshold."""
+    """AdaFocusV3 inference with early exit, as adafocus runs it: the glance on every frame and p_0; then, for the
+    videos still present, the policy's cubes and one cube per exit; a video leaves once its exit's -entropy reaches
+    the threshold. Frame-wise cubes (length 1) only, as the benchmark's."""
 
     def __init__(self, c):
         super().__init__(c)
@@ -286,16 +287,17 @@ class AdaFocusV3(GlanceAndFocus):
     def early_exit(self, clips, thresholds):
         c, (b, t, _, s, _) = self.c, clips.shape
         p, length, cubes = c["patch"], c["cube_frames"], c["cubes"]
+        assert length == 1, "frame-wise cubes only"
         maps = self.global_CNN.feature_map(resize(clips.reshape(-1, *clips.shape[2:]), c["glance_size"], c["resize"]))
-        features = maps.mean((2, 3)).view(b, t, -1)
-        corners = self.policy(maps.view(b, t, *maps.shape[1:])) * torch.tensor([s - p, s - p, t - length],
-                                                                               dtype=clips.dtype)
-        times = assign_frames(corners[..., 2], t) if length == 1 else corners[..., 2].round().long()
+        features, maps = maps.mean((2, 3)).view(b, t, -1), maps.view(b, t, *maps.shape[1:])
         glance = self.classifier.global_mlp(features.reshape(b * t, -1)).view(b, t, -1).max(1)[0]
         present = torch.arange(b)
         logits, exits, local = None, torch.empty(b, dtype=torch.long), None
         frames = clips.reshape(-1, *clips.shape[2:])
         for e in range(cubes + 1):
+            if e == 1:  # the policy, for the videos that did not leave at p_0
+                corners = self.policy(maps) * torch.tensor([s - p, s - p, t - length], dtype=clips.dtype)
+                times = assign_frames(corners[..., 2], t)
             if e > 0:  # the next cube of the videos present: its frames gathered, cut where the policy put it
                 n = present.numel()
                 rows = ((present * t + times[:, e - 1]).unsqueeze(1) + torch.arange(length)).flatten()
@@ -314,7 +316,11 @@ class AdaFocusV3(GlanceAndFocus):
             keep = (~leave).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            present, corners, times, glance = present[keep], corners[keep], times[keep], glance[keep]
+            present, glance = present[keep], glance[keep]
+            if e == 0:
+                maps = maps[keep]
+            else:
+                corners, times = corners[keep], times[keep]
             local = local[keep] if local is not None else None
         return logits, exits
 

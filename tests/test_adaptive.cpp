@@ -9,6 +9,7 @@
 #include "methods/adafocus_v3.h"
 #include "nn/backbone.h"
 #include "nn/cube_crop.h"
+#include "nn/temporal_shift.h"
 #include "test_util.h"
 
 namespace adafocus {
@@ -324,6 +325,71 @@ TEST(AdaFocusV3, ExitByExitPathLeavesTheBatch) {
   torch::NoGradGuard no_grad;
   const auto r = infer::run_adaptive(*m, {clips, {}}, {infer::Criterion::Entropy, {}}, false);
   for (const auto& f : r.region_frames) EXPECT_EQ(std::get<0>(torch::_unique(f)).numel(), f.numel());
+}
+
+// Two TSM cubes of 4 frames cut from 8 focus frames (the Sth-Sth setting, small).
+Config tiny_v3_tsm() {
+  Config c = tiny_v3();
+  for (const char* kv : {"model.glance.tsm=true", "model.local.tsm=true", "model.glance.shift_div=4",
+                         "model.local.shift_div=4", "model.cube_frames=4", "model.cubes=2", "data.focus_segments=8"})
+    c.set(kv);
+  return c;
+}
+
+TEST(AdaFocusV3, TsmCubesStartSideBySideAndNoFrameRunsTwice) {
+  torch::manual_seed(9);
+  auto v3 = std::dynamic_pointer_cast<methods::AdaFocusV3Impl>(methods::make_method(tiny_v3_tsm(), 3));
+  v3->eval();
+  torch::NoGradGuard no_grad;
+  const methods::Clips clips{torch::randn({2, 4, 3, 64, 64}), torch::randn({2, 8, 3, 64, 64})};
+  // Untrained, the two cubes tile the 8 frames: frames 0-3 and 4-7.
+  const auto p = v3->predict(clips);
+  ASSERT_EQ(p.region_frames.sizes(), torch::IntArrayRef({2, 2, 4}));
+  for (int64_t b = 0; b < 2; ++b)
+    EXPECT_TRUE(torch::equal(p.region_frames[b].flatten(), torch::arange(8, torch::kLong))) << p.region_frames[b];
+
+  // Cube 1 placed at frames 2-5 and cube 2 at 0-3: cube 2 runs only on frames 0 and 1, as a clip of 2 frames.
+  const auto bias = v3->policy->fc->bias.view({2, 3});
+  bias.select(1, 2).copy_(torch::tensor({0.0, -20.0}));  // time fractions 0.5 and ~0 of the 4 start positions
+  const auto q = v3->predict(clips);
+  EXPECT_TRUE(torch::equal(q.region_frames.select(1, 0)[0], torch::arange(2, 6, torch::kLong)));
+  EXPECT_TRUE(torch::equal(q.region_frames.select(1, 1)[0], torch::arange(0, 4, torch::kLong)));
+  // By hand: each cube's local features from the frames it runs on, the running max, exit 2's head.
+  auto features = [&](int64_t b, int64_t first, int64_t frames, int64_t k) {
+    const int64_t y = q.regions[b][k][1].item<int64_t>(), x = q.regions[b][k][0].item<int64_t>();
+    const auto cube = clips.focus[b].narrow(0, first, frames).narrow(2, y, 24).narrow(3, x, 24);  // (f, 3, 24, 24)
+    nn::TemporalShiftSegments segments(*v3->local_CNN, frames);
+    return v3->classifier->local(v3->local_CNN->pool(v3->local_CNN->feature_map(cube)).mean(0, true));  // (1, H)
+  };
+  for (int64_t b = 0; b < 2; ++b) {
+    const auto maps = v3->global_CNN->feature_map(methods::resize_frames(clips.frames[b], 16, "area"));
+    const auto glance = v3->classifier->glance(v3->global_CNN->pool(maps).unsqueeze(0));  // (1, H)
+    const auto z = torch::max(features(b, 2, 4, 0), features(b, 0, 2, 1));
+    EXPECT_TRUE(test::AllCloseRelative(q.logits[b][2], v3->classifier->head(2, z, glance)[0], 1e-4)) << b;
+  }
+  // The FLOPs counted: 2 frames of the local network fewer than two whole cubes.
+  const double per_frame = infer::backbone_flops(*v3->local_CNN, 24, 24, 4).gflops();
+  const double overlapping = infer::count_flops(*v3, [&] { v3->predict(clips); }).gflops();
+  bias.select(1, 2).copy_(torch::tensor({-20.0, 20.0}));  // frames 0-3 and 4-7 again
+  const double apart = infer::count_flops(*v3, [&] { v3->predict(clips); }).gflops();
+  EXPECT_NEAR(apart - overlapping, 2 * 2 * per_frame, 1e-3 * per_frame);  // 2 videos x 2 frames
+}
+
+TEST(AdaFocusV3, GlanceExitPaysForNoPolicy) {
+  // Uni-AdaFocus counts the policy from exit 1 on: a video leaving at p_0 pays for the glance and its head only (the
+  // exit-by-exit path runs the policy after exit 0, for the videos still present; check_exit_path counts the batch).
+  torch::manual_seed(10);
+  auto v3 = std::dynamic_pointer_cast<methods::AdaFocusV3Impl>(methods::make_method(tiny_v3(), 3));
+  const infer::MethodFlops costs = infer::method_flops(*v3, 4, 0, 64);
+  v3->eval();
+  torch::NoGradGuard no_grad;
+  const auto maps = v3->global_CNN->feature_map(torch::zeros({4, 3, 16, 16}));  // (T, Cg, h, w)
+  const double policy = infer::count_flops(*v3->policy, [&] { v3->policy->forward(maps.unsqueeze(0)); }).gflops();
+  const double glance = 4 * infer::backbone_flops(*v3->global_CNN, 16, 16).gflops();
+  const double cube = infer::backbone_flops(*v3->local_CNN, 24, 24).gflops();
+  ASSERT_GT(policy, 0);
+  EXPECT_LT(costs.exits[0], glance + policy);              // the glance and its classifier, no policy
+  EXPECT_GT(costs.exits[1] - costs.exits[0], policy + cube);  // the policy joins exit 1's cost
 }
 
 TEST(AdaFocusV2, ExitByExitPathLeavesTheBatch) {

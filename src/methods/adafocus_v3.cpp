@@ -1,6 +1,7 @@
 #include "methods/adafocus_v3.h"
 
 #include <cmath>
+#include <set>
 #include <tuple>
 
 #include "core/error.h"
@@ -16,22 +17,30 @@ torch::nn::Sequential mlp(int64_t in, int64_t hidden) {
 }
 
 // Choice: before training, cubes start at the centre of the frame and spread over the clip in time, coarse to fine
-// (the middle position first, then each time the one farthest from those taken - like V2's input_order), so that an
-// untrained policy covers the video instead of stacking every cube on one frame. Returns K time fractions.
-std::vector<double> spread_times(int64_t cubes, int64_t positions) {
+// (the middle slot first, then each time the one farthest from those taken - like V2's input_order), so that an
+// untrained policy covers the video instead of stacking every cube on one frame. The slots are the cube's start
+// positions that tile the `frames` the cubes are cut from without overlap (each frame for frame-wise cubes; 0 and 12
+// for two cubes of 12 frames in 24) when the cubes fit side by side, else every start position. Returns K time
+// fractions of the start range [0, frames - length].
+std::vector<double> spread_times(int64_t cubes, int64_t frames, int64_t length) {
+  const int64_t positions = frames - length + 1, tiles = frames / length;
+  const int64_t slots = cubes <= tiles ? tiles : positions;
+  const double span = static_cast<double>(std::max<int64_t>(1, positions - 1));
+  auto start = [&](int64_t slot) {  // the slot's start frame: slots evenly spread over [0, frames - length]
+    return slots > 1 ? std::round(static_cast<double>(slot) * static_cast<double>(positions - 1) / static_cast<double>(slots - 1)) : 0.0;
+  };
   std::vector<int64_t> taken;
   std::vector<double> out;
   for (int64_t k = 0; k < cubes; ++k) {
-    int64_t best = positions > 1 ? (positions - 1) / 2 : 0, best_distance = -1;
-    for (int64_t p = 0; !taken.empty() && p < positions; ++p) {
-      int64_t distance = positions;
+    int64_t best = slots > 1 ? (slots - 1) / 2 : 0, best_distance = -1;
+    for (int64_t p = 0; !taken.empty() && p < slots; ++p) {
+      int64_t distance = slots;
       for (int64_t t : taken) distance = std::min(distance, std::abs(p - t));
       if (distance > best_distance) best = p, best_distance = distance;
     }
     taken.push_back(best);
     // A fraction strictly inside (0, 1), 0.4 of a position away from the ends, so that the sigmoid can reach it.
-    const double span = static_cast<double>(std::max<int64_t>(1, positions - 1));
-    out.push_back(std::clamp(static_cast<double>(best) / span, 0.4 / span, 1.0 - 0.4 / span));
+    out.push_back(std::clamp(start(best) / span, 0.4 / span, 1.0 - 0.4 / span));
   }
   return out;
 }
@@ -153,7 +162,7 @@ AdaFocusV3Impl::AdaFocusV3Impl(const Config& c, int64_t num_classes)
   }
   policy = register_module("policy", CubePolicy(map.size(1), frames_, map.size(2), map.size(3),
                                                 c.get_int("model.policy_channels"),
-                                                spread_times(cubes_, source_frames - length_ + 1)));
+                                                spread_times(cubes_, source_frames, length_)));
   if (c.get_string("model.fuse") != "concat" && c.get_string("model.fuse") != "local")
     throw Error("model.fuse must be concat or local", c.origin("model.fuse"));
   classifier = register_module(
@@ -185,7 +194,7 @@ torch::Tensor AdaFocusV3Impl::actions(const Glance& g, const std::string& p) {
   const auto o = g.maps.options();
   if (p == "center") {
     auto a = torch::full({b, cubes_, 3}, 0.5, o);
-    a.select(2, 2).copy_(torch::tensor(spread_times(cubes_, starts), o).unsqueeze(0).expand({b, cubes_}));
+    a.select(2, 2).copy_(torch::tensor(spread_times(cubes_, source_frames_, length_), o).unsqueeze(0).expand({b, cubes_}));
     return a;
   }
   torch::Tensor learned;
@@ -213,9 +222,10 @@ torch::Tensor AdaFocusV3Impl::test_corners(const torch::Tensor& actions, const t
 }
 
 torch::Tensor AdaFocusV3Impl::cube_features(const torch::Tensor& cubes) {
-  const int64_t n = cubes.size(0);
-  const auto maps = local_CNN->feature_map(cubes.reshape({n * length_, cubes.size(2), cubes.size(3), cubes.size(4)}));
-  return local_CNN->pool(maps).view({n, length_, -1}).mean(1);  // (N, Cl)
+  const int64_t n = cubes.size(0), frames = cubes.size(1);
+  nn::TemporalShiftSegments segments(*local_CNN, frames);  // a TSM cube shortened at test time is its own clip
+  const auto maps = local_CNN->feature_map(cubes.reshape({n * frames, cubes.size(2), cubes.size(3), cubes.size(4)}));
+  return local_CNN->pool(maps).view({n, frames, -1}).mean(1);  // (N, Cl)
 }
 
 torch::Tensor AdaFocusV3Impl::train_features(const torch::Tensor& source, const torch::Tensor& actions, bool learned) {
@@ -240,19 +250,6 @@ torch::Tensor AdaFocusV3Impl::train_features(const torch::Tensor& source, const 
   const auto cube_maps = nn::interpolate_cube_features(
       maps.view({n, e.length, maps.size(1), maps.size(2), maps.size(3)}), e.offsets.view({n, 3}));  // (N, L, Cl, h, w)
   return cube_maps.mean({3, 4}).mean(1).view({b, cubes_, -1});  // (B, K, Cl)
-}
-
-Prediction AdaFocusV3Impl::predict(const Clips& clips) {
-  const Glance g = glance(clips.frames);
-  const auto& src = source(clips);
-  const int64_t b = src.size(0);
-  const auto corners = test_corners(actions(g, policy_), src);                    // (B, K, 3)
-  const auto cubes = nn::sample_cubes(src, corners, patch_, length_);              // (B, K, L, 3, P, P)
-  const auto local = cube_features(cubes.reshape({b * cubes_, length_, 3, patch_, patch_})).view({b, cubes_, -1});
-  Prediction p;
-  p.logits = classifier->forward(g.features, local);                             // (B, K + 1, C)
-  std::tie(p.regions, p.region_frames) = regions(corners);
-  return p;
 }
 
 std::pair<torch::Tensor, torch::Tensor> AdaFocusV3Impl::regions(const torch::Tensor& corners) const {
@@ -324,54 +321,101 @@ std::vector<ParamGroup> AdaFocusV3Impl::param_groups() {
           {"classifier", prefixed_parameters("classifier", *classifier), lr_classifier_}};
 }
 
-// predict() exit by exit: exit 0 runs the glance and the policy and predicts from the glance alone; exit k cuts
-// cube k at the same place predict() does and runs the local network on it.
+// The one test-time forward, exit by exit (predict() runs every exit for every video). Exit 0 predicts from the
+// glance alone; exit 1 runs the policy for the videos still present, then cube 1 - as Uni-AdaFocus counts the policy's
+// cost from exit 1 on, so a video leaving at p_0 has paid for the glance and its head only; exit k cuts cube k. No
+// frame is processed twice (the paper's frame removal): frame-wise cubes get distinct frames (test_corners), and a
+// longer cube leaves out the frames an earlier cube took, running on the rest as a shorter clip.
 class V3Stepper : public ExitStepper {
  public:
-  V3Stepper(AdaFocusV3Impl& m, const Clips& clips) : m_(m), source_(m.source(clips)) {
-    const AdaFocusV3Impl::Glance g = m.glance(clips.frames);
-    corners_ = m.test_corners(m.actions(g, m.policy_), source_);  // (n, K, 3)
-    glance_ = m.classifier->glance(g.features);                    // (n, H)
+  V3Stepper(AdaFocusV3Impl& m, const Clips& clips) : m_(m), source_(m.source(clips)), glance_(m.glance(clips.frames)) {
+    pooled_ = m.classifier->glance(glance_.features);  // (n, H)
     present_ = torch::arange(source_.size(0), torch::TensorOptions(torch::kLong).device(source_.device()));
   }
 
   ExitStep next() override {
     TORCH_CHECK(k_ <= m_.cubes_, "AdaFocusV3 has ", m_.cubes_ + 1, " exits");
     ExitStep step;
+    if (k_ == 1) corners_ = m_.test_corners(m_.actions(glance_, m_.policy_), source_);  // (n, K, 3)
     if (k_ > 0) {
-      const int64_t n = present_.size(0), length = m_.length_, frames = source_.size(1);
+      const int64_t n = present_.size(0), length = m_.length_;
       const auto corner = corners_.select(1, k_ - 1);  // (n, 3), whole frames in time
-      // Gather only the cube's frames of the videos still present, then cut the cube out of them.
       const auto first = corner.select(1, 2).to(torch::kLong);
-      const auto rows = ((present_ * frames + first).unsqueeze(1) + torch::arange(length, present_.options())).flatten();
-      const auto clips = source_.reshape({-1, source_.size(2), source_.size(3), source_.size(4)}).index_select(0, rows);
-      const auto at = torch::cat({corner.narrow(1, 0, 2), torch::zeros({n, 1}, corner.options())}, 1).unsqueeze(1);
-      const auto cube = nn::sample_cubes(clips.view({n, length, clips.size(1), clips.size(2), clips.size(3)}), at,
-                                         m_.patch_, length);                                     // (n, 1, L, 3, P, P)
-      const auto z = m_.classifier->local(m_.cube_features(cube.reshape({n, length, 3, m_.patch_, m_.patch_})));
-      local_ = k_ == 1 ? z : torch::max(local_, z);                                               // (n, H)
+      const auto frames = first.unsqueeze(1) + torch::arange(length, first.options());  // (n, L)
+      auto fresh = torch::ones_like(frames, torch::kBool);  // (n, L): not taken by an earlier cube
+      if (length > 1)
+        for (int64_t j = 0; j + 1 < k_; ++j) {
+          const auto taken = corners_.select(1, j).select(1, 2).to(torch::kLong).unsqueeze(1);  // (n, 1)
+          fresh &= (frames < taken) | (frames >= taken + length);
+        }
+      const auto counts = fresh.sum(1);  // (n,) frames left to run: L, unless an earlier cube took some
+      const auto counts_cpu = counts.cpu();
+      const std::set<int64_t> distinct(counts_cpu.data_ptr<int64_t>(), counts_cpu.data_ptr<int64_t>() + n);
+      torch::Tensor updated = local_.defined() ? local_.clone() : torch::Tensor();
+      for (const int64_t r : distinct) {
+        if (r == 0) continue;  // every frame already seen: the running max stays
+        const auto rows = (counts == r).nonzero().squeeze(1);  // (m,) of the n present
+        const int64_t m = rows.size(0);
+        // Gather only those frames of the videos concerned, then cut the cube out of them.
+        const auto kept = frames.index_select(0, rows).masked_select(fresh.index_select(0, rows)).view({m, r});
+        const auto flat = (present_.index_select(0, rows).unsqueeze(1) * source_.size(1) + kept).flatten();
+        const auto clips = source_.reshape({-1, source_.size(2), source_.size(3), source_.size(4)}).index_select(0, flat);
+        const auto c = corner.index_select(0, rows);
+        const auto at = torch::cat({c.narrow(1, 0, 2), torch::zeros({m, 1}, c.options())}, 1).unsqueeze(1);  // (m, 1, 3)
+        const auto cube = nn::sample_cubes(clips.view({m, r, clips.size(1), clips.size(2), clips.size(3)}), at,
+                                           m_.patch_, r);                                                 // (m, 1, r, 3, P, P)
+        const auto z = m_.classifier->local(m_.cube_features(cube.reshape({m, r, 3, m_.patch_, m_.patch_})));  // (m, H)
+        if (!updated.defined()) updated = torch::empty({n, z.size(1)}, z.options());
+        updated.index_copy_(0, rows, local_.defined() ? torch::max(local_.index_select(0, rows), z) : z);
+      }
+      local_ = updated;  // (n, H) running max over the cubes seen
       const auto side = torch::full({n, 1}, static_cast<double>(m_.patch_), corner.options());
+      // The region is the cube as placed, over its whole window (frames an earlier cube took included).
       step.regions = torch::cat({corner.narrow(1, 1, 1), corner.narrow(1, 0, 1), side, side}, 1).unsqueeze(1);  // (n, 1, 4)
-      step.region_frames = (first.unsqueeze(1) + torch::arange(length, first.options())).unsqueeze(1);        // (n, 1, L)
+      step.region_frames = frames.unsqueeze(1);                                                             // (n, 1, L)
     }
-    step.logits = m_.classifier->head(k_, local_, glance_);  // (n, C)
+    step.logits = m_.classifier->head(k_, local_, pooled_);  // (n, C)
     ++k_;
     return step;
   }
 
   void keep(const torch::Tensor& rows) override {
     present_ = present_.index_select(0, rows);
-    corners_ = corners_.index_select(0, rows);
-    glance_ = glance_.index_select(0, rows);
+    pooled_ = pooled_.index_select(0, rows);
+    if (corners_.defined()) {
+      corners_ = corners_.index_select(0, rows);
+    } else {  // the policy has not run yet: it will read these videos' glance maps
+      glance_.maps = glance_.maps.index_select(0, rows);
+      glance_.features = glance_.features.index_select(0, rows);
+    }
     if (local_.defined()) local_ = local_.index_select(0, rows);
   }
 
  private:
   AdaFocusV3Impl& m_;
-  torch::Tensor source_, present_;         // (B, Tc, 3, S, S) as given; rows of the n videos still present
-  torch::Tensor corners_, glance_, local_;  // (n, K, 3), (n, H), running max (n, H)
+  torch::Tensor source_, present_;  // (B, Tc, 3, S, S) as given; rows of the n videos still present
+  AdaFocusV3Impl::Glance glance_;   // maps (n, T, Cg, h, w), features (n, T, Cg): until the policy has run
+  torch::Tensor pooled_, corners_, local_;  // (n, H) glance features max-pooled, (n, K, 3), running max (n, H)
   int64_t k_ = 0;
 };
+
+Prediction AdaFocusV3Impl::predict(const Clips& clips) {
+  V3Stepper steps(*this, clips);
+  std::vector<torch::Tensor> logits, regions, frames;
+  for (int64_t k = 0; k <= cubes_; ++k) {
+    const ExitStep s = steps.next();
+    logits.push_back(s.logits);
+    if (s.regions.defined()) {
+      regions.push_back(s.regions);
+      frames.push_back(s.region_frames);
+    }
+  }
+  Prediction p;
+  p.logits = torch::stack(logits, 1);    // (B, K + 1, C)
+  p.regions = torch::cat(regions, 1);    // (B, K, 4)
+  p.region_frames = torch::cat(frames, 1);  // (B, K, L)
+  return p;
+}
 
 std::unique_ptr<ExitStepper> AdaFocusV3Impl::stepper(const Clips& clips) { return std::make_unique<V3Stepper>(*this, clips); }
 

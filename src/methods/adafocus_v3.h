@@ -8,7 +8,8 @@
 //   frame-wise cubes (L = 1, ActivityNet family): cubes are cut from the clip itself, at most one per frame; at test
 //     time a frame taken by an earlier cube is never processed again;
 //   TSM cubes (L = 12, Something-Something): glance and local networks with the temporal shift; cubes are cut from
-//     the focus clip (data.focus_segments candidates), at most 2; trained in two stages (train.policy_only).
+//     the focus clip (data.focus_segments candidates), at most 2, side by side before training; at test time a cube
+//     leaves out the frames an earlier one took; trained in two stages (train.policy_only).
 // Training (Eq. 1, with V2's pipeline): the sum over exits of the cross-entropy of p_k, for the policy's cubes and
 // for uniformly random ones, plus auxiliary glance and local heads; the policy reads stop-gradient glance maps and
 // learns through the local features by the deep-feature estimator (Eq. 5-6) or the pixel one (Eq. 2-4).
@@ -71,7 +72,8 @@ class AdaFocusV3Impl : public MethodImpl {
   Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
   std::vector<ParamGroup> param_groups() override;
   int64_t exits() const override { return cubes_ + 1; }
-  /// Exit 0 runs the glance and the policy; exit k the local network on cube k.
+  /// Exit 0 runs the glance; exit 1 the policy and the local network on cube 1; exit k on cube k. predict() is this
+  /// path run to the last exit.
   std::unique_ptr<ExitStepper> stepper(const Clips& clips) override;
   void load_pretrained(const Config& config) override;
   /// learned | random | center (centred in space, spread in time) | time_only | space_only (the other half random).
@@ -95,7 +97,8 @@ class AdaFocusV3Impl : public MethodImpl {
   torch::Tensor actions(const Glance& g, const std::string& policy);
   /// Test-time corners (B, K, 3): integral frames (frame-wise cubes: each frame at most once).
   torch::Tensor test_corners(const torch::Tensor& actions, const torch::Tensor& source) const;
-  /// Local features (N, Cl) of cubes (N, L, 3, P, P): mean over the cube's frames of the pooled feature maps.
+  /// Local features (N, Cl) of cubes (N, L', 3, P, P): mean over the cube's frames of the pooled feature maps (a
+  /// TSM local network shifts over the L' frames given).
   torch::Tensor cube_features(const torch::Tensor& cubes);
   /// Training: local features (B, K, Cl) of the cubes at `actions`, with the policy's gradient estimator.
   torch::Tensor train_features(const torch::Tensor& source, const torch::Tensor& actions, bool learned);

@@ -13,7 +13,7 @@ namespace adafocus::cli {
 namespace {
 
 struct CalibrateArgs {
-  std::string checkpoint, preset, data, list, out, criterion = "entropy";
+  std::string checkpoint, preset, data, list, out, criterion;  // empty: the method's own
   std::vector<double> budgets;
   std::vector<std::string> overrides;
   int64_t videos = 0;
@@ -34,11 +34,11 @@ int run(const CalibrateArgs& args, const Runtime& runtime) {
   o.list_key = "data.train_list";  // official: thresholds fitted on training videos
   if (!args.list.empty()) m.config.set("data.train_list", args.list, "--list");
   o.max_videos = args.videos;
-  const infer::ExitTable table =
-      infer::calibrate(*m.method, m.config, o, infer::parse_criterion(args.criterion), args.budgets);
+  const std::string criterion = args.criterion.empty() ? m.method->exit_criterion() : args.criterion;
+  const infer::ExitTable table = infer::calibrate(*m.method, m.config, o, infer::parse_criterion(criterion), args.budgets);
 
   fmt::print("{} exits on {} videos of {} ({}); GFLOPs per exit:", table.exit_gflops.size(), table.videos,
-             table.calibration, args.criterion);
+             table.calibration, criterion);
   for (double g : table.exit_gflops) fmt::print(" {:.4g}", g);
   fmt::print("\n");
   std::vector<std::vector<std::string>> rows;
@@ -75,7 +75,9 @@ void add_calibrate_command(CLI::App& app, Commands& commands, const Runtime& run
   sub->add_option("--budgets", args->budgets,
                   "GFLOPs per video to fit thresholds for, e.g. 0.01,0.02 (default: the cost of each exit)")
       ->delimiter(',');
-  sub->add_option("--criterion", args->criterion, "entropy | max_logit | max_softmax")
+  sub->add_option("--criterion", args->criterion,
+                  "entropy | max_logit | max_softmax (default: the method's own - AdaFocusV2+ and V1: max_logit, the "
+                  "official V2+ 'confidence'; AdaFocusV3: entropy, as its paper)")
       ->check(CLI::IsMember({"entropy", "max_logit", "max_softmax"}));
   sub->add_option("--out", args->out, "write the thresholds to this JSON file");
   sub->add_flag("--embed", args->embed, "store the thresholds in the checkpoint (predict --budget then needs no file)");

@@ -300,7 +300,8 @@ int run_demo(const DemoArgs& args, const Runtime& runtime) {
         co.device = runtime.torch_device();
         m.config.set("data.train_list", "calib.txt", "demo");
         co.list_key = "data.train_list";
-        c.exits_json = infer::calibrate(*m.method, m.config, co, infer::Criterion::Entropy, {}).to_json();
+        c.exits_json =
+            infer::calibrate(*m.method, m.config, co, infer::parse_criterion(m.method->exit_criterion()), {}).to_json();
       }
       methods::save_checkpoint(model, c);
     }

@@ -72,6 +72,9 @@ class AdaFocusV1Impl : public MethodImpl {
   Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
   std::vector<ParamGroup> param_groups() override;
   int64_t exits() const override { return frames_; }
+  /// Choice: V2+'s criterion (the largest raw logit). AdaFocus+ (V1 with exits) was never published; the V2 paper
+  /// compares it with V2+ under the same MSDNet-style procedure.
+  std::string exit_criterion() const override { return "max_logit"; }
   /// Frame by frame: glance, policy step, patch and classifier step of frame t give exit t.
   std::unique_ptr<ExitStepper> stepper(const Clips& clips) override;
   nn::StateDict import_state_dict(const nn::StateDict& state) const override;

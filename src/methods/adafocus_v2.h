@@ -50,6 +50,8 @@ class AdaFocusV2Impl : public MethodImpl {
   Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
   std::vector<ParamGroup> param_groups() override;
   int64_t exits() const override { return frames_; }
+  /// The official V2+ criterion, "confidence": the largest raw logit (V2a/ops/early_exit.py).
+  std::string exit_criterion() const override { return "max_logit"; }
   /// Frame by frame: glance, policy step, patch and classifier step of frame t give exit t.
   std::unique_ptr<ExitStepper> stepper(const Clips& clips) override;
   nn::StateDict import_state_dict(const nn::StateDict& state) const override;

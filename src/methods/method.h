@@ -93,6 +93,9 @@ class MethodImpl : public torch::nn::Module {
   virtual std::vector<ParamGroup> param_groups() = 0;
   /// K, the number of exits (predict's logits.size(1)).
   virtual int64_t exits() const { return 1; }
+  /// How its exits judge a prediction confident unless told otherwise (calibrate --criterion): max_logit |
+  /// max_softmax | entropy. Entropy is the AdaFocusV3 paper's.
+  virtual std::string exit_criterion() const { return "entropy"; }
   /// The exit-by-exit path on a batch. The default has one exit, predict() itself.
   virtual std::unique_ptr<ExitStepper> stepper(const Clips& clips);
   /// Translates checkpoints written by the official code (names, backbone layouts) to ours.

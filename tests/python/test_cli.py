@@ -414,6 +414,16 @@ class Methods(SharedFolder):
         self.assertEqual(without_times(metrics_lines(killed)), without_times(metrics_lines(self.run_dir)))
         self.assertIn("--resume continues a run", run("train", "--resume", killed, "train.epochs=3").stderr)
 
+    def test_calibrate_defaults_to_the_methods_official_criterion(self):
+        # AdaFocusV2+: the official "confidence" (max raw logit); --criterion still chooses another.
+        with tempfile.TemporaryDirectory() as d:
+            for args, criterion in [((), "max_logit"), (("--criterion", "entropy"), "entropy")]:
+                out = os.path.join(d, "exits.json")
+                self.ok("calibrate", "--checkpoint", os.path.join(self.run_dir, "last.pt"), "--data", self.data,
+                        "--out", out, *args)
+                with open(out) as f:
+                    self.assertEqual(json.load(f)["criterion"], criterion)
+
     def test_eval_json(self):
         out = json.loads(self.ok("eval", "--checkpoint", os.path.join(self.run_dir, "best.pt"), "--data", self.data,
                                  "--json"))

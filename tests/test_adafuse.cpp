@@ -3,7 +3,7 @@
 // layout, and a training run whose FLOPs term falls.
 #include <gtest/gtest.h>
 
-#include "infer/flops.h"
+#include "nn/flop_counter.h"
 #include "io/pth.h"
 #include "methods/adafuse.h"
 #include "nn/resnet.h"
@@ -111,11 +111,11 @@ TEST(AdaFuse, SkippingChannelsGivesTheMaskedDenseOutput) {
       for (int i = 0; i < 3; ++i) EXPECT_GT(fractions[i].item<double>(), 0.05) << arch << tsm;
       // The FLOPs counter on both paths: what the frame-by-frame one leaves out is the formula's saving (plus bn1
       // and bn2, folded into the convolutions), to the multiply-accumulate.
-      const int64_t counted_dense = infer::count_flops(*method, [&] {
+      const int64_t counted_dense = nn::count_flops(*method, [&] {
                                       fuse.inference = methods::Inference::Dense;
                                       method->predict(clips);
                                     }).total;
-      const int64_t counted_sparse = infer::count_flops(*method, [&] {
+      const int64_t counted_sparse = nn::count_flops(*method, [&] {
                                        fuse.inference = methods::Inference::Frames;
                                        method->predict(clips);
                                      }).total;

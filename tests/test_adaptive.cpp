@@ -5,7 +5,7 @@
 
 #include "infer/adaptive.h"
 #include "infer/early_exit.h"
-#include "infer/flops.h"
+#include "nn/flop_counter.h"
 #include "methods/adafocus_v3.h"
 #include "nn/backbone.h"
 #include "nn/cube_crop.h"
@@ -368,10 +368,10 @@ TEST(AdaFocusV3, TsmCubesStartSideBySideAndNoFrameRunsTwice) {
     EXPECT_TRUE(test::AllCloseRelative(q.logits[b][2], v3->classifier->head(2, z, glance)[0], 1e-4)) << b;
   }
   // The FLOPs counted: 2 frames of the local network fewer than two whole cubes.
-  const double per_frame = infer::backbone_flops(*v3->local_CNN, 24, 24, 4).gflops();
-  const double overlapping = infer::count_flops(*v3, [&] { v3->predict(clips); }).gflops();
+  const double per_frame = nn::backbone_flops(*v3->local_CNN, 24, 24, 4).gflops();
+  const double overlapping = nn::count_flops(*v3, [&] { v3->predict(clips); }).gflops();
   bias.select(1, 2).copy_(torch::tensor({-20.0, 20.0}));  // frames 0-3 and 4-7 again
-  const double apart = infer::count_flops(*v3, [&] { v3->predict(clips); }).gflops();
+  const double apart = nn::count_flops(*v3, [&] { v3->predict(clips); }).gflops();
   EXPECT_NEAR(apart - overlapping, 2 * 2 * per_frame, 1e-3 * per_frame);  // 2 videos x 2 frames
 }
 
@@ -384,9 +384,9 @@ TEST(AdaFocusV3, GlanceExitPaysForNoPolicy) {
   v3->eval();
   torch::NoGradGuard no_grad;
   const auto maps = v3->global_CNN->feature_map(torch::zeros({4, 3, 16, 16}));  // (T, Cg, h, w)
-  const double policy = infer::count_flops(*v3->policy, [&] { v3->policy->forward(maps.unsqueeze(0)); }).gflops();
-  const double glance = 4 * infer::backbone_flops(*v3->global_CNN, 16, 16).gflops();
-  const double cube = infer::backbone_flops(*v3->local_CNN, 24, 24).gflops();
+  const double policy = nn::count_flops(*v3->policy, [&] { v3->policy->forward(maps.unsqueeze(0)); }).gflops();
+  const double glance = 4 * nn::backbone_flops(*v3->global_CNN, 16, 16).gflops();
+  const double cube = nn::backbone_flops(*v3->local_CNN, 24, 24).gflops();
   ASSERT_GT(policy, 0);
   EXPECT_LT(costs.exits[0], glance + policy);              // the glance and its classifier, no policy
   EXPECT_GT(costs.exits[1] - costs.exits[0], policy + cube);  // the policy joins exit 1's cost

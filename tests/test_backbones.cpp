@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "core/error.h"
-#include "infer/flops.h"
+#include "nn/flop_counter.h"
 #include "infer/precision.h"
 #include "io/pth.h"
 #include "nn/backbone.h"
@@ -136,13 +136,13 @@ TEST(Backbones, FoldedBatchNormKeepsOutputsAndFlops) {
     const auto x = torch::randn({4, 3, 64, 64});
     torch::NoGradGuard no_grad;
     const auto plain = model->feature_map(x);
-    const double flops = infer::backbone_flops(*model, 64, 64, std::max(tsm, 1)).gflops();
+    const double flops = nn::backbone_flops(*model, 64, 64, std::max(tsm, 1)).gflops();
     model->fold_batchnorm();
     const auto folded = model->feature_map(x);
     EXPECT_TRUE(folded.is_contiguous(torch::MemoryFormat::ChannelsLast));
     EXPECT_TRUE(AllCloseRelative(folded, plain, 1e-4));
     // The FLOPs counter still sees conv + BN (the papers' convention), and training mode the unfolded network.
-    EXPECT_DOUBLE_EQ(infer::backbone_flops(*model, 64, 64, std::max(tsm, 1)).gflops(), flops);
+    EXPECT_DOUBLE_EQ(nn::backbone_flops(*model, 64, 64, std::max(tsm, 1)).gflops(), flops);
     model->train();
     {  // batch statistics (the running ones move), not the folded copy
       torch::NoGradGuard again;

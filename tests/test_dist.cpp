@@ -7,7 +7,7 @@
 #include <string>
 
 #include "core/error.h"
-#include "dist/dist.h"
+#include "distributed/dist.h"
 
 namespace adafocus {
 namespace {

@@ -1,7 +1,7 @@
 // FLOPs counted from the layers must reproduce the constants hard-coded in the official repos (facts §0.1, §8).
 #include <gtest/gtest.h>
 
-#include "infer/flops.h"
+#include "nn/flop_counter.h"
 #include "nn/backbone.h"
 
 namespace adafocus {
@@ -9,7 +9,7 @@ namespace {
 
 double gflops(const std::string& arch, int64_t size, int64_t tsm_segments = 0) {
   auto model = nn::make_backbone(nn::BackboneOptions(arch).tsm_segments(tsm_segments));
-  return infer::backbone_flops(*model, size, size, std::max<int64_t>(1, tsm_segments)).gflops();
+  return nn::backbone_flops(*model, size, size, std::max<int64_t>(1, tsm_segments)).gflops();
 }
 
 TEST(Flops, OfficialConstants) {
@@ -28,7 +28,7 @@ TEST(Flops, TemporalShiftIsFree) {
 
 TEST(Flops, LayersAreNamedAndSumToTheTotal) {
   auto model = nn::make_backbone(nn::BackboneOptions("resnet18"));
-  const infer::FlopsReport r = infer::backbone_flops(*model, 64, 64);
+  const nn::FlopsReport r = nn::backbone_flops(*model, 64, 64);
   int64_t sum = 0;
   for (const auto& l : r.layers) sum += l.macs;
   EXPECT_EQ(sum, r.total);
@@ -52,7 +52,7 @@ TEST(Flops, LinearRecurrentAndMatmulFollowTheConvention) {
   net->eval();
   const int64_t batch = 3, steps = 5;
   torch::NoGradGuard no_grad;
-  const infer::FlopsReport r = infer::count_flops(*net, [&] {
+  const nn::FlopsReport r = nn::count_flops(*net, [&] {
     auto h = net->forward(torch::randn({steps * batch, 12}));  // (L*B, 20)
     gru->forward(h.view({steps, batch, 20}));
     cell->forward(h.slice(0, 0, batch));
@@ -70,9 +70,9 @@ TEST(Flops, LinearRecurrentAndMatmulFollowTheConvention) {
 
 TEST(Flops, CounterIsRemovedAfterwards) {
   torch::nn::Linear fc(4, 4);
-  infer::count_flops(*fc, [&] { fc->forward(torch::randn({1, 4})); });
+  nn::count_flops(*fc, [&] { fc->forward(torch::randn({1, 4})); });
   // A second count sees only its own forward.
-  const infer::FlopsReport r = infer::count_flops(*fc, [&] { fc->forward(torch::randn({2, 4})); });
+  const nn::FlopsReport r = nn::count_flops(*fc, [&] { fc->forward(torch::randn({2, 4})); });
   EXPECT_EQ(r.total, 2 * 4 * 4);
 }
 

@@ -5,11 +5,12 @@
 #include <regex>
 #include <sstream>
 
-#include "infer/flops.h"
+#include "infer/adaptive.h"
 #include "infer/predictor.h"
 #include "io/pth.h"
 #include "methods/adafocus_v2.h"
 #include "methods/checkpoint.h"
+#include "nn/flop_counter.h"
 #include "test_util.h"
 
 namespace adafocus {
@@ -117,7 +118,7 @@ TEST(Regions, TestAndTrainingViewsMapBackToTheDecodedFrame) {
   const auto second = torch::tensor({{1}}, torch::kLong);          // the clip's second frame: video frame 7
   // Training view: a 64 x 48 crop at (10, 20) of the decoded frame, flipped, resized to the 32 px input.
   s.crop = {10, 20, 64, 48, true};
-  auto r = infer::frame_regions(box, second, s, 32, 0);
+  auto r = data::frame_regions(box, second, s, 32, 0);
   ASSERT_EQ(r.size(), 1u);
   EXPECT_EQ(r[0].frame, 7);
   // x: 4 * 2 = 8, w 16, flipped in the 64 px crop: 64 - 8 - 16 = 40, + 10; y: 6 * 1.5 + 20; h 8 * 1.5.
@@ -127,7 +128,7 @@ TEST(Regions, TestAndTrainingViewsMapBackToTheDecodedFrame) {
   EXPECT_DOUBLE_EQ(r[0].box[3], 12.0);
   // Test view: short side 100 -> 50 (frame 100 x 50, x 2 to the decoded frame), centre crop of 32 at (34, 9).
   s.crop = {34, 9, 32, 32, false};
-  r = infer::frame_regions(box, second, s, 32, 50);
+  r = data::frame_regions(box, second, s, 32, 50);
   EXPECT_DOUBLE_EQ(r[0].box[0], (4.0 + 34) * 2);
   EXPECT_DOUBLE_EQ(r[0].box[1], (6.0 + 9) * 2);
   EXPECT_DOUBLE_EQ(r[0].box[2], 16.0);

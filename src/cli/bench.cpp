@@ -13,10 +13,11 @@
 #include <optional>
 
 #include "cli/common.h"
+#include "experiments/compare_python.h"
 #include "core/error.h"
 #include "data/dataset.h"
 #include "infer/adaptive.h"
-#include "infer/flops.h"
+#include "nn/flop_counter.h"
 #include "methods/adafuse.h"
 #include "methods/checkpoint.h"
 
@@ -220,7 +221,7 @@ void add_bench_command(CLI::App& app, Commands& commands, const Runtime& runtime
   sub->add_option("--rounds", args->rounds, "timed passes over the videos per variant")->check(CLI::PositiveNumber);
   sub->add_flag("--json", args->json, "machine-readable output");
   sub->add_option("overrides", args->overrides, "dotted key=value overrides");
-  auto compare = std::make_shared<CompareArgs>();
+  auto compare = std::make_shared<experiments::CompareOptions>();
   auto* compare_flag = sub->add_flag("--compare-python",
                                      "time AdaFocusV2 P=128, the ResNet-50 TSN and the demo's training steps against "
                                      "PyTorch eager (bench/python_reference.py); writes --out/compare.json");
@@ -233,7 +234,7 @@ void add_bench_command(CLI::App& app, Commands& commands, const Runtime& runtime
                         if (*compare_flag) {
                           compare->warmup = std::max<int64_t>(1, args->warmup / 2);
                           compare->rounds = args->rounds;
-                          return run_compare_python(*compare, runtime);
+                          return experiments::run_compare_python(*compare, runtime.resources());
                         }
                         return run(*args, runtime);
                       }});

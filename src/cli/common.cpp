@@ -1,10 +1,6 @@
 #include "cli/common.h"
 
-#include <sstream>
-
 #include <fmt/format.h>
-
-#include <algorithm>
 
 #include "core/error.h"
 #include "core/files.h"
@@ -32,7 +28,7 @@ bool ConfigArgs::print_if_asked(const Config& config) const {
   return print;
 }
 
-nn::BackboneOptions backbone_options(const Config& config) {
+nn::BackboneOptions single_backbone_options(const Config& config) {
   return methods::backbone_options(config, "model.backbone", config.get_int("model.num_classes"),
                                    config.get_int("data.segments"));
 }
@@ -50,30 +46,6 @@ void set_class_names(methods::LoadedModel& model, const std::string& class_index
     throw Error(fmt::format("{} class names for a model of {} classes", names.size(), model.classes.size()),
                 class_index, "the classInd.txt of the data the model was trained on");
   model.classes = std::move(names);
-}
-
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::istringstream in(s);
-  for (std::string item; std::getline(in, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> width(header.size());
-  for (size_t c = 0; c < header.size(); ++c) {
-    width[c] = header[c].size();
-    for (const auto& row : rows) width[c] = std::max(width[c], c < row.size() ? row[c].size() : 0);
-  }
-  auto line = [&](const std::vector<std::string>& cells) {
-    std::string s;
-    for (size_t c = 0; c < header.size(); ++c)
-      s += fmt::format("{:<{}}", c < cells.size() ? cells[c] : "", width[c] + (c + 1 < header.size() ? 2 : 0));
-    fmt::print("{}\n", s.erase(s.find_last_not_of(' ') + 1));
-  };
-  line(header);
-  for (const auto& row : rows) line(row);
 }
 
 }  // namespace adafocus::cli

@@ -22,7 +22,7 @@ int run(const ConvertArgs& args, const CLI::App& app) {
   if (args.config.print_if_asked(config)) return 0;
   if (args.input.empty() || args.output.empty()) throw Error("--input and --output are required");
   const nn::StateDict state = io::read_state_dict(args.input);
-  nn::Backbone model = nn::load_backbone(backbone_options(config), state, args.input);
+  nn::Backbone model = nn::load_backbone(single_backbone_options(config), state, args.input);
   const nn::StateDict converted = nn::state_dict(*model);
   io::write_state_dict(args.output, converted);
   fmt::print("{}: {} tensors in torchvision layout ({} read from {})\n", args.output, converted.size(), state.size(),

@@ -42,7 +42,7 @@ int run(const FeaturesArgs& args, const CLI::App& app, const Runtime& runtime) {
   if (weights.empty()) throw Error("no weights given", "", "pass --weights FILE.pth (a torchvision state dict)");
   if (args.input.empty() || args.output.empty()) throw Error("--input and --output are required");
 
-  nn::Backbone model = nn::load_backbone(backbone_options(config), io::read_state_dict(weights), weights);
+  nn::Backbone model = nn::load_backbone(single_backbone_options(config), io::read_state_dict(weights), weights);
   model->eval();
   model->to(runtime.torch_device());
 

@@ -1,4 +1,4 @@
-// adafocus flops: GFLOPs counted from the layers (see infer/flops.h for the convention): of a backbone per frame
+// adafocus flops: GFLOPs counted from the layers (see nn/flop_counter.h for the convention): of a backbone per frame
 // (--arch, --size), or of a whole method per video (-c PRESET).
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -7,7 +7,8 @@
 
 #include "cli/common.h"
 #include "core/error.h"
-#include "infer/flops.h"
+#include "infer/adaptive.h"
+#include "nn/flop_counter.h"
 
 namespace adafocus::cli {
 
@@ -31,7 +32,7 @@ std::pair<int64_t, int64_t> parse_size(const std::string& size) {
   return {std::stol(h), std::stol(w)};
 }
 
-nlohmann::json layers_json(const infer::FlopsReport& report) {
+nlohmann::json layers_json(const nn::FlopsReport& report) {
   auto out = nlohmann::json::array();
   for (const auto& l : report.layers)
     out.push_back({{"name", l.name}, {"op", l.op}, {"input", l.input_shape}, {"output", l.output_shape},
@@ -39,7 +40,7 @@ nlohmann::json layers_json(const infer::FlopsReport& report) {
   return out;
 }
 
-void print_layers(const infer::FlopsReport& report) {
+void print_layers(const nn::FlopsReport& report) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& l : report.layers)
     rows.push_back({l.name, l.op, fmt::format("{}", fmt::join(l.input_shape, "x")),
@@ -85,10 +86,10 @@ int run(const FlopsArgs& args, const CLI::App& app) {
   if (height < 32 || width < 32)
     throw Error(fmt::format("input {}x{} is too small: backbones downsample by 32", height, width), "",
                 "use at least 32x32");
-  const nn::BackboneOptions options = backbone_options(config);
+  const nn::BackboneOptions options = single_backbone_options(config);
   nn::Backbone backbone = nn::make_backbone(options);
   const int64_t frames = std::max<int64_t>(1, options.tsm_segments());
-  const infer::FlopsReport report = infer::backbone_flops(*backbone, height, width, frames);
+  const nn::FlopsReport report = nn::backbone_flops(*backbone, height, width, frames);
 
   int64_t params = 0;
   for (const auto& p : backbone->named_parameters())

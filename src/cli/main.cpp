@@ -12,7 +12,7 @@
 
 #include "cli/common.h"
 #include "core/error.h"
-#include "dist/dist.h"
+#include "distributed/dist.h"
 #include "infer/precision.h"
 
 namespace {

@@ -2,7 +2,7 @@
 #include <fmt/format.h>
 
 #include "cli/common.h"
-#include "data/make_list.h"
+#include "data/class_tree.h"
 
 namespace adafocus::cli {
 

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "infer/predictor.h"
 #include "io/pth.h"
+#include "viz/visualize.h"
 
 namespace adafocus::cli {
 
@@ -96,7 +97,7 @@ int run(const PredictArgs& args, const Runtime& runtime) {
   }
   const infer::VideoPrediction p =
       infer::predict_video(model, args.video, runtime.torch_device(), rule ? &*rule : nullptr);
-  if (!args.visualize.empty()) infer::visualize(args.video, model, p, args.visualize);
+  if (!args.visualize.empty()) viz::visualize(args.video, model, p, args.visualize);
   const size_t k = std::min(static_cast<size_t>(std::max<int64_t>(1, args.top_k)), p.classes.size());
   if (args.json || args.raw) {
     nlohmann::json out{{"video", args.video}, {"method", model.config.get_string("model.method")},

@@ -8,6 +8,11 @@
 
 namespace adafocus {
 
+/// Wall time since `start`, in seconds.
+inline double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 class Progress {
  public:
   /// `unit` names what is counted ("videos", "steps").

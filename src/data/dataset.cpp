@@ -153,4 +153,29 @@ Sample load_clip(const std::string& path, const DatasetOptions& o, Rng& rng, int
   return sample;
 }
 
+std::vector<Region> frame_regions(const torch::Tensor& regions, const torch::Tensor& region_frames,
+                                  const Sample& s, int input_size, int test_resize) {
+  const auto r = regions.to(torch::kCPU, torch::kDouble);        // (R, 4)
+  const auto positions = region_frames.to(torch::kCPU, torch::kLong);  // (R, F)
+  const bool focus = !s.focus_frames.empty();
+  const auto& frames = focus ? s.focus_frames : s.frames;
+  const CropBox& crop = focus ? s.focus_crop : s.crop;
+  double scale = 1;  // the crop's frame -> decoded frame
+  if (test_resize > 0) scale = static_cast<double>(s.frame_width) / io::short_side_size(s.frame_width, s.frame_height, test_resize).first;
+  const double sx = static_cast<double>(crop.width) / input_size, sy = static_cast<double>(crop.height) / input_size;
+  std::vector<Region> out;
+  for (int64_t i = 0; i < r.size(0); ++i) {
+    const auto b = r[i];
+    const double w = b[2].item<double>() * sx, h = b[3].item<double>() * sy;
+    double x = b[0].item<double>() * sx;
+    if (crop.flip) x = crop.width - x - w;
+    // Undo the resize of the crop to the input, the flip, the crop, then the resize of the frame.
+    const std::array<double, 4> box{(x + crop.x) * scale, (b[1].item<double>() * sy + crop.y) * scale, w * scale,
+                                    h * scale};
+    for (int64_t j = 0; j < positions.size(1); ++j)
+      out.push_back({frames.at(static_cast<size_t>(positions[i][j].item<int64_t>())), box});
+  }
+  return out;
+}
+
 }  // namespace adafocus::data

@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,6 +48,19 @@ struct Sample {
   CropBox crop, focus_crop;               ///< in decoded-frame coordinates (test: of the resized frame)
   int frame_width = 0, frame_height = 0;  ///< decoded frame size
 };
+
+/// A region the network saw, in a decoded frame.
+struct Region {
+  int64_t frame;                 ///< 0-based frame index in the video
+  std::array<double, 4> box;     ///< x, y, w, h in the video's pixels
+};
+
+/// One video's regions (R, 4) in network-input pixels (input_size x input_size), spanning the clip positions
+/// `region_frames` (R, F) (of the focus clip when the sample has one), as a region per frame read, in the decoded
+/// frames' pixels. Test view (test_resize > 0): the centre crop of the frame resized to test_resize; training view
+/// (test_resize = 0): the sample's crop of the decoded frame, maybe flipped.
+std::vector<Region> frame_regions(const torch::Tensor& regions, const torch::Tensor& region_frames,
+                                  const data::Sample& sample, int input_size, int test_resize);
 
 class VideoDataset {
  public:

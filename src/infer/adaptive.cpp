@@ -1,6 +1,5 @@
 #include "infer/adaptive.h"
 
-#include "infer/flops.h"
 
 namespace adafocus::infer {
 
@@ -51,7 +50,7 @@ AdaptiveResult run_adaptive(methods::MethodImpl& method, const methods::Clips& c
     }
   };
   if (count)
-    out.macs = count_flops(method, run).total;
+    out.macs = nn::count_flops(method, run).total;
   else
     run();
   for (size_t i = 0; i < boxes.size(); ++i)
@@ -60,6 +59,30 @@ AdaptiveResult run_adaptive(methods::MethodImpl& method, const methods::Clips& c
       out.region_frames[i] = torch::cat(positions[i]);
     }
   out.exits = out.exits.cpu();
+  return out;
+}
+
+MethodFlops method_flops(methods::MethodImpl& method, int64_t frames, int64_t focus_frames, int64_t size) {
+  const bool was_training = method.is_training();
+  method.eval();
+  torch::NoGradGuard no_grad;
+  const auto device = method.parameters().empty() ? torch::kCPU : method.parameters()[0].device();
+  const auto options = torch::TensorOptions().device(device);
+  methods::Clips clips{torch::zeros({1, frames, 3, size, size}, options),
+                       focus_frames > 0 ? torch::zeros({1, focus_frames, 3, size, size}, options) : torch::Tensor()};
+  MethodFlops out;
+  out.report = nn::count_flops(method, [&] { method.flops_forward(clips); });
+  // The exits' costs from the exit-by-exit path itself: what a video leaving there has run.
+  std::unique_ptr<methods::ExitStepper> stepper;
+  int64_t spent = 0;
+  for (int64_t k = 0; k < method.exits(); ++k) {
+    spent += nn::count_flops(method, [&] {
+               if (!stepper) stepper = method.stepper(clips);
+               stepper->next();
+             }).total;
+    out.exits.push_back(static_cast<double>(spent) * 1e-9);
+  }
+  method.train(was_training);
   return out;
 }
 

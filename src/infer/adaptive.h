@@ -11,6 +11,7 @@
 
 #include "infer/early_exit.h"
 #include "methods/method.h"
+#include "nn/flop_counter.h"
 
 namespace adafocus::infer {
 
@@ -26,6 +27,15 @@ struct AdaptiveResult {
   std::vector<torch::Tensor> regions, region_frames;  ///< per video (R, 4) and (R, F): what it looked at
   int64_t macs = -1;          ///< FLOPs counted for the whole batch (-1: not counted)
 };
+
+struct MethodFlops {
+  nn::FlopsReport report;          ///< everything one video's predict() runs (as the papers count, auxiliary heads too)
+  std::vector<double> exits;   ///< GFLOPs of a video leaving at each exit of the exit-by-exit path
+};
+
+/// Per-video FLOPs of a method's inference on one clip of `frames` frames (and `focus_frames` focus frames) of
+/// side `size`, in eval mode, and the cost of each of its exits, counted on its exit-by-exit path.
+MethodFlops method_flops(methods::MethodImpl& method, int64_t frames, int64_t focus_frames, int64_t size);
 
 /// Runs `method` (eval mode, under NoGradGuard) on a batch with early exits under `rule`; `count` counts its FLOPs.
 AdaptiveResult run_adaptive(methods::MethodImpl& method, const methods::Clips& clips, const ExitRule& rule,

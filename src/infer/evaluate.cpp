@@ -24,9 +24,10 @@ void OverlapMeter::add(const data::Sample& s, const std::string& path, const tor
   const auto r = static_cast<size_t>(regions.size(0));
   if (on_item_.size() < r) on_item_.resize(r), counts_.resize(r);
   for (size_t i = 0; i < r; ++i) {
-    const auto frames = frame_regions(regions.narrow(0, static_cast<int64_t>(i), 1),
-                                      region_frames.narrow(0, static_cast<int64_t>(i), 1), s, input_size_, test_resize_);
-    for (const Region& region : frames) {
+    const auto frames = data::frame_regions(regions.narrow(0, static_cast<int64_t>(i), 1),
+                                            region_frames.narrow(0, static_cast<int64_t>(i), 1), s, input_size_,
+                                            test_resize_);
+    for (const data::Region& region : frames) {
       ++frames_;
       if (region.frame < it->second.first_visible || region.frame > it->second.last_visible) continue;
       std::array<double, 4> b = region.box;

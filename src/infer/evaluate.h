@@ -11,9 +11,9 @@
 #include "core/config.h"
 #include "data/dataset.h"
 #include "data/synthetic.h"
-#include "dist/dist.h"
+#include "distributed/dist.h"
 #include "infer/adaptive.h"
-#include "infer/flops.h"
+#include "nn/flop_counter.h"
 #include "infer/metrics.h"
 #include "methods/method.h"
 
@@ -45,7 +45,7 @@ struct Evaluation {
 /// in the generated frames' pixels, accumulated over videos. Without a meta.jsonl it measures nothing (-1).
 class OverlapMeter {
  public:
-  /// `test_resize` as frame_regions (infer/predictor.h): > 0 the test view, 0 the training view.
+  /// `test_resize` as data::frame_regions: > 0 the test view, 0 the training view.
   OverlapMeter(const std::string& list, int input_size, int test_resize);
   /// One video's regions (R, 4) and their clip positions (R, F), as Prediction has them.
   void add(const data::Sample& sample, const std::string& path, const torch::Tensor& regions,

@@ -7,7 +7,7 @@
 #include <tuple>
 
 #include "core/error.h"
-#include "infer/flops.h"
+#include "nn/flop_counter.h"
 #include "nn/temporal_shift.h"
 
 namespace adafocus::methods {
@@ -377,7 +377,7 @@ double AdaFuseImpl::base_gflops(int64_t resolution) {
   const bool was_training = is_training();
   eval();
   const double per_frame =
-      infer::count_flops(*this, [&] { flops_forward(clip); }).gflops() / static_cast<double>(frames_);
+      nn::count_flops(*this, [&] { flops_forward(clip); }).gflops() / static_cast<double>(frames_);
   train(was_training);
   return base_gflops_[resolution] = per_frame;
 }

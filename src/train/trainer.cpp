@@ -113,10 +113,6 @@ std::string status(const std::vector<double>& sums) {
   return s;
 }
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
 nlohmann::json scores_json(const infer::Evaluation& e) {
   nlohmann::json j{{"val_top1", e.scores.top1}, {"val_top5", e.scores.top5}, {"val_mean_class", e.scores.mean_class},
                    {"val_map", e.scores.map},   {"gflops", e.gflops()}};

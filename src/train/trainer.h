@@ -17,7 +17,7 @@
 
 #include "core/config.h"
 #include "data/loader.h"
-#include "dist/dist.h"
+#include "distributed/dist.h"
 #include "infer/evaluate.h"
 
 namespace adafocus::train {

@@ -1,10 +1,10 @@
-#include "infer/flops.h"
+#include "nn/flop_counter.h"
 
 #include <ATen/record_function.h>
 
 #include <unordered_map>
 
-namespace adafocus::infer {
+namespace adafocus::nn {
 
 namespace {
 
@@ -151,7 +151,7 @@ void on_end(const at::RecordFunction& fn, at::ObserverContext* base) {
 }  // namespace
 
 FlopsReport count_flops(const torch::nn::Module& module, const std::function<void()>& forward) {
-  nn::UnfoldedGuard unfolded;  // BN counted as the papers count it, also on a model optimised for inference
+  UnfoldedGuard unfolded;  // BN counted as the papers count it, also on a model optimised for inference
   Counter counter;
   for (const auto& p : module.named_parameters()) {
     const std::string& key = p.key();
@@ -179,7 +179,7 @@ FlopsReport count_flops(const torch::nn::Module& module, const std::function<voi
   return std::move(counter.report);
 }
 
-FlopsReport backbone_flops(nn::BackboneImpl& backbone, int64_t height, int64_t width, int64_t frames) {
+FlopsReport backbone_flops(BackboneImpl& backbone, int64_t height, int64_t width, int64_t frames) {
   const bool was_training = backbone.is_training();
   backbone.eval();
   torch::NoGradGuard no_grad;
@@ -192,32 +192,4 @@ FlopsReport backbone_flops(nn::BackboneImpl& backbone, int64_t height, int64_t w
   return report;
 }
 
-}  // namespace adafocus::infer
-
-namespace adafocus::infer {
-
-MethodFlops method_flops(methods::MethodImpl& method, int64_t frames, int64_t focus_frames, int64_t size) {
-  const bool was_training = method.is_training();
-  method.eval();
-  torch::NoGradGuard no_grad;
-  const auto device = method.parameters().empty() ? torch::kCPU : method.parameters()[0].device();
-  const auto options = torch::TensorOptions().device(device);
-  methods::Clips clips{torch::zeros({1, frames, 3, size, size}, options),
-                       focus_frames > 0 ? torch::zeros({1, focus_frames, 3, size, size}, options) : torch::Tensor()};
-  MethodFlops out;
-  out.report = count_flops(method, [&] { method.flops_forward(clips); });
-  // The exits' costs from the exit-by-exit path itself: what a video leaving there has run.
-  std::unique_ptr<methods::ExitStepper> stepper;
-  int64_t spent = 0;
-  for (int64_t k = 0; k < method.exits(); ++k) {
-    spent += count_flops(method, [&] {
-               if (!stepper) stepper = method.stepper(clips);
-               stepper->next();
-             }).total;
-    out.exits.push_back(static_cast<double>(spent) * 1e-9);
-  }
-  method.train(was_training);
-  return out;
-}
-
-}  // namespace adafocus::infer
+}  // namespace adafocus::nn

@@ -1,4 +1,4 @@
-#include "data/make_list.h"
+#include "data/class_tree.h"
 
 #include <algorithm>
 #include <cmath>

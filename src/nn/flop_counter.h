@@ -12,10 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "methods/method.h"
 #include "nn/backbone.h"
 
-namespace adafocus::infer {
+namespace adafocus::nn {
 
 struct LayerFlops {
   std::string name;  // module path from the parameter names ("layer1.0.conv1"), else the operator
@@ -36,15 +35,6 @@ FlopsReport count_flops(const torch::nn::Module& module, const std::function<voi
 
 /// Per-frame FLOPs of `backbone` without its classifier (feature map + global pooling) on `height` x `width` frames,
 /// measured on one clip of `frames` frames (the TSM segment count, else 1) in eval mode.
-FlopsReport backbone_flops(nn::BackboneImpl& backbone, int64_t height, int64_t width, int64_t frames = 1);
+FlopsReport backbone_flops(BackboneImpl& backbone, int64_t height, int64_t width, int64_t frames = 1);
 
-struct MethodFlops {
-  FlopsReport report;          ///< everything one video's predict() runs (as the papers count, auxiliary heads too)
-  std::vector<double> exits;   ///< GFLOPs of a video leaving at each exit of the exit-by-exit path
-};
-
-/// Per-video FLOPs of a method's inference on one clip of `frames` frames (and `focus_frames` focus frames) of
-/// side `size`, in eval mode, and the cost of each of its exits, counted on its exit-by-exit path.
-MethodFlops method_flops(methods::MethodImpl& method, int64_t frames, int64_t focus_frames, int64_t size);
-
-}  // namespace adafocus::infer
+}  // namespace adafocus::nn

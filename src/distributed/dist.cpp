@@ -1,4 +1,4 @@
-#include "dist/dist.h"
+#include "distributed/dist.h"
 
 #include <fmt/format.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>

@@ -1,8 +1,5 @@
-// adafocus bench --compare-python: our speed against the same models in PyTorch eager, in one process tree. We build
-// each model, write its weights and an input as .pth files, time our own runs, then start bench/python_reference.py,
-// which loads the same weights into PyTorch modules, checks that its outputs agree with ours and times the same work
-// with the same threads. The two never run at the same time. Ratios are ours over theirs inverted (higher = we are
-// faster); they are printed and written to OUT/compare.json with the figures behind them.
+#include "experiments/compare_python.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -12,21 +9,22 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "cli/common.h"
+#include "core/text.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "infer/adaptive.h"
 #include "infer/evaluate.h"
-#include "infer/flops.h"
+#include "nn/flop_counter.h"
 #include "infer/precision.h"
 #include "io/pth.h"
 #include "methods/adafocus_v2.h"
 #include "methods/adafocus_v3.h"
 #include "methods/baselines.h"
+#include "methods/checkpoint.h"
 #include "nn/state_dict.h"
 #include "train/optimizer.h"
 
-namespace adafocus::cli {
+namespace adafocus::experiments {
 
 namespace {
 
@@ -125,7 +123,7 @@ std::vector<double> timed(F&& run, int64_t warmup, int64_t rounds) {
 }
 
 // The accuracy bf16 costs: the demo's trained AdaFocusV2 (and the other models there) evaluated in fp32 and bf16.
-json demo_bf16(const std::string& demo, const Runtime& runtime) {
+json demo_bf16(const std::string& demo, const Resources& runtime) {
   json out{{"bf16_demo", json::object()}};
   double v2_change = 0;
   for (const std::string name : {"adafocus_v2", "adafocus_v3", "full_frame_low_res", "full_frame_full_res"}) {
@@ -156,7 +154,7 @@ json demo_bf16(const std::string& demo, const Runtime& runtime) {
 
 }  // namespace
 
-int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
+int run_compare_python(const CompareOptions& args, const Resources& runtime) {
   if (runtime.device != "cpu") throw Error("--compare-python times the CPU", "", "use --device cpu");
   infer::PrecisionGuard fp32(infer::Precision::Fp32);  // bf16 is timed beside fp32 below, whatever --precision says
   const std::string work = args.out + "/compare";
@@ -390,7 +388,7 @@ int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
                   p = c.get_int("model.patch_size");
     for (const auto& [name, net, side] : {std::make_tuple("glance", v2.global_CNN, g), std::make_tuple("local", v2.local_CNN, p)}) {
       const auto x = torch::randn({n, 3, side, side});
-      const double gmacs = infer::backbone_flops(*net, side, side).gflops() * static_cast<double>(n);
+      const double gmacs = nn::backbone_flops(*net, side, side).gflops() * static_cast<double>(n);
       const double seconds = median(timed([&] { net->feature_map(x); }, args.warmup, args.rounds));
       result["v2_b8_parts"][name] = {{"ms", 1e3 * seconds}, {"gflops", gmacs}, {"gflops_per_s", 2.0 * gmacs / seconds}};
       fmt::print("V2 batch 8, {}: {:.0f} ms for {:.1f} GFLOPs ({:.0f} GFLOP/s)\n", name, 1e3 * seconds, gmacs,
@@ -432,4 +430,4 @@ int run_compare_python(const CompareArgs& args, const Runtime& runtime) {
   return 0;
 }
 
-}  // namespace adafocus::cli
+}  // namespace adafocus::experiments

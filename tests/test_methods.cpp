@@ -9,6 +9,7 @@
 #include "infer/predictor.h"
 #include "io/pth.h"
 #include "methods/adafocus_v2.h"
+#include "nn/state_dict.h"
 #include "methods/checkpoint.h"
 #include "nn/flop_counter.h"
 #include "test_util.h"
@@ -203,6 +204,113 @@ TEST(AdaFocusV2, LoadsEveryKeyOfTheOfficialActivityNetCheckpoint) {
   c.merge_file("activitynet_v2");
   auto method = methods::make_method(c, 200);
   EXPECT_NO_THROW(nn::load_state_dict(*method, method->import_state_dict(nn::strip_module_prefix(official)), "official"));
+}
+
+// A tiny `method` whose networks are those of the official TSM code: MobileNetV2 (width 1.0, tonylins' layout when
+// exported) and ResNet-18, both with the temporal shift when the method is a TSM one.
+methods::Method tiny_official_layout(const std::string& method) {
+  Config c = test::tiny_adafocus(method);
+  const bool tsm = method.find("_tsm") != std::string::npos;
+  for (const std::string kv :
+       {"model.glance.arch=mobilenet_v2", "model.glance.stem=imagenet", "model.glance.resolution=64",
+        "model.local.arch=resnet18", "model.local.base_width=64", "model.local.stem=imagenet", "model.patch_size=32",
+        "data.focus_segments=6", "model.policy_hidden2=8"})
+    c.set(kv);
+  c.set(std::string("model.glance.tsm=") + (tsm ? "true" : "false"));
+  c.set(std::string("model.local.tsm=") + (tsm ? "true" : "false"));
+  auto m = methods::make_method(c, 5);
+  torch::NoGradGuard no_grad;
+  for (auto& p : m->parameters()) p.normal_();  // every tensor distinct, so that a key mixed up shows
+  for (auto& b : m->buffers())
+    if (b.is_floating_point()) b.uniform_(0.5, 1.5);
+  return m;
+}
+
+// The model entry of an official checkpoint file ('state_dict' with "module." prefixes, or V1's 'model_state_dict').
+nn::StateDict model_entry(const methods::OfficialCheckpoint& file) {
+  for (const auto& [name, entry] : file.state_dicts)
+    if (name == "state_dict" || name == "model_state_dict") return nn::strip_module_prefix(entry);
+  ADD_FAILURE() << "no model entry";
+  return nn::StateDict();
+}
+
+void expect_same(const nn::StateDict& actual, const nn::StateDict& expected) {
+  EXPECT_EQ(actual.size(), expected.size());
+  for (const auto& item : expected) {
+    ASSERT_TRUE(actual.contains(item.key())) << item.key();
+    EXPECT_TRUE(torch::equal(actual[item.key()], item.value())) << item.key();
+  }
+}
+
+TEST(Methods, OfficialExportIsTheInverseOfImport) {
+  // For each method with official code: ours -> the official layout -> ours gives every tensor back under its name,
+  // through the state dict and through the checkpoint file the official scripts load; the official keys are those
+  // of the official modules (ops/models.py + ops/temporal_shift.py of AdaFocusV2-TSM, gfv_net.py and ppo*.py of V1).
+  const std::map<std::string, std::pair<std::vector<std::string>, std::vector<std::string>>> official_keys{
+      // method: {keys the official model has, keys it has not}
+      {"adafocus_v2_tsm",
+       {{"global_CNN.base_model.features.3.conv.0.net.weight", "global_CNN.base_model.features.3.conv.1.weight",
+         "global_CNN.base_model.features.2.conv.0.weight", "global_CNN.base_model.features.1.conv.0.weight",
+         "global_CNN.base_model.features.18.0.weight", "local_CNN.base_model.layer1.0.conv1.net.weight",
+         "local_CNN.base_model.layer4.1.conv2.weight", "global_CNN.new_fc.weight", "local_CNN.new_new_fc.bias",
+         "policy_stn.10.weight"},
+        {"global_CNN.base_model.classifier.weight", "global_CNN.base_model.classifier.1.weight",
+         "local_CNN.base_model.fc.weight", "global_CNN.base_model.features.3.conv.0.0.weight"}}},
+      {"adafocus_v1",
+       {{"glancer.net.features.3.conv.0.0.weight", "glancer.net.classifier.1.weight",
+         "focuser.net.layer1.0.conv1.weight", "focuser.net.fc.weight", "focuser.policy.policy.actor.0.weight", "focuser.policy.policy_old.actor.0.weight",
+         "focuser.policy.policy_old.gru.weight_hh_l0", "classifier.gru.weight_ih_l0", "classifier.fc.bias"},
+        {}}},
+      {"adafocus_v1_tsm",
+       {{"glancer.net.features.3.conv.0.net.weight", "glancer.net.classifier.weight", "focuser.net.base_model.0.weight",
+         "focuser.net.base_model.1.running_var", "focuser.net.base_model.4.0.conv1.net.weight",
+         "focuser.net.base_model.7.1.bn2.bias", "classifier.weight", "focuser.policy.policy.state_encoder.5.weight"},
+        {"focuser.net.new_fc.weight", "focuser.net.base_model.fc.weight", "focuser.net.base_model.9.weight",
+         "focuser.net.base_model.conv1.weight", "focuser.policy.policy_old.actor.0.weight"}}}};
+  for (const auto& [method, keys] : official_keys) {
+    SCOPED_TRACE(method);
+    const auto m = tiny_official_layout(method);
+    const nn::StateDict ours = nn::state_dict(*m);
+    const nn::StateDict official = m->export_official_state_dict(ours);
+    for (const auto& key : keys.first) EXPECT_TRUE(official.contains(key)) << key;
+    for (const auto& key : keys.second) EXPECT_FALSE(official.contains(key)) << key;
+    expect_same(m->import_state_dict(official), ours);
+    const methods::OfficialCheckpoint file = m->export_official_checkpoint(ours);
+    expect_same(m->import_checkpoint(model_entry(file), file.state_dicts), ours);
+  }
+}
+
+TEST(Methods, OfficialV1CheckpointFilesAreWhatTheStageScriptsSave) {
+  // V1a main_dist.py and V1s stage2.py/evaluate.py save and load {'model_state_dict', 'glancer', 'focuser', 'fc',
+  // 'policy', 'epoch', 'best_acc', ...}; V1s's PPO is not a module, so its model state has no policy at all.
+  for (const std::string method : {"adafocus_v1", "adafocus_v1_tsm"}) {
+    SCOPED_TRACE(method);
+    const auto m = tiny_official_layout(method);
+    const nn::StateDict ours = nn::state_dict(*m);
+    const methods::OfficialCheckpoint file = m->export_official_checkpoint(ours);
+    std::map<std::string, nn::StateDict> entries(file.state_dicts.begin(), file.state_dicts.end());
+    ASSERT_EQ(entries.size(), 5u);
+    const nn::StateDict& model = entries.at("model_state_dict");
+    EXPECT_EQ(model.contains("focuser.policy.policy.actor.0.weight"), method == "adafocus_v1");
+    EXPECT_TRUE(torch::equal(entries.at("policy")["actor.0.weight"], ours["focuser.policy.policy.actor.0.weight"]));
+    EXPECT_TRUE(torch::equal(entries.at("fc")[method == "adafocus_v1" ? "fc.weight" : "weight"],
+                             model[method == "adafocus_v1" ? "classifier.fc.weight" : "classifier.weight"]));
+    size_t parts = 0;  // glancer, focuser and fc are the model's state split by module
+    for (const char* part : {"glancer", "focuser", "fc"}) {
+      parts += entries.at(part).size();
+      for (const auto& item : entries.at(part))
+        EXPECT_TRUE(model.contains(std::string(part == std::string("fc") ? "classifier" : part) + "." + item.key()))
+            << part << " " << item.key();
+    }
+    EXPECT_EQ(parts, model.size());
+    ASSERT_EQ(file.values.size(), 2u);
+    EXPECT_EQ(file.values[0].first, "epoch");
+    EXPECT_EQ(file.values[1].first, "best_acc");
+  }
+  // A method without official code says which have it.
+  const auto v3 = methods::make_method(test::tiny_adafocus("adafocus_v3"), 5);
+  EXPECT_NE(test::error_of([&] { v3->export_official_checkpoint(nn::state_dict(*v3)); }).find("adafocus_v1_tsm"),
+            std::string::npos);
 }
 
 TEST(Methods, CheckpointOfAnotherMethodIsAClearError) {

@@ -1,5 +1,6 @@
-// adafocus export: a trained model in the official code's checkpoint layout ({'state_dict': ...} with DataParallel's
-// "module." prefixes, tonylins' MobileNetV2), which the official scripts load with load_state_dict(strict=True).
+// adafocus export: a trained model as the official code's checkpoint file, which its scripts load with
+// load_state_dict(strict=True): V2, V2-TSM, AdaFuse {'state_dict': ...} with DataParallel's "module." prefixes; V1,
+// V1-TSM the dict their stage scripts save ('model_state_dict', 'glancer', 'focuser', 'fc', 'policy', ...).
 #include <fmt/format.h>
 
 #include "cli/common.h"
@@ -20,15 +21,20 @@ int run(const ExportArgs& args) {
     throw Error("--format must be official, not '" + args.format + "'", "",
                 "our own checkpoints are torch.save dicts already: torch.load(path)['state_dict']");
   methods::LoadedModel model = methods::load_model(args.checkpoint, args.preset, args.overrides, torch::kCPU);
-  c10::Dict<std::string, torch::Tensor> state;
-  for (const auto& item : model.method->export_official_state_dict(nn::state_dict(*model.method)))
-    state.insert("module." + item.key(), item.value().detach().cpu().contiguous());
+  const methods::OfficialCheckpoint official =
+      model.method->export_official_checkpoint(nn::state_dict(*model.method));
   c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
-  root.insert("state_dict", state);
+  std::vector<std::string> entries;
+  for (const auto& [name, entry] : official.state_dicts) {
+    c10::Dict<std::string, torch::Tensor> tensors;
+    for (const auto& item : entry) tensors.insert(item.key(), item.value().detach().cpu().contiguous());
+    root.insert(name, tensors);
+    entries.push_back(fmt::format("'{}': {} tensors", name, tensors.size()));
+  }
+  for (const auto& [name, value] : official.values) root.insert(name, value);
   io::write_pth(args.out, root);
-  fmt::print("{}: {} tensors in the official {} layout (checkpoint['state_dict'], 'module.' prefixes); class names "
-             "are not part of it: {} classes\n",
-             args.out, state.size(), model.config.get_string("model.method"), model.classes.size());
+  fmt::print("{}: the official {} checkpoint ({}); class names are not part of it: {} classes\n", args.out,
+             model.config.get_string("model.method"), fmt::join(entries, ", "), model.classes.size());
   return 0;
 }
 

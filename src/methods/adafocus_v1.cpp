@@ -383,7 +383,34 @@ nn::StateDict without_policy_old(const nn::StateDict& state) {
   return out;
 }
 
+OfficialCheckpoint v1_official_checkpoint(const nn::StateDict& official, bool policy_in_model) {
+  nn::StateDict model;
+  for (const auto& item : official)
+    if (policy_in_model || item.key().rfind("focuser.policy.", 0) != 0) model.insert(item.key(), item.value());
+  return {{{"model_state_dict", model},
+           {"glancer", sub_state_dict(model, "glancer.")},
+           {"focuser", sub_state_dict(model, "focuser.")},
+           {"fc", sub_state_dict(model, "classifier.")},
+           {"policy", sub_state_dict(official, "focuser.policy.policy.")}},
+          // epoch 0: a model to start from (V1s's stage 2 runs from the checkpoint's epoch on)
+          {{"epoch", c10::IValue(int64_t{0})}, {"best_acc", c10::IValue(0.0)}}};
+}
+
 nn::StateDict AdaFocusV1Impl::import_state_dict(const nn::StateDict& state) const { return without_policy_old(state); }
+
+nn::StateDict AdaFocusV1Impl::export_official_state_dict(const nn::StateDict& state) const {
+  // import_state_dict's inverse: the official PPO (a module here, V1a ppo.py) also holds policy_old, the policy's copy.
+  nn::StateDict out = state;
+  const std::string policy = "focuser.policy.policy.";
+  for (const auto& item : state)
+    if (item.key().rfind(policy, 0) == 0)
+      out.insert("focuser.policy.policy_old." + item.key().substr(policy.size()), item.value());
+  return out;
+}
+
+OfficialCheckpoint AdaFocusV1Impl::export_official_checkpoint(const nn::StateDict& state) const {
+  return v1_official_checkpoint(export_official_state_dict(state), /*policy_in_model=*/true);
+}
 
 void AdaFocusV1Impl::load_pretrained(const Config& c) { load_glance_and_local_weights(c, *glancer, *focuser); }
 

@@ -9,7 +9,7 @@
 //   2  the policy alone by PPO: reward = p(label) with the chosen patch - p(label) with a random one;
 //   3  the classifier alone, with the policy's most likely patches.
 // Module names are the official ones (glancer.net, focuser.net, focuser.policy.policy, classifier.gru/.fc); the
-// official PPO's policy_old copy is not kept: it equals the policy after every update.
+// official PPO's policy_old copy is not kept: it equals the policy after every update (export writes it back).
 //
 // Legend: B videos, T frames, S input side, G glance side, P patch side, Cg / Cl glance / focus feature channels,
 // H hidden size, A = grid^2 patch positions, C classes.
@@ -57,6 +57,13 @@ Losses backbone_losses(const torch::Tensor& glance, const torch::Tensor& focus, 
 /// update, so V1 and V1-TSM keep only the policy.
 nn::StateDict without_policy_old(const nn::StateDict& state);
 
+/// The checkpoint file the official V1 scripts save and load (V1a main_dist.py; V1s stage2.py, stage3.py,
+/// evaluate.py), of a state dict in the official layout: 'model_state_dict', the model's own state (saved from the
+/// unwrapped model: no "module." prefixes; without the PPO's policy when not `policy_in_model`: V1s's PPO is a plain
+/// object, not a module), the parts the scripts load one by one ('glancer', 'focuser', 'fc': the classifier,
+/// 'policy': focuser.policy.policy) and 'epoch' 0 and 'best_acc' 0, which they read on loading too.
+OfficialCheckpoint v1_official_checkpoint(const nn::StateDict& official, bool policy_in_model);
+
 /// Top-left corners (n, 2) int64 (row, column) of P x P patches of S x S frames at cells `actions` (n) int64 of a
 /// grid x grid lattice: cell k is row k / grid, column k % grid, each a fraction i / (grid - 1) of S - P, floored.
 torch::Tensor grid_corners(const torch::Tensor& actions, int64_t grid, int64_t side, int64_t patch);
@@ -78,6 +85,8 @@ class AdaFocusV1Impl : public MethodImpl {
   /// Frame by frame: glance, policy step, patch and classifier step of frame t give exit t.
   std::unique_ptr<ExitStepper> stepper(const Clips& clips) override;
   nn::StateDict import_state_dict(const nn::StateDict& state) const override;
+  nn::StateDict export_official_state_dict(const nn::StateDict& state) const override;
+  OfficialCheckpoint export_official_checkpoint(const nn::StateDict& state) const override;
   void load_pretrained(const Config& config) override;
   void set_policy(const std::string& policy) override;
 

@@ -61,7 +61,7 @@ AdaFocusV1TSMImpl::AdaFocusV1TSMImpl(const Config& c, int64_t num_classes)
   auto glancer_holder = register_module("glancer", std::make_shared<torch::nn::Module>());
   glancer = glancer_holder->register_module("net", nn::make_backbone(backbone_options(c, "model.glance", num_classes, frames_)));
   auto focuser_holder = register_module("focuser", std::make_shared<torch::nn::Module>());
-  // The official TSN keeps a new_fc it never uses here: the focus logits come from the top-level classifier.
+  // Our TSN has a new_fc, unused here (the focus logits come from the top-level classifier); V1s's TSN has none.
   focuser = focuser_holder->register_module(
       "net", TSN(backbone_options(c, "model.local", 1000, focus_frames_), num_classes, c.get_float("model.dropout"), false));
   torch::Tensor map;
@@ -224,32 +224,76 @@ std::vector<ParamGroup> AdaFocusV1TSMImpl::param_groups() {
           {"classifier", prefixed_parameters("classifier", *classifier), lr_classifier_}};
 }
 
-nn::StateDict AdaFocusV1TSMImpl::import_state_dict(const nn::StateDict& state) const {
-  // Official keys: glancer.net.* in the official MobileNetV2 layout; focuser.net.base_model.<i>.* - stage 1 turns
-  // the TSN's ResNet into a Sequential of its children without the last, so conv1, bn1, layer1-4 are 0, 1, 4-7 -
-  // with TSM's ".net." wrappers; focuser.net.new_fc; the PPO's policy_old copy (dropped: the same weights).
-  static const std::map<std::string, std::string> children{{"0", "conv1"},  {"1", "bn1"},    {"4", "layer1"},
-                                                            {"5", "layer2"}, {"6", "layer3"}, {"7", "layer4"}};
-  nn::StateDict out, glance, base;
-  const std::string glance_prefix = "glancer.net.", base_prefix = "focuser.net.base_model.";
-  for (const auto& item : without_policy_old(state)) {
-    const std::string& key = item.key();
-    if (key.rfind(glance_prefix, 0) == 0) {
-      glance.insert(key.substr(glance_prefix.size()), item.value());
-    } else if (key.rfind(base_prefix, 0) == 0) {
-      std::string rest = key.substr(base_prefix.size());
-      const auto child = children.find(rest.substr(0, rest.find('.')));
-      if (child != children.end()) rest = child->second + rest.substr(rest.find('.'));
-      base.insert(rest, item.value());
-    } else {
-      out.insert(key, item.value());
-    }
+namespace {
+
+// The official focuser's base model is a Sequential of the ResNet's children without the last (the stage scripts
+// replace it so): ours by their index there, conv1 0, bn1 1, (relu 2, maxpool 3,) layer1-4 4-7, (avgpool 8).
+const std::vector<std::pair<std::string, std::string>> kFocuserChildren{
+    {"0", "conv1"}, {"1", "bn1"}, {"4", "layer1"}, {"5", "layer2"}, {"6", "layer3"}, {"7", "layer4"}};
+
+// `state` with the first part of each key renamed: official index -> ours, or back with `to_official`.
+nn::StateDict rename_children(const nn::StateDict& state, bool to_official) {
+  nn::StateDict out;
+  for (const auto& item : state) {
+    std::string key = item.key();
+    const std::string child = key.substr(0, key.find('.'));
+    for (const auto& [official, ours] : kFocuserChildren)
+      if (child == (to_official ? ours : official)) key = (to_official ? official : ours) + key.substr(child.size());
+    out.insert(key, item.value());
   }
-  for (const auto& item : glancer->import_state_dict(glance)) out.insert(glance_prefix + item.key(), item.value());
-  for (const auto& item : focuser->base_model->import_state_dict(base)) out.insert(base_prefix + item.key(), item.value());
-  for (const auto& item : focuser->unused_classifier())
-    if (!out.contains("focuser.net." + item.key())) out.insert("focuser.net." + item.key(), item.value());
   return out;
+}
+
+const std::string kGlancer = "glancer.net.", kFocuserBase = "focuser.net.base_model.",
+                  kPolicy = "focuser.policy.policy.";
+
+}  // namespace
+
+nn::StateDict AdaFocusV1TSMImpl::unused_in_official() const {
+  nn::StateDict out;
+  for (const auto& item : focuser->unused_classifier()) out.insert("focuser.net." + item.key(), item.value());
+  for (const auto& item : focuser->new_fc->named_parameters())
+    out.insert("focuser.net.new_fc." + item.key(), item.value());
+  return out;
+}
+
+nn::StateDict AdaFocusV1TSMImpl::import_state_dict(const nn::StateDict& state) const {
+  // Official keys (V1s gfv_net.py after the stage scripts' Sequential): glancer.net.* in tonylins' MobileNetV2 layout
+  // with its classifier and TSM's ".net." wrappers; focuser.net.base_model.<child index>.* with ".net." in each
+  // block's conv1; classifier.*; the policy under focuser.policy.policy (import_checkpoint puts it there) and
+  // perhaps a policy_old copy (dropped: the same weights).
+  nn::StateDict out = translate_under(without_policy_old(state), kGlancer,
+                                      [&](const nn::StateDict& s) { return glancer->import_state_dict(s); });
+  out = translate_under(out, kFocuserBase, [&](const nn::StateDict& s) {
+    return focuser->base_model->import_state_dict(rename_children(s, false));
+  });
+  for (const auto& item : unused_in_official())
+    if (!out.contains(item.key())) out.insert(item.key(), item.value());
+  return out;
+}
+
+nn::StateDict AdaFocusV1TSMImpl::import_checkpoint(const nn::StateDict& model, const NamedStateDicts& entries) const {
+  // The official scripts keep the policy apart ('policy'): V1s's PPO is not a module, so the model's state lacks it.
+  nn::StateDict state = model;
+  for (const auto& [name, entry] : entries)
+    if (name == "policy")
+      for (const auto& item : entry)
+        if (!state.contains(kPolicy + item.key())) state.insert(kPolicy + item.key(), item.value());
+  return import_state_dict(state);
+}
+
+nn::StateDict AdaFocusV1TSMImpl::export_official_state_dict(const nn::StateDict& state) const {
+  // import_state_dict's inverse, with the policy still under focuser.policy.policy (export_official_checkpoint saves
+  // it apart, as the official scripts).
+  nn::StateDict out = translate_under(without_keys(state, unused_in_official()), kGlancer,
+                                      [&](const nn::StateDict& s) { return glancer->export_official_state_dict(s); });
+  return translate_under(out, kFocuserBase, [&](const nn::StateDict& s) {
+    return rename_children(focuser->base_model->export_official_state_dict(s), true);
+  });
+}
+
+OfficialCheckpoint AdaFocusV1TSMImpl::export_official_checkpoint(const nn::StateDict& state) const {
+  return v1_official_checkpoint(export_official_state_dict(state), /*policy_in_model=*/false);
 }
 
 void AdaFocusV1TSMImpl::load_pretrained(const Config& c) {

@@ -7,8 +7,9 @@
 //   1  random patches; glancer frozen; focuser and classifier learn on the summed logits;
 //   2  the policy alone by PPO, one action per video: reward = p(label) with the chosen patch - with a random one;
 //   3  the classifier alone, with the policy's mean action.
-// Module names are the official ones (glancer.net, focuser.net (a TSN: base_model, new_fc), focuser.policy.policy,
-// classifier); the official policy_old copy is not kept.
+// Module names are the official ones (glancer.net, focuser.net (a TSN: base_model), focuser.policy.policy,
+// classifier). The official PPO is a plain object, not a module: its scripts save the policy beside the model's state,
+// as 'policy' (import_checkpoint, export_official_checkpoint); its policy_old copy is never saved.
 //
 // Legend: B videos, T glance frames, Tf focus frames, S input side, P patch side, Cg / Cl glance / focus feature
 // channels, H hidden size, C classes.
@@ -42,6 +43,9 @@ class AdaFocusV1TSMImpl : public MethodImpl {
   Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
   std::vector<ParamGroup> param_groups() override;
   nn::StateDict import_state_dict(const nn::StateDict& state) const override;
+  nn::StateDict import_checkpoint(const nn::StateDict& model, const NamedStateDicts& entries) const override;
+  nn::StateDict export_official_state_dict(const nn::StateDict& state) const override;
+  OfficialCheckpoint export_official_checkpoint(const nn::StateDict& state) const override;
   void load_pretrained(const Config& config) override;
   void set_policy(const std::string& policy) override;
 
@@ -65,6 +69,9 @@ class AdaFocusV1TSMImpl : public MethodImpl {
   torch::Tensor corners(const torch::Tensor& actions, int64_t side) const;
   /// The boxes (B, 1, 4) (x, y, w, h) of patches at corners (B, 2) and the focus frames (B, 1, Tf) they are in.
   void set_regions(const torch::Tensor& corners, torch::Tensor& regions, torch::Tensor& frames) const;
+  /// Our parameters the official model does not have, which keep their values on import: the focuser TSN's new_fc
+  /// (V1s's TSN has no head) and its base model's fc (dropped by the official stage scripts).
+  nn::StateDict unused_in_official() const;
   Losses backbone_loss(const Clips& clips, const torch::Tensor& target);  // stage 0
   Losses ppo_loss(const Clips& clips, const torch::Tensor& target);       // stage 2
 

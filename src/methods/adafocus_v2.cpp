@@ -273,22 +273,6 @@ std::vector<ParamGroup> AdaFocusV2Impl::param_groups() {
           {"classifier", prefixed_parameters("classifier", *classifier), lr_classifier_}};
 }
 
-namespace {
-
-// `translate` applied to the sub-state-dict under `prefix` (one network's keys); the other keys pass as they are.
-nn::StateDict translate_under(const nn::StateDict& state, const std::string& prefix,
-                              const std::function<nn::StateDict(const nn::StateDict&)>& translate) {
-  nn::StateDict inner, out;
-  for (const auto& item : state)
-    if (item.key().rfind(prefix, 0) == 0) inner.insert(item.key().substr(prefix.size()), item.value());
-  for (const auto& item : translate(inner)) out.insert(prefix + item.key(), item.value());
-  for (const auto& item : state)
-    if (item.key().rfind(prefix, 0) != 0) out.insert(item.key(), item.value());
-  return out;
-}
-
-}  // namespace
-
 nn::StateDict AdaFocusV2Impl::import_state_dict(const nn::StateDict& state) const {
   // The official glance network is tonylins' MobileNetV2 layout; translate its keys under global_CNN.
   return translate_under(state, "global_CNN.", [&](const nn::StateDict& s) { return global_CNN->import_state_dict(s); });

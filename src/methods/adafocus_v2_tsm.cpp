@@ -118,21 +118,36 @@ std::vector<ParamGroup> AdaFocusV2TSMImpl::param_groups() {
           {"local", prefixed_parameters("local_CNN", *local_CNN), lr_local_}};
 }
 
+std::vector<std::pair<std::string, const TSNImpl*>> AdaFocusV2TSMImpl::networks() const {
+  return {{"global_CNN", global_CNN.get()}, {"local_CNN", local_CNN.get()}};
+}
+
 nn::StateDict AdaFocusV2TSMImpl::import_state_dict(const nn::StateDict& state) const {
-  // Official keys: {global,local}_CNN.base_model.* with TSM ".net." wrappers (the glance in the official MobileNetV2
-  // layout), {global,local}_CNN.new_fc / new_new_fc, policy_stn.*.
-  nn::StateDict out;
-  for (const auto& item : state)
-    if (item.key().rfind("global_CNN.base_model.", 0) != 0 && item.key().rfind("local_CNN.base_model.", 0) != 0)
-      out.insert(item.key(), item.value());
-  for (const auto& [name, tsn] : {std::pair<std::string, const TSN*>{"global_CNN", &global_CNN}, {"local_CNN", &local_CNN}}) {
-    const std::string prefix = name + ".base_model.";
-    nn::StateDict base;
-    for (const auto& item : state)
-      if (item.key().rfind(prefix, 0) == 0) base.insert(item.key().substr(prefix.size()), item.value());
-    for (const auto& item : (*tsn)->base_model->import_state_dict(base)) out.insert(prefix + item.key(), item.value());
-    for (const auto& item : (*tsn)->unused_classifier())
+  // Official keys (V2s main.py): {global,local}_CNN.base_model.* with TSM's ".net." wrappers (the glance in tonylins'
+  // MobileNetV2 layout), {global,local}_CNN.new_fc / new_new_fc, policy_stn.*. The TSN replaces its base model's
+  // classifier by dropout, so ours, unused, keeps its values.
+  nn::StateDict out = state;
+  for (const auto& network : networks()) {
+    const std::string& name = network.first;
+    const TSNImpl* tsn = network.second;
+    out = translate_under(out, name + ".base_model.",
+                          [&](const nn::StateDict& s) { return tsn->base_model->import_state_dict(s); });
+    for (const auto& item : tsn->unused_classifier())
       if (!out.contains(name + "." + item.key())) out.insert(name + "." + item.key(), item.value());
+  }
+  return out;
+}
+
+nn::StateDict AdaFocusV2TSMImpl::export_official_state_dict(const nn::StateDict& state) const {
+  // import_state_dict's inverse: without the unused classifiers, each base model in its official TSM layout.
+  nn::StateDict out = state;
+  for (const auto& network : networks()) {
+    const std::string& name = network.first;
+    const TSNImpl* tsn = network.second;
+    nn::StateDict unused;
+    for (const auto& item : tsn->unused_classifier()) unused.insert(name + "." + item.key(), item.value());
+    out = translate_under(without_keys(out, unused), name + ".base_model.",
+                          [&](const nn::StateDict& s) { return tsn->base_model->export_official_state_dict(s); });
   }
   return out;
 }

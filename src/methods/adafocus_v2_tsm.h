@@ -19,6 +19,7 @@ class AdaFocusV2TSMImpl : public MethodImpl {
   Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
   std::vector<ParamGroup> param_groups() override;
   nn::StateDict import_state_dict(const nn::StateDict& state) const override;
+  nn::StateDict export_official_state_dict(const nn::StateDict& state) const override;
   void load_pretrained(const Config& config) override;
   void set_policy(const std::string& policy) override;
 
@@ -31,6 +32,8 @@ class AdaFocusV2TSMImpl : public MethodImpl {
     torch::Tensor maps;                // (B, T*Cg, h, w)
   };
   Glance glance(const torch::Tensor& clip);
+  /// The two TSNs by their official names.
+  std::vector<std::pair<std::string, const TSNImpl*>> networks() const;
   torch::Tensor actions(const Glance& g, int64_t videos, const std::string& policy);
   /// Mean local logits and auxiliary logits (B, C) of the patch at `actions` (B, 2) in every focus frame.
   std::pair<torch::Tensor, torch::Tensor> focus(const torch::Tensor& focus_clip, const torch::Tensor& actions);

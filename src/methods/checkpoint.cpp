@@ -53,6 +53,12 @@ Checkpoint load_checkpoint(const std::string& path) {
   const io::PyValue* format = root.get("format");
   if (!format) {  // an official checkpoint, or a bare state dict
     c.model = io::read_state_dict(path);
+    if (root.is_dict())
+      for (const auto& [key, value] : *root.entries)
+        if (key.kind == io::PyValue::Kind::String && value.is_dict()) {
+          nn::StateDict entry = read_tensors(&value, path, key.text.c_str());
+          if (!entry.is_empty()) c.official_entries.emplace_back(key.text, std::move(entry));
+        }
     return c;
   }
   if (format->text != kFormat)
@@ -86,6 +92,10 @@ Checkpoint load_checkpoint(const std::string& path) {
   return c;
 }
 
+nn::StateDict model_state(const MethodImpl& method, const Checkpoint& c) {
+  return method.import_checkpoint(nn::strip_module_prefix(c.model), c.official_entries);
+}
+
 LoadedModel load_model(const std::string& path, const std::string& preset, const std::vector<std::string>& overrides,
                        torch::Device device) {
   Checkpoint c = load_checkpoint(path);
@@ -101,7 +111,7 @@ LoadedModel load_model(const std::string& path, const std::string& preset, const
   for (int64_t i = static_cast<int64_t>(m.classes.size()); i < num_classes; ++i)
     m.classes.push_back("class " + std::to_string(i));
   m.method = make_method(m.config, num_classes);
-  nn::load_state_dict(*m.method, m.method->import_state_dict(nn::strip_module_prefix(c.model)), path);
+  nn::load_state_dict(*m.method, model_state(*m.method, c), path);
   m.method->to(device);
   m.method->eval();
   m.method->optimize_for_inference();

@@ -1,6 +1,6 @@
 // Checkpoints: a torch.save-compatible dict {'state_dict': ..., 'optimizer': ..., 'epoch': ..., 'config': ...} that
-// Python's torch.load reads and that resumes a run exactly. Official AdaFocus checkpoints ({'state_dict'} only,
-// 'module.' prefixes) load too, with a preset giving the configuration.
+// Python's torch.load reads and that resumes a run exactly. Official AdaFocus checkpoints (V2: {'state_dict'} with
+// 'module.' prefixes; V1: {'model_state_dict', 'policy', ...}) load too, with a preset giving the configuration.
 #pragma once
 
 #include <string>
@@ -22,12 +22,19 @@ struct Checkpoint {
   int64_t best_epoch = -1;
   std::vector<double> epoch_sums;       ///< running sums of the interrupted epoch (loss, correct, videos, the policy's)
   std::string exits_json;               ///< early-exit thresholds (adafocus calibrate --embed), "" if none
+  NamedStateDicts official_entries;     ///< an official file's state dicts by entry name (V1: 'model_state_dict',
+                                        ///< 'glancer', 'focuser', 'fc', 'policy'); empty for ours
 };
 
 /// Writes atomically (temporary file + fsync + rename).
 void save_checkpoint(const std::string& path, const Checkpoint& checkpoint);
-/// Reads ours or an official one (then only `model` is filled). Throws adafocus::Error naming the file.
+/// Reads ours or an official one (then only `model` and `official_entries` are filled). Throws adafocus::Error naming
+/// the file.
 Checkpoint load_checkpoint(const std::string& path);
+
+/// The model state of `checkpoint` in `method`'s names: MethodImpl::import_checkpoint after dropping DataParallel's
+/// "module." prefixes (official names translated, ours unchanged).
+nn::StateDict model_state(const MethodImpl& method, const Checkpoint& checkpoint);
 
 /// A trained model ready for inference.
 struct LoadedModel {

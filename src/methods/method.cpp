@@ -45,8 +45,38 @@ void MethodImpl::set_policy(const std::string& policy) {
 
 nn::StateDict MethodImpl::export_official_state_dict(const nn::StateDict&) const {
   throw Error("no official layout to export this method to", "",
-              "adafocus_v2 exports (its layout is checked against the official model's keys); checkpoints of the "
-              "others load in Python as they are: torch.load(path)['state_dict']");
+              "the methods with official code export (adafocus_v1, adafocus_v1_tsm, adafocus_v2, adafocus_v2_tsm, "
+              "adafuse: each layout checked against the official model's keys); checkpoints of the others load in "
+              "Python as they are: torch.load(path)['state_dict']");
+}
+
+OfficialCheckpoint MethodImpl::export_official_checkpoint(const nn::StateDict& state) const {
+  nn::StateDict parallel;  // the official scripts save the DataParallel wrapper's state
+  for (const auto& item : export_official_state_dict(state)) parallel.insert("module." + item.key(), item.value());
+  return {{{"state_dict", parallel}}, {}};
+}
+
+nn::StateDict sub_state_dict(const nn::StateDict& state, const std::string& prefix) {
+  nn::StateDict out;
+  for (const auto& item : state)
+    if (item.key().rfind(prefix, 0) == 0) out.insert(item.key().substr(prefix.size()), item.value());
+  return out;
+}
+
+nn::StateDict translate_under(const nn::StateDict& state, const std::string& prefix,
+                              const std::function<nn::StateDict(const nn::StateDict&)>& translate) {
+  nn::StateDict out;
+  for (const auto& item : translate(sub_state_dict(state, prefix))) out.insert(prefix + item.key(), item.value());
+  for (const auto& item : state)
+    if (item.key().rfind(prefix, 0) != 0) out.insert(item.key(), item.value());
+  return out;
+}
+
+nn::StateDict without_keys(const nn::StateDict& state, const nn::StateDict& drop) {
+  nn::StateDict out;
+  for (const auto& item : state)
+    if (!drop.contains(item.key())) out.insert(item.key(), item.value());
+  return out;
 }
 
 Method make_method(const Config& config, int64_t num_classes) {

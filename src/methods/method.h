@@ -75,6 +75,16 @@ struct StepContext {
   int64_t stage = -1;
 };
 
+/// State dicts by name, in order: the entries of a checkpoint file that are state dicts.
+using NamedStateDicts = std::vector<std::pair<std::string, nn::StateDict>>;
+
+/// A checkpoint file as the official code saves it: the state dicts its scripts load (V2: 'state_dict'; V1:
+/// 'model_state_dict' and the parts 'glancer', 'focuser', 'fc', 'policy') and the other entries they read.
+struct OfficialCheckpoint {
+  NamedStateDicts state_dicts;
+  std::vector<std::pair<std::string, c10::IValue>> values;  ///< V1: 'epoch' and 'best_acc'
+};
+
 /// Parameters sharing a learning-rate multiplier (the official per-group ratios) and a weight-decay multiplier.
 struct ParamGroup {
   std::string name;
@@ -100,9 +110,19 @@ class MethodImpl : public torch::nn::Module {
   virtual std::unique_ptr<ExitStepper> stepper(const Clips& clips);
   /// Translates checkpoints written by the official code (names, backbone layouts) to ours.
   virtual nn::StateDict import_state_dict(const nn::StateDict& state) const { return state; }
-  /// Ours -> the layout the official code's load_state_dict(strict=True) takes (without "module." prefixes); throws
-  /// adafocus::Error for methods whose official layout we cannot check.
+  /// The model's state dict from a checkpoint file: `model`, the file's model entry without "module." prefixes,
+  /// through import_state_dict; `entries`, the file's state dicts by name (official files only), for methods whose
+  /// official scripts save part of the model apart (V1-TSM: its PPO policy, which the official model does not hold).
+  virtual nn::StateDict import_checkpoint(const nn::StateDict& model, const NamedStateDicts& entries) const {
+    return import_state_dict(model);
+  }
+  /// Ours -> the layout the official code's load_state_dict(strict=True) takes (without "module." prefixes); the
+  /// inverse of import_state_dict. Throws adafocus::Error for methods without official code to check it against.
   virtual nn::StateDict export_official_state_dict(const nn::StateDict& state) const;
+  /// Ours -> the checkpoint file the official scripts load (import_checkpoint's inverse). The default:
+  /// {'state_dict': export_official_state_dict with DataParallel's "module." prefixes}, as V2, V2-TSM and AdaFuse
+  /// save and load theirs.
+  virtual OfficialCheckpoint export_official_checkpoint(const nn::StateDict& state) const;
   /// Loads ImageNet (torchvision-layout) weights into the backbones named in the config, classifiers excluded.
   virtual void load_pretrained(const Config& config) {}
   /// What the FLOPs of one clip are counted on: predict(); AdaFuse, whose cost depends on the video, runs its dense
@@ -137,6 +157,15 @@ void load_backbone_weights(nn::BackboneImpl& backbone, const std::string& path,
                            const std::function<bool(const std::string&)>& added = {});
 /// The weights model.glance.weights and model.local.weights name, when they do, into the two networks.
 void load_glance_and_local_weights(const Config& config, nn::BackboneImpl& glance, nn::BackboneImpl& local);
+
+/// `translate` applied to the keys under `prefix` (one network's: the prefix taken off, then put back on); the other
+/// keys pass as they are.
+nn::StateDict translate_under(const nn::StateDict& state, const std::string& prefix,
+                              const std::function<nn::StateDict(const nn::StateDict&)>& translate);
+/// The keys of `state` under `prefix`, without it.
+nn::StateDict sub_state_dict(const nn::StateDict& state, const std::string& prefix);
+/// `state` without the keys `drop` has.
+nn::StateDict without_keys(const nn::StateDict& state, const nn::StateDict& drop);
 
 /// Cross-entropy of per-frame logits (B*T, C) against each video's label (B,) repeated over its T frames, as official.
 torch::Tensor per_frame_ce(const torch::Tensor& logits, const torch::Tensor& target, int64_t frames);

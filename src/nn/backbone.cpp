@@ -1,5 +1,6 @@
 #include "nn/backbone.h"
 
+#include <set>
 
 #include "core/error.h"
 #include "nn/kernels.h"
@@ -87,6 +88,20 @@ StateDict BackboneImpl::import_state_dict(const StateDict& state) const {
     const size_t at = key.find(".net.");
     if (at != std::string::npos) key.erase(at, 4);
     out.insert(key, item.value());
+  }
+  return out;
+}
+
+StateDict BackboneImpl::wrap_shifted(const StateDict& state) const {
+  const std::vector<std::string> layers = shifted_layers();
+  if (layers.empty()) return state;
+  const std::set<std::string> wrapped(layers.begin(), layers.end());
+  StateDict out;
+  for (const auto& item : state) {
+    const std::string& key = item.key();
+    const size_t dot = key.rfind('.');  // the layer owning the tensor: "layer1.0.conv1" of "layer1.0.conv1.weight"
+    const bool shifted = dot != std::string::npos && wrapped.count(key.substr(0, dot)) > 0;
+    out.insert(shifted ? key.substr(0, dot) + ".net" + key.substr(dot) : key, item.value());
   }
   return out;
 }

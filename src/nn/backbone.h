@@ -60,14 +60,24 @@ class BackboneImpl : public torch::nn::Module {
   /// ".net." wrappers) to ours; torchvision keys pass unchanged.
   virtual StateDict import_state_dict(const StateDict& state) const;
   /// Ours -> the official AdaFocus layout of this architecture (import_state_dict's inverse for it): MobileNetV2 in
-  /// tonylins' layout; ResNets are already torchvision's, as the official code.
-  virtual StateDict export_official_state_dict(const StateDict& state) const { return state; }
+  /// tonylins' layout; ResNets are already torchvision's, as the official code; with the temporal shift, TSM's
+  /// ".net." wrapper inside every shifted convolution (shifted_layers).
+  virtual StateDict export_official_state_dict(const StateDict& state) const { return wrap_shifted(state); }
+  /// The official names of the convolutions the temporal shift wraps (official TSM: TemporalShift(conv), which keeps
+  /// the conv as "net"): ResNet "layerS.B.conv1" of every block, MobileNetV2 "features.N.conv.0" of the residual
+  /// blocks with an expansion (tonylins' layout: the expanding conv alone, without its BN); none without the shift.
+  virtual std::vector<std::string> shifted_layers() const { return {}; }
   /// For inference: every eval-mode BatchNorm folded into the convolution before it (a copy of the weights beside
   /// the originals, which stay as they are: the state dict, training mode and the FLOPs counter still see conv + BN)
   /// and the network computing in channels-last, where oneDNN's convolutions are fastest (MobileNetV2 3.6x,
   /// ResNet-50 1.5x here, docs/performance.md). Take it after the weights are final: the folded copy does not follow
   /// later changes. No-op for a network without the support.
   virtual void fold_batchnorm() {}
+
+ protected:
+  /// `state` (official names) with ".net." inside each of shifted_layers(): "layer1.0.conv1.weight" ->
+  /// "layer1.0.conv1.net.weight"; the inverse of import_state_dict's removal.
+  StateDict wrap_shifted(const StateDict& state) const;
 };
 
 /// A convolution followed by BatchNorm, folded into one convolution (weight and bias); empty until folded.

@@ -57,9 +57,7 @@ torch::Tensor InvertedResidualImpl::branch(const torch::Tensor& x) {
 
 torch::Tensor InvertedResidualImpl::forward(const torch::Tensor& x) {
   if (!use_residual) return branch(x);
-  // As official TSM: only residual blocks with an expansion shift, and only on the convolution branch.
-  const bool shift = tsm_segments_ > 0 && expand_ratio != 1;
-  return x + branch(shift ? temporal_shift(x, tsm_segments_, shift_div_) : x);
+  return x + branch(shifts() ? temporal_shift(x, tsm_segments_, shift_div_) : x);
 }
 
 void InvertedResidualImpl::fold() {
@@ -153,7 +151,18 @@ StateDict MobileNetV2Impl::rename_keys(const StateDict& state, bool to_official)
   return out;
 }
 
-StateDict MobileNetV2Impl::export_official_state_dict(const StateDict& state) const { return rename_keys(state, true); }
+StateDict MobileNetV2Impl::export_official_state_dict(const StateDict& state) const {
+  return wrap_shifted(rename_keys(state, true));
+}
+
+std::vector<std::string> MobileNetV2Impl::shifted_layers() const {
+  // In tonylins' flat layout the expanding conv is conv.0 (ours: conv.0.0), so TSM's wrapper holds the conv alone.
+  std::vector<std::string> out;
+  for (size_t i = 0; i < features->size(); ++i)
+    if (const auto* block = features->ptr(i)->as<InvertedResidualImpl>(); block && block->shifts())
+      out.push_back("features." + std::to_string(i) + ".conv.0");
+  return out;
+}
 
 StateDict MobileNetV2Impl::import_state_dict(const StateDict& state) const {
   StateDict in = BackboneImpl::import_state_dict(state);

@@ -28,6 +28,9 @@ class InvertedResidualImpl : public torch::nn::Module {
                        int64_t shift_div);
   /// x: (N, in, H, W) -> (N, out, ceil(H/stride), ceil(W/stride))
   torch::Tensor forward(const torch::Tensor& x);
+  /// Whether the temporal shift runs here: as official TSM, only in residual blocks with an expansion, on the input
+  /// of the expanding convolution (the residual branch's), never on the identity.
+  bool shifts() const { return tsm_segments_ > 0 && use_residual && expand_ratio != 1; }
 
   torch::nn::Sequential conv;  // "conv": [ConvBNReLU6 expand,] ConvBNReLU6 depthwise, Conv2d project, BatchNorm2d
   torch::nn::Conv2d project{nullptr};         // the last two of `conv`
@@ -55,6 +58,7 @@ class MobileNetV2Impl : public BackboneImpl {
   std::string classifier_prefix() const override { return "classifier."; }
   StateDict import_state_dict(const StateDict& state) const override;
   StateDict export_official_state_dict(const StateDict& state) const override;
+  std::vector<std::string> shifted_layers() const override;
   void fold_batchnorm() override;
 
   torch::nn::Sequential features;    // "features.0" stem, "features.1".."17" blocks, "features.18" 1x1 conv

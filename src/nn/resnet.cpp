@@ -145,6 +145,22 @@ void ResNetImpl::fold_batchnorm() {
     }
 }
 
+std::vector<std::string> ResNetImpl::shifted_layers() const {
+  // TSM's "blockres" place: conv1 of every block (official TSM shifts every other block in stages of 23 blocks or
+  // more, ResNet-101 and deeper, which we do not build).
+  std::vector<std::string> out;
+  const torch::nn::Sequential layers[] = {layer1, layer2, layer3, layer4};
+  for (size_t stage = 0; stage < 4; ++stage)
+    for (size_t i = 0; i < layers[stage]->size(); ++i) {
+      const auto block = layers[stage]->ptr(i);
+      const auto* basic = block->as<BasicBlockImpl>();
+      const auto* bottleneck = block->as<BottleneckImpl>();
+      if ((basic ? basic->tsm_segments_ : bottleneck ? bottleneck->tsm_segments_ : 0) > 0)
+        out.push_back("layer" + std::to_string(stage + 1) + "." + std::to_string(i) + ".conv1");
+    }
+  return out;
+}
+
 torch::Tensor ResNetImpl::feature_map(const torch::Tensor& x) {
   // Training in channels-last: oneDNN's convolutions of few channels run 2.5-4x faster so, and batch norm keeps up
   // through nn/kernels.h (docs/performance.md); at inference the folded convolutions take channels-last anyway.

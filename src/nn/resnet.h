@@ -53,6 +53,7 @@ class ResNetImpl : public BackboneImpl {
   int64_t feature_dim() const override { return feature_dim_; }
   int64_t stride() const override { return stem_ == "imagenet" ? 32 : stem_ == "small" ? 8 : 16; }
   std::string classifier_prefix() const override { return "fc."; }
+  std::vector<std::string> shifted_layers() const override;
   void fold_batchnorm() override;
 
   torch::nn::Conv2d conv1{nullptr};

@@ -252,7 +252,7 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
   torch::manual_seed(seed);  // initialisation
   methods::Method method = methods::make_method(config, static_cast<int64_t>(classes.size()));
   if (!o.resume && !o.init.empty())
-    nn::load_state_dict(*method, method->import_state_dict(checked_init(o.init, config, group).model), o.init);
+    nn::load_state_dict(*method, methods::model_state(*method, checked_init(o.init, config, group)), o.init);
   else if (!o.resume)
     method->load_pretrained(config);
   method->to(o.device);

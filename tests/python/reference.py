@@ -4,7 +4,8 @@
 The C++ tests compare adafocus against what this script writes. Run with /usr/bin/python3 (the Debian interpreter
 that sees python3-torch), never at run time of adafocus itself.
 
-  reference.py backbones DIR              torchvision backbones, TSM variants, the official MobileNetV2 layout
+  reference.py backbones DIR              torchvision backbones, TSM variants, the official MobileNetV2 layout,
+                                          official AdaFocus checkpoints (V2, V2-TSM, V1, V1-TSM)
   reference.py check-load PTH ARCH IN OUT  load a state dict written by C++ strictly into torchvision, run it on IN
   reference.py pil-resize DIR             Pillow's bilinear resize of random images (raw RGB bytes)
 """
@@ -59,17 +60,17 @@ class TemporalShift(nn.Module):
         return self.net(official_shift(x, self.n_segment, self.fold_div))
 
 
-def make_tsm(model, arch):
+def make_tsm(model, arch, segments=TSM_SEGMENTS):
     """Inserts the shift as official TSM does: conv1 of every ResNet block, conv[0] of residual MobileNetV2 blocks."""
     if arch == "mobilenet_v2":
         for m in model.modules():
             if isinstance(m, torchvision.models.mobilenetv2.InvertedResidual) and m.use_res_connect \
                     and len(m.conv) == 4:  # torchvision layout: expand, depthwise, project, bn
-                m.conv[0] = TemporalShift(m.conv[0], TSM_SEGMENTS, SHIFT_DIV)
+                m.conv[0] = TemporalShift(m.conv[0], segments, SHIFT_DIV)
     else:
         for layer in [model.layer1, model.layer2, model.layer3, model.layer4]:
             for block in layer:
-                block.conv1 = TemporalShift(block.conv1, TSM_SEGMENTS, SHIFT_DIV)
+                block.conv1 = TemporalShift(block.conv1, segments, SHIFT_DIV)
     return model
 
 
@@ -112,6 +113,16 @@ class TonylinsMobileNetV2(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x).mean(3).mean(2))
+
+
+def tonylins_tsm(model, segments):
+    """The shift in tonylins' MobileNetV2 as the official TSN (AdaFocusV2 ops/models.py) and V1's Glancer
+    (AdaFocus gfv_net.py) put it: conv[0], the expanding conv alone, of the residual blocks with an expansion
+    (len(conv) == 8)."""
+    for m in model.modules():
+        if hasattr(m, "use_res_connect") and len(m.conv) == 8 and m.use_res_connect:
+            m.conv[0] = TemporalShift(m.conv[0], segments, SHIFT_DIV)
+    return model
 
 
 def save_outputs(model, x, prefix):
@@ -334,6 +345,192 @@ def adafuse_block_reference(out):
             torch.save(t, os.path.join(out, f"adafuse_{kind}_{name}.pt"))
 
 
+class OfficialTSN(nn.Module):
+    """The TSN of the official TSM code as AdaFocusV2-TSM builds it (ops/models.py, dropout > 0): `base_model` with its
+    classifier (`last_layer_name`) replaced by dropout and its pooling by adaptive pooling, and two heads: new_fc (on
+    detached features) and new_new_fc."""
+
+    def __init__(self, base_model, last_layer_name, feature_dim, classes, dropout=0.5):
+        super().__init__()
+        self.base_model = base_model
+        setattr(self.base_model, last_layer_name, nn.Dropout(dropout))
+        self.base_model.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.new_fc = nn.Linear(feature_dim, classes)
+        self.new_new_fc = nn.Linear(feature_dim, classes)
+
+
+class OfficialAdaFocusV2TSM(nn.Module):
+    """The official AdaFocusV2-TSM model (Sth-Sth code, main.py AdaFocus) with its module names, small: TSN over TSM
+    MobileNetV2 (tonylins' layout) on `frames` glance frames, TSN over TSM ResNet-18 on `focus_frames` focus frames,
+    policy_stn with the widths `widths` (official: 64, 1024, 512)."""
+
+    def __init__(self, frames, focus_frames, classes, size, patch, widths):
+        super().__init__()
+        self.frames, self.focus_frames, self.size, self.patch = frames, focus_frames, size, patch
+        self.global_CNN = OfficialTSN(tonylins_tsm(TonylinsMobileNetV2(1000), frames), "classifier", 1280, classes)
+        self.local_CNN = OfficialTSN(make_tsm(torchvision.models.resnet18(), "resnet18", focus_frames), "fc", 512,
+                                     classes)
+        c, h1, h2 = widths
+        self.policy_stn = nn.Sequential(
+            nn.Conv2d(1280 * frames, c, kernel_size=1, stride=1, padding=0, bias=False), nn.BatchNorm2d(c), nn.Tanh(),
+            nn.Flatten(), nn.Linear(c * (size // 32) ** 2, h1), nn.BatchNorm1d(h1), nn.Tanh(), nn.Linear(h1, h2),
+            nn.BatchNorm1d(h2), nn.Tanh(), nn.Linear(h2, 2), nn.Sigmoid())
+
+    def forward(self, glance, focus):  # (B, T, 3, S, S), (B, Tf, 3, S, S), eval: the official eval branch
+        b = glance.size(0)
+        fmap = self.global_CNN.base_model.features(glance.reshape(-1, 3, self.size, self.size))
+        glance_logits = self.global_CNN.new_fc(fmap.mean(3).mean(2)).view(b, self.frames, -1).mean(1)
+        action = self.policy_stn(fmap.reshape(b, -1, fmap.size(2), fmap.size(3)))
+        patches = official_patches(focus.reshape(b, -1, self.size, self.size), action, self.patch, self.size)
+        local = self.local_CNN.base_model(patches.reshape(-1, 3, self.patch, self.patch))  # fc is dropout: features
+        return glance_logits + self.local_CNN.new_fc(local).view(b, self.focus_frames, -1).mean(1), action
+
+
+class OfficialActorCritic(nn.Module):
+    """AdaFocus V1's discrete PPO actor-critic (ActivityNet code, models/ppo.py, policy_conv) with the 1x1 conv's
+    `channels` (official 32)."""
+
+    def __init__(self, feature_dim, cells, channels, hidden, actions):
+        super().__init__()
+        self.state_encoder = nn.Sequential(nn.Conv2d(feature_dim, channels, kernel_size=1, stride=1, padding=0,
+                                                     bias=False), nn.ReLU(), nn.Flatten(),
+                                           nn.Linear(channels * cells, hidden), nn.ReLU())
+        self.gru = nn.GRU(hidden, hidden, batch_first=False)
+        self.actor = nn.Sequential(nn.Linear(hidden, actions), nn.Softmax(dim=-1))
+        self.critic = nn.Sequential(nn.Linear(hidden, 1))
+
+
+class OfficialPPO(nn.Module):
+    """V1's PPO (ActivityNet code): a module holding the policy and policy_old, its copy for acting."""
+
+    def __init__(self, *args):
+        super().__init__()
+        self.policy = OfficialActorCritic(*args)
+        self.policy_old = OfficialActorCritic(*args)
+        self.policy_old.load_state_dict(self.policy.state_dict())
+        self.MseLoss = nn.MSELoss()
+
+
+class OfficialAdaFocusV1(nn.Module):
+    """The official AdaFocus V1 model (ActivityNet code, models/gfv_net.py GFV, stages 2-3) with its module names,
+    small: torchvision's MobileNetV2 glancer (models/mobilenet.py) with a Dropout + Linear head, a ResNet-18 focuser
+    (official: ResNet-50, models/resnet.py, torchvision's) with its fc, the PPO over grid x grid corners, the GRU
+    classifier."""
+
+    def __init__(self, classes, glance_size, channels, hidden, grid, classifier_hidden):
+        super().__init__()
+        self.glancer = nn.Module()
+        self.glancer.net = torchvision.models.mobilenet_v2()
+        self.glancer.net.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
+        self.focuser = nn.Module()
+        self.focuser.net = torchvision.models.resnet18()
+        self.focuser.net.fc = nn.Linear(512, classes)
+        cells = math.ceil(glance_size / 32) ** 2
+        self.focuser.policy = OfficialPPO(1280, cells, channels, hidden, grid * grid)
+        self.dropout = nn.Dropout(0.8)
+        self.classifier = nn.Module()
+        self.classifier.gru = nn.GRU(1280 + 512, classifier_hidden, batch_first=True)
+        self.classifier.fc = nn.Linear(classifier_hidden, classes)
+        self.classifier.dropout = nn.Dropout(0.8)
+
+
+class OfficialGaussianActorCritic(nn.Module):
+    """AdaFocus V1-TSM's continuous actor-critic (Sth-Sth code, models/ppo_continuous.py, with_bn) with the 1x1 conv's
+    `channels` (official 64). Its action_var is a plain tensor, not a buffer."""
+
+    def __init__(self, feature_dim, cells, channels, hidden, action_std=0.25):
+        super().__init__()
+        self.state_encoder = nn.Sequential(
+            nn.Conv2d(feature_dim, channels, kernel_size=1, stride=1, padding=0, bias=False), nn.BatchNorm2d(channels),
+            nn.ReLU(), nn.Flatten(), nn.Linear(channels * cells, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+        self.gru = nn.GRU(hidden, hidden, batch_first=False)
+        self.actor = nn.Sequential(nn.Linear(hidden, 2), nn.Sigmoid())
+        self.critic = nn.Sequential(nn.Linear(hidden, 1))
+        self.action_var = torch.full((2,), action_std)
+
+
+class OfficialPPOContinuous:
+    """V1-TSM's PPO_Continuous: a plain object, not a module, so the model's state dict holds neither policy."""
+
+    def __init__(self, *args):
+        self.policy = OfficialGaussianActorCritic(*args)
+        self.policy_old = OfficialGaussianActorCritic(*args)
+        self.policy_old.load_state_dict(self.policy.state_dict())
+
+
+class OfficialAdaFocusV1TSM(nn.Module):
+    """The official AdaFocus V1-TSM model (Sth-Sth code, models/gfv_net.py GFV) as the stage scripts leave it, small:
+    tonylins' MobileNetV2 glancer with its Linear head and the shift on `frames`; a focuser TSN (models/tsn.py: only
+    base_model) over TSM ResNet-18 (official 50) on `focus_frames`, whose base model stage1/2/3.py replace by a
+    Sequential of its children without fc; the continuous PPO; the top-level classifier."""
+
+    def __init__(self, frames, focus_frames, classes, glance_size, channels, hidden):
+        super().__init__()
+        self.glancer = nn.Module()
+        self.glancer.net = tonylins_tsm(TonylinsMobileNetV2(classes), frames)
+        self.focuser = nn.Module()
+        self.focuser.net = nn.Module()
+        resnet = make_tsm(torchvision.models.resnet18(), "resnet18", focus_frames)
+        resnet.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.focuser.net.base_model = nn.Sequential(*list(resnet.children())[:-1])
+        cells = math.ceil(glance_size / 32) ** 2
+        self.focuser.policy = OfficialPPOContinuous(1280 * frames, cells, channels, hidden)
+        self.dropout = nn.Dropout(0.5)
+        self.classifier = nn.Linear(512, classes)
+
+
+def batchnorm_statistics_of(model, inputs):
+    """BatchNorm statistics measured on the model's own activations for `inputs` (random affine parameters kept), so
+    that, as after training, features vary with the input: with random statistics the glance maps hardly do and the
+    policy puts every video's patch at the same place."""
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average
+    model.train()
+    with torch.no_grad():
+        model(*inputs)
+    model.eval()
+
+
+def official_v1_checkpoint(model):
+    """What the official V1 stage scripts save (main_dist.py, V1s stage2.py): the unwrapped model's state and its
+    parts, which they load one by one."""
+    return {"epoch": 7, "model_state_dict": model.state_dict(), "glancer": model.glancer.state_dict(),
+            "focuser": model.focuser.state_dict(), "fc": model.classifier.state_dict(), "scaler": None,
+            "policy": model.focuser.policy.policy.state_dict(), "acc": 40.0, "best_acc": 41.0,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.0003, "params": [0, 1]}]}}
+
+
+def official_export_references(out):
+    """Official-layout checkpoints of V2-TSM ({'state_dict': {'module.' + key}}, with the clips and the official
+    model's outputs), V1 and V1-TSM (the stage scripts' dict), tiny, for adafocus export to round-trip."""
+    g = torch.Generator().manual_seed(11)
+    torch.manual_seed(11)
+    model = OfficialAdaFocusV2TSM(frames=4, focus_frames=6, classes=10, size=64, patch=32, widths=(8, 16, 8))
+    randomize_batchnorm(model, g)
+    batchnorm_statistics_of(model, [torch.randn(4, 4, 3, 64, 64, generator=g),
+                                    torch.randn(4, 6, 3, 64, 64, generator=g)])
+    torch.save({"epoch": 3, "arch": "mobilenetv2", "best_prec1": 12.5,
+                "state_dict": {"module." + k: v for k, v in model.state_dict().items()}},
+               os.path.join(out, "official_v2_tsm.pth.tar"))
+    inputs = {"clip": torch.randn(2, 4, 3, 64, 64, generator=g), "focus": torch.randn(2, 6, 3, 64, 64, generator=g)}
+    torch.save(inputs, os.path.join(out, "official_v2_tsm_clips.pt"))
+    with torch.no_grad():
+        logits, actions = model(inputs["clip"], inputs["focus"])
+    torch.save({"logits": logits, "actions": actions}, os.path.join(out, "official_v2_tsm_outputs.pt"))
+
+    model = OfficialAdaFocusV1(classes=10, glance_size=64, channels=8, hidden=16, grid=7, classifier_hidden=32)
+    randomize_batchnorm(model, g)
+    model.focuser.policy.policy_old.load_state_dict(model.focuser.policy.policy.state_dict())  # synced by updates
+    torch.save(official_v1_checkpoint(model), os.path.join(out, "official_v1.pth.tar"))
+
+    model = OfficialAdaFocusV1TSM(frames=4, focus_frames=6, classes=10, glance_size=64, channels=8, hidden=16)
+    randomize_batchnorm(model, g)
+    randomize_batchnorm(model.focuser.policy.policy, g)  # not a submodule of the model
+    torch.save(official_v1_checkpoint(model), os.path.join(out, "official_v1_tsm.pth.tar"))
+
+
 def training_reference():
     """torch.optim SGD/Adam steps, OneCycleLR, the official cosine schedule and cal_map, for the training tests."""
     grads = [torch.tensor([0.5, -1.0, 2.0]), torch.tensor([0.1, 0.3, -0.2]), torch.tensor([-0.4, 0.0, 1.0])]
@@ -439,6 +636,7 @@ def backbones(out):
     data_reference(out)
     adafocus_v2_reference(out)
     adafuse_block_reference(out)
+    official_export_references(out)
     import json
     with open(os.path.join(out, "training_reference.json"), "w") as f:
         json.dump(training_reference(), f)

@@ -132,7 +132,7 @@ TEST(AdaFocusV1, EachStageTrainsWhatTheOfficialStageTrains) {
   ppo.stage = 2;
   const auto l = m->loss({torch::randn({2, 4, 3, 64, 64}), {}}, torch::tensor({0, 2}, torch::kLong), ppo);
   std::map<std::string, double> terms;
-  for (const auto& [name, value] : l.terms) terms[name] = value.item<double>();
+  for (const auto& [name, value] : l.statistics) terms[name] = value.item<double>();
   for (const char* key : {"ppo_reward", "ppo_advantage", "ppo_entropy", "ppo_clip_fraction", "ppo_value_loss"})
     EXPECT_TRUE(terms.count(key)) << key;
   EXPECT_EQ(terms["ppo_clip_fraction"], 0.0);
@@ -301,7 +301,7 @@ std::pair<double, double> ppo_reward_first_and_last(methods::MethodImpl& m, bool
     for (int64_t i = 0; i < steps; ++i) {
       m.train();
       const auto l = m.loss(clips, target, context);
-      for (const auto& [name, value] : l.terms)
+      for (const auto& [name, value] : l.statistics)
         if (name == "ppo_reward") rewards.push_back(value.item<double>());
       opt.zero_grad();
       l.total.backward();
@@ -430,7 +430,7 @@ TEST(AdaFocusV1TSM, EachStageTrainsWhatTheOfficialStageTrains) {
   ppo.stage = 2;
   const auto l = m->loss(clips, torch::tensor({0, 2}, torch::kLong), ppo);
   std::map<std::string, double> terms;
-  for (const auto& [name, value] : l.terms) terms[name] = value.item<double>();
+  for (const auto& [name, value] : l.statistics) terms[name] = value.item<double>();
   EXPECT_NEAR(terms["ppo_entropy"], 1 + std::log(2 * M_PI) + 2 * std::log(0.25), 1e-6);  // float
   EXPECT_EQ(terms["ppo_clip_fraction"], 0.0);
   EXPECT_LE(std::abs(terms["ppo_reward"]), 1.0);

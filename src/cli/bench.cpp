@@ -18,8 +18,9 @@
 #include "data/dataset.h"
 #include "infer/adaptive.h"
 #include "nn/flop_counter.h"
-#include "methods/adafuse.h"
 #include "methods/checkpoint.h"
+#include "methods/registry.h"
+#include "nn/state_dict.h"
 
 namespace adafocus::cli {
 
@@ -72,7 +73,6 @@ int run(const BenchArgs& args, const Runtime& runtime) {
     m = methods::load_model(args.checkpoint, args.preset, overrides, device);
   }
   const Config& c = m.config;
-  auto* fuse = dynamic_cast<methods::AdaFuseImpl*>(m.method.get());
 
   // Decoding and transforms, timed apart from the networks.
   data::DatasetOptions dataset_options = data::DatasetOptions::from_config(c, "data.val_list", false);
@@ -100,28 +100,24 @@ int run(const BenchArgs& args, const Runtime& runtime) {
     rule = infer::ExitRule{table.criterion, s.thresholds};
   }
 
-  // The full-frame TSN of the same local network, at the full input size (random weights: only time and GFLOPs);
-  // for AdaFuse the dense network of its own backbone.
-  Config ff = c;
-  ff.set("model.method", "full_frame", "bench");
-  if (!fuse) {
-    ff.set("model.backbone.arch", c.get_string("model.local.arch"), "bench");
-    ff.set("model.backbone.stem", c.get_string("model.local.stem"), "bench");
-    ff.set("model.backbone.width_mult", fmt::format("{}", c.get_float("model.local.width_mult")), "bench");
-    ff.set("model.backbone.base_width", fmt::format("{}", c.get_int("model.local.base_width")), "bench");
-    ff.set("model.backbone.tsm", c.get_bool("model.local.tsm") ? "true" : "false", "bench");
-    ff.set("model.backbone.resolution", "0", "bench");
-  }
-  methods::Method full_frame = methods::make_method(ff, static_cast<int64_t>(m.classes.size()));
-  full_frame->to(device);
-  full_frame->eval();
-  full_frame->optimize_for_inference();
+  // The dense network the method saves from (MethodInfo::dense_baseline: the full-frame TSN of the same local network
+  // at the full input size; AdaFuse's own backbone), with random weights: only time and GFLOPs count.
+  const methods::MethodInfo& info = methods::method_info(c.get_string("model.method"));
+  const int64_t classes = static_cast<int64_t>(m.classes.size());
+  auto prepared = [&](methods::Method method) {
+    method->to(device);
+    method->eval();
+    method->optimize_for_inference();
+    return method;
+  };
+  methods::Method baseline = prepared(methods::make_method(info.dense_baseline(c), classes));
 
   torch::NoGradGuard no_grad;
   methods::MethodImpl& model = *m.method;
   model.eval();
   const int64_t frames = c.get_int("data.segments"), focus = c.get_int("data.focus_segments"),
                 size = c.get_int("data.input_size");
+  const double dense_gflops = infer::method_flops(model, frames, focus, size).report.gflops();
   std::vector<Variant> variants;
   if (rule) {
     int64_t macs = 0;
@@ -129,31 +125,28 @@ int run(const BenchArgs& args, const Runtime& runtime) {
     variants.emplace_back("early exits", [&](const methods::Clips& b) { infer::run_adaptive(model, b, *rule, false); },
                           static_cast<double>(macs) * 1e-9 / static_cast<double>(dataset.size()));
   }
-  if (fuse) {
-    // Its cost depends on the video: the GFLOPs counted from the gates of a pass over the batches.
-    double counted = 0;
-    for (const auto& b : batches) counted += model.predict(b).gflops.sum().item<double>();
-    variants.emplace_back("gated channels only", [&](const methods::Clips& b) { model.predict(b); },
-                          counted / static_cast<double>(dataset.size()));
-    // Each way of running the gates on its own (model.adafuse.inference), against the same dense baseline.
-    for (const auto& [name, how] : {std::make_pair("frame by frame", methods::Inference::Frames),
-                                    std::make_pair("batched union", methods::Inference::Batch),
-                                    std::make_pair("gates, dense compute", methods::Inference::Dense)}) {
-      const auto way = how;
-      variants.emplace_back(name, [&model, fuse, way](const methods::Clips& b) {
-        const methods::Inference chosen = fuse->inference;
-        fuse->inference = way;
-        model.predict(b);
-        fuse->inference = chosen;
-      }, way == methods::Inference::Dense ? infer::method_flops(model, frames, focus, size).report.gflops()
-                                          : counted / static_cast<double>(dataset.size()));
-    }
-  } else {
-    variants.emplace_back("no early exit", [&](const methods::Clips& b) { model.predict(b); },
-                          infer::method_flops(model, frames, focus, size).report.gflops());
+  // A method whose cost depends on the video counts it from a pass over the batches; the others cost the same always.
+  double gflops = 0;
+  for (const auto& b : batches) {
+    const methods::Prediction p = model.predict(b);
+    gflops += p.gflops.defined() ? p.gflops.sum().item<double>() : dense_gflops * static_cast<double>(b.frames.size(0));
   }
-  variants.emplace_back(fuse ? "dense baseline" : "full frame", [&](const methods::Clips& b) { full_frame->predict(b); },
-                        infer::method_flops(*full_frame, frames, focus, size).report.gflops());
+  gflops /= static_cast<double>(dataset.size());
+  variants.emplace_back(info.bench_label, [&](const methods::Clips& b) { model.predict(b); }, gflops);
+  // Other ways of running the same model (its weights, other settings), against the same baseline.
+  std::vector<methods::Method> others;
+  for (const methods::MethodInfo::BenchVariant& v : info.bench_variants) {
+    Config variant_config = c;
+    for (const auto& o : v.overrides) variant_config.set(o, "bench (" + v.label + ")");
+    methods::Method other = methods::make_method(variant_config, classes);
+    nn::load_state_dict(*other, nn::state_dict(model), "bench");
+    others.push_back(prepared(other));
+    methods::MethodImpl* run_it = others.back().get();
+    variants.emplace_back(v.label, [run_it](const methods::Clips& b) { run_it->predict(b); },
+                          v.dense_cost ? dense_gflops : gflops);
+  }
+  variants.emplace_back(info.baseline_label, [&](const methods::Clips& b) { baseline->predict(b); },
+                        infer::method_flops(*baseline, frames, focus, size).report.gflops());
 
   for (auto& v : variants)
     for (int64_t i = 0; i < args.warmup; ++i) v.run(batches[static_cast<size_t>(i) % batches.size()]);
@@ -168,7 +161,7 @@ int run(const BenchArgs& args, const Runtime& runtime) {
         v.videos += b.frames.size(0);
       }
 
-  const Variant& baseline = variants.back();
+  const Variant& dense = variants.back();  // the baseline the speedups are over
   nlohmann::json out{{"checkpoint", args.checkpoint}, {"method", c.get_string("model.method")}, {"batch", args.batch},
                      {"videos", dataset.size()}, {"threads", runtime.threads}, {"device", runtime.device},
                      {"decode_ms_per_video", 1e3 * decode_seconds / static_cast<double>(dataset.size())}};
@@ -177,12 +170,12 @@ int run(const BenchArgs& args, const Runtime& runtime) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& v : variants) {
     const double per_second = static_cast<double>(v.videos) / v.seconds;
-    const double speedup = baseline.seconds / v.seconds * static_cast<double>(v.videos) / baseline.videos;
-    const double ratio = baseline.gflops / v.gflops;
+    const double speedup = dense.seconds / v.seconds * static_cast<double>(v.videos) / dense.videos;
+    const double ratio = dense.gflops / v.gflops;
     out["variants"].push_back({{"name", v.name}, {"gflops", v.gflops}, {"videos_per_second", per_second},
                                {"latency_p50_ms", 1e3 * percentile(v.latencies, 0.5)},
                                {"latency_p90_ms", 1e3 * percentile(v.latencies, 0.9)},
-                               {"speedup_over_full_frame", speedup}, {"gflops_ratio", ratio},
+                               {"speedup_over_baseline", speedup}, {"gflops_ratio", ratio},
                                {"speedup_over_gflops_ratio", speedup / ratio}});
     rows.push_back({v.name, fmt::format("{:.4g}", v.gflops), fmt::format("{:.1f}", per_second),
                     fmt::format("{:.2f}", 1e3 * percentile(v.latencies, 0.5)),

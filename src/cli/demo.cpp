@@ -9,14 +9,14 @@ void add_demo_command(CLI::App& app, Commands& commands, const Runtime& runtime)
   CLI::App* sub = app.add_subcommand(
       "demo", "train AdaFocusV2, V3 and their baselines on the built-in benchmark and show accuracy vs GFLOPs");
   sub->add_option("--out", args->out, "folder for the benchmark, runs, models and results");
-  sub->add_option("--methods", args->methods,
-                  "comma-separated presets of configs/benchmark/ (also v3_random_policy, v3_time_only, v3_space_only, "
-                  "v3_pixel_gradient, adafocus_v3_tsm, full_frame_tsm, and on the motion variant adafuse_tsn, adafuse_tsm, "
-                  "full_frame_tsn)");
+  std::string presets;
+  for (const auto& [file, text] : builtin_presets())
+    if (file.rfind("benchmark/", 0) == 0) presets += (presets.empty() ? "" : ", ") + file.substr(10, file.size() - 15);
+  sub->add_option("--methods", args->methods, "comma-separated presets of configs/benchmark/: " + presets);
   sub->add_option("--train-videos", args->train_videos, "benchmark videos to train on")->check(CLI::PositiveNumber);
   sub->add_option("--val-videos", args->val_videos, "benchmark videos to evaluate on")->check(CLI::PositiveNumber);
   sub->add_option("--epochs", args->epochs, "> 0: override every method's epochs (a quick look)");
-  sub->add_option("--full-res-epochs", args->full_res_epochs, "> 0: override full_frame_full_res's epochs");
+  sub->add_option("--full-res-epochs", args->full_res_epochs, "> 0: override the full-resolution baseline's epochs");
   sub->add_option("--pretrain-images", args->pretrain_images, "single items the patch network is pretrained on")
       ->check(CLI::PositiveNumber);
   sub->add_option("--calibration-videos", args->calibration_videos,

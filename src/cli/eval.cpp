@@ -85,11 +85,10 @@ int run(const EvalArgs& args, const Runtime& runtime) {
   const infer::Evaluation e = infer::evaluate(*m.method, m.config, o);
   out.update(scores_json(e));
   out["videos"] = e.videos;
-  // AdaFuse: the mean of what each video's gates left to compute; the dense count is its upper bound.
+  // A cost that depends on the video: the mean of what each video left to compute; the dense count its upper bound.
   out["gflops"] = e.gflops();
   if (e.video_gflops >= 0) out["dense_gflops"] = e.flops.report.gflops();
-  if (!e.gate_fractions.empty())
-    out["kept"] = e.gate_fractions[0], out["reused"] = e.gate_fractions[1], out["skipped"] = e.gate_fractions[2];
+  for (const auto& [name, value] : e.statistics) out[name] = value;
   out["exit_gflops"] = e.flops.exits;
   out["exit_top1"] = e.exit_top1;
   // Top-1 of each class (by first label) among the videos of the list, named.
@@ -108,9 +107,10 @@ int run(const EvalArgs& args, const Runtime& runtime) {
   fmt::print("{} on {} videos: top-1 {:.2f}%  top-5 {:.2f}%  mean class {:.2f}%  mAP {:.2f}  {:.4f} GFLOPs/video{}\n",
              m.config.get_string("model.method"), e.videos, e.scores.top1, e.scores.top5, e.scores.mean_class,
              e.scores.map, e.gflops(), e.iou >= 0 ? fmt::format("  patch/item IoU {:.3f}", e.iou) : "");
-  if (!e.gate_fractions.empty())
-    fmt::print("gated channels kept {:.3f}, reused {:.3f}, skipped {:.3f} (dense: {:.4f} GFLOPs/video)\n",
-               e.gate_fractions[0], e.gate_fractions[1], e.gate_fractions[2], e.flops.report.gflops());
+  std::string statistics;
+  for (const auto& [name, value] : e.statistics) statistics += fmt::format("{}{} {:.3f}", statistics.empty() ? "" : ", ", name, value);
+  if (!statistics.empty()) fmt::print("{}\n", statistics);
+  if (e.video_gflops >= 0) fmt::print("the dense network: {:.4f} GFLOPs/video\n", e.flops.report.gflops());
   if (e.exit_top1.size() > 1) {
     std::string line;
     for (size_t k = 0; k < e.exit_top1.size(); ++k)

@@ -8,6 +8,7 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "infer/adaptive.h"
+#include "methods/registry.h"
 #include "nn/flop_counter.h"
 
 namespace adafocus::cli {
@@ -68,9 +69,7 @@ int method_flops(const FlopsArgs& args, const Config& config) {
              frames, focus > 0 ? fmt::format(" + {} focus frames", focus) : "", size, size);
   if (f.exits.size() > 1)
     fmt::print("leaving at exit 0..{} (exit by exit): {:.4f} GFLOPs\n", f.exits.size() - 1, fmt::join(f.exits, " "));
-  if (name == "adafuse")
-    fmt::print("every channel computed (gates included); what the gates save depends on the video: `adafocus eval` "
-               "counts it per video (official real and upper-bound formulas)\n");
+  if (const std::string& note = methods::method_info(name).flops_note; !note.empty()) fmt::print("{}\n", note);
   return 0;
 }
 

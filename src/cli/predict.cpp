@@ -33,18 +33,13 @@ nlohmann::json to_json(const torch::Tensor& t) {
 }
 
 // Everything the model computed, in its own terms (network-input pixels, clip positions), for checks against Python.
-nlohmann::json raw_json(const methods::Prediction& p, const Config& c) {
+nlohmann::json raw_json(const methods::Prediction& p) {
   nlohmann::json out{{"logits", to_json(p.logits[0])}};  // (K, C): every exit, the last one final
-  if (p.glance_logits.defined()) out["glance_logits"] = to_json(p.glance_logits[0]);  // (T, C) auxiliary heads
-  if (p.local_logits.defined()) out["local_logits"] = to_json(p.local_logits[0]);
   if (p.regions.defined()) {
     out["regions_input"] = to_json(p.regions[0]);  // (R, 4) x, y, w, h in input pixels
     out["region_frames"] = to_json(p.region_frames[0]);  // (R, F) positions in the (focus) clip
-    if (c.get_string("model.method") == "adafocus_v2") {  // the policy's actions as official: (row, col) in [0, 1]
-      const double room = static_cast<double>(c.get_int("data.input_size") - c.get_int("model.patch_size"));
-      out["actions"] = to_json(torch::stack({p.regions[0].select(1, 1), p.regions[0].select(1, 0)}, 1) / room);
-    }
   }
+  for (const auto& [name, t] : p.outputs) out[name] = to_json(t[0]);  // the method's own (V2: auxiliary heads, actions)
   return out;
 }
 
@@ -72,8 +67,7 @@ int run_on_tensor(const PredictArgs& args, methods::LoadedModel& model, torch::D
     out.insert("regions", p.regions.cpu());
     out.insert("region_frames", p.region_frames.cpu());
   }
-  if (p.glance_logits.defined()) out.insert("glance_logits", p.glance_logits.cpu());
-  if (p.local_logits.defined()) out.insert("local_logits", p.local_logits.cpu());
+  for (const auto& [name, t] : p.outputs) out.insert(name, t.cpu());
   io::write_pth(args.output, out);
   fmt::print("{}: logits {}{}\n", args.output, fmt::join(p.logits.sizes(), "x"),
              p.regions.defined() ? ", regions, region_frames" : "");
@@ -114,7 +108,7 @@ int run(const PredictArgs& args, const Runtime& runtime) {
     for (const auto& r : p.regions)
       out["regions"].push_back({{"frame", r.frame}, {"x", r.box[0]}, {"y", r.box[1]}, {"w", r.box[2]}, {"h", r.box[3]}});
     if (!args.visualize.empty()) out["visualization"] = args.visualize;
-    if (args.raw) out["raw"] = raw_json(p.outputs, model.config);
+    if (args.raw) out["raw"] = raw_json(p.outputs);
     fmt::print("{}\n", out.dump(2));
     return 0;
   }

@@ -315,6 +315,13 @@ void Config::set(const std::string& key, const std::string& value, const std::st
   it->second.origin = source;
 }
 
+void Config::copy(const std::string& from, const std::string& key, const std::string& source) {
+  const Value value = entry(from, type(key)).value;  // unknown keys and different types are errors
+  Entry& to = entries_.at(key);
+  to.value = value;
+  to.origin = source;
+}
+
 std::string Config::closest_key(const std::string& key) const {
   std::string best;
   size_t best_distance = std::numeric_limits<size_t>::max();

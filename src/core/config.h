@@ -34,7 +34,7 @@ class Config {
   static Config from_yaml(const std::string& text, const std::string& source);
 
   /// Merges a YAML preset over the current values: a file, or else a built-in preset by name ("activitynet_v2",
-  /// "configs/benchmark/adafocus_v2.yaml"). A top-level `base: other.yaml` (relative to the preset) is merged first.
+  /// "configs/benchmark/random_patch.yaml"). A top-level `base: other.yaml` (relative to the preset) is merged first.
   /// Unknown keys and wrong types throw adafocus::Error naming file:line, key and closest valid key.
   void merge_file(const std::string& path);
   /// Merges YAML text; `source` names it in errors.
@@ -43,6 +43,8 @@ class Config {
   void set(const std::string& assignment, const std::string& source = "command line");
   /// Sets one key from YAML value text.
   void set(const std::string& key, const std::string& value, const std::string& source);
+  /// Sets `key` to the value of another key of the same type (e.g. one backbone section's key to another's).
+  void copy(const std::string& from, const std::string& key, const std::string& source);
 
   bool has(const std::string& key) const { return entries_.count(key) > 0; }
   Type type(const std::string& key) const;

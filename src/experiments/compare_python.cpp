@@ -303,8 +303,8 @@ int run_compare_python(const CompareOptions& args, const Resources& runtime) {
         k.gflops = infer::method_flops(*k.model, frames, 0, size).report.gflops() * static_cast<double>(k.batch);
         const methods::Prediction p = k.model->predict(clips);
         ours.insert("logits", p.logits);
-        if (p.glance_logits.defined()) ours.insert("glance_logits", p.glance_logits);
-        if (p.local_logits.defined()) ours.insert("local_logits", p.local_logits);
+        for (const char* name : {"glance_logits", "local_logits"})  // AdaFocusV2's auxiliary heads, which PyTorch checks
+          if (p.outputs.count(name)) ours.insert(name, p.outputs.at(name));
       }
       io::write_pth(prefix + "_ours.pth", ours);
       k.seconds = timed(logits, args.warmup, args.rounds);

@@ -30,6 +30,7 @@
 #include "infer/predictor.h"
 #include "io/pth.h"
 #include "methods/adafuse.h"
+#include "methods/registry.h"
 #include "train/pretrain.h"
 #include "train/trainer.h"
 #include "viz/visualize.h"
@@ -48,14 +49,25 @@ struct CurvePoint {
 
 struct Row {
   std::string method;
-  double gflops = 0, top1 = 0, top5 = 0, map = 0, iou = -1, on_item = -1, region_spread = -1, glance_top1 = -1;
+  double gflops = 0, top1 = 0, top5 = 0, map = 0, iou = -1, on_item = -1, region_spread = -1;
   double train_s = NAN;  // training wall time, every stage up to the model's
   std::string note;
-  std::vector<double> gates;  // AdaFuse: [kept, reused, skipped] fractions of the gated channels
-  double speedup = NAN;       // AdaFuse: measured time of its dense baseline / its own
+  std::map<std::string, double> statistics;  // the method's own figures: V2's glance_top1, AdaFuse's kept/reused/skipped
+  double speedup = NAN;  // AdaFuse: measured time of its dense baseline / its own
   std::vector<double> top1_per_exit, exit_gflops;  // index 0: the glance alone (NaN without a glance exit)
   std::vector<CurvePoint> curve;
 };
+
+// A row's scores and where it looked, from an evaluation; `gflops` per video.
+Row row_of(const std::string& method, const infer::Evaluation& e, double gflops, const std::string& note = "") {
+  Row r;
+  r.method = method;
+  r.gflops = gflops;
+  r.top1 = e.scores.top1, r.top5 = e.scores.top5, r.map = e.scores.map;
+  r.iou = e.iou, r.on_item = e.on_item, r.region_spread = e.region_spread;
+  r.note = note;
+  return r;
+}
 
 // An accuracy-vs-GFLOPs plot (log-scaled GFLOPs), as a self-contained SVG: a point per model, and the budget curve
 // (GFLOPs counted at each budget) of the models that stop early.
@@ -153,9 +165,8 @@ nlohmann::json number(double v) { return std::isnan(v) ? nlohmann::json() : nloh
 // How much faster `model` runs than the dense network of the same backbone (model.method full_frame; its weights do
 // not matter for the time), on the first val batches, same batch size and threads, timed in alternating rounds.
 double dense_speedup(methods::MethodImpl& model, const Config& config, int64_t classes, const torch::Device& device) {
-  Config dense = config;
-  dense.set("model.method", "full_frame", "demo");
-  methods::Method baseline = methods::make_method(dense, classes);
+  methods::Method baseline =
+      methods::make_method(methods::method_info(config.get_string("model.method")).dense_baseline(config), classes);
   baseline->to(device);
   baseline->eval();
   model.eval();
@@ -260,7 +271,7 @@ DemoMethod demo_method(const DemoOptions& args, const Resources& resources, cons
   config.set("train.eval_last", "0", "demo");
   // --epochs and --full-res-epochs are exact counts: not scaled to the training-set size.
   const int64_t epochs = args.full_res_epochs > 0 && method == "full_frame_full_res" ? args.full_res_epochs : args.epochs;
-  const int64_t stages = methods::training_stages(config.get_string("model.method"));
+  const int64_t stages = methods::method_info(config.get_string("model.method")).stages;
   if (epochs > 0) {
     config.set("train.epochs", std::to_string(epochs), "demo");
     config.set("train.schedule_videos", "0", "demo");
@@ -297,7 +308,7 @@ void train_and_calibrate(const DemoMethod& d, const Resources& resources) {
   to.run_dir = d.run_dir;
   to.device = resources.torch_device();
   // A staged run resumes stage by stage itself.
-  to.resume = methods::training_stages(d.config.get_string("model.method")) == 1 && fs::exists(d.run_dir + "/last.pt");
+  to.resume = methods::method_info(d.config.get_string("model.method")).stages == 1 && fs::exists(d.run_dir + "/last.pt");
   train::train(d.config, to);
   methods::Checkpoint c = methods::load_checkpoint(d.folders.back() + "/last.pt");
   if (d.budgeted) {
@@ -324,8 +335,9 @@ std::vector<Row> evaluate_method(const DemoMethod& d, const Resources& resources
   const infer::Evaluation e = infer::evaluate(*m.method, m.config, eo);
   eo.policy.clear();
   std::vector<Row> rows;
-  Row row{d.name, e.gflops(), e.scores.top1, e.scores.top5, e.scores.map, e.iou, e.on_item, e.region_spread,
-          e.glance_top1, training_seconds(d.folders), "", e.gate_fractions, NAN, {}, {}, {}};
+  Row row = row_of(d.name, e, e.gflops());
+  row.train_s = training_seconds(d.folders);
+  row.statistics = e.statistics;
   if (kind == "adafuse")
     row.speedup = dense_speedup(*m.method, m.config, static_cast<int64_t>(m.classes.size()), resources.torch_device());
   set_exits(row, kind, e);
@@ -355,19 +367,18 @@ std::vector<Row> evaluate_method(const DemoMethod& d, const Resources& resources
     for (const std::string policy : {"random", "center"}) {
       eo.policy = policy;
       const infer::Evaluation swapped = infer::evaluate(*m.method, m.config, eo);
-      rows.push_back({"adafocus_v2 (" + policy + " patches at test)", swapped.flops.report.gflops(),
-                      swapped.scores.top1, swapped.scores.top5, swapped.scores.map, swapped.iou, swapped.on_item,
-                      swapped.region_spread, -1, NAN, "same model", {}, NAN, {}, {}, {}});
+      rows.push_back(row_of("adafocus_v2 (" + policy + " patches at test)", swapped, swapped.flops.report.gflops(),
+                            "same model"));
     }
   // AdaFuse's gates at test: drawn (official) or the most likely action (deterministic), on the same model.
   if (auto* fuse = dynamic_cast<methods::AdaFuseImpl*>(m.method.get())) {
     fuse->argmax_at_test = !fuse->argmax_at_test;
     const infer::Evaluation other = infer::evaluate(*m.method, m.config, eo);
-    rows.push_back({d.name + (fuse->argmax_at_test ? " (argmax gates at test)" : " (sampled gates at test)"),
-                    other.gflops(), other.scores.top1, other.scores.top5, other.scores.map, -1, -1, -1, -1, NAN,
-                    "same model", other.gate_fractions,
-                    dense_speedup(*m.method, m.config, static_cast<int64_t>(m.classes.size()), resources.torch_device()),
-                    {}, {}, {}});
+    Row r = row_of(d.name + (fuse->argmax_at_test ? " (argmax gates at test)" : " (sampled gates at test)"), other,
+                   other.gflops(), "same model");
+    r.statistics = other.statistics;
+    r.speedup = dense_speedup(*m.method, m.config, static_cast<int64_t>(m.classes.size()), resources.torch_device());
+    rows.push_back(r);
     fuse->argmax_at_test = !fuse->argmax_at_test;
   }
   return rows;
@@ -381,16 +392,16 @@ void report(const DemoOptions& args, const std::vector<Row>& rows) {
     table.push_back({r.method, fmt::format("{:.4f}", r.gflops), fmt::format("{:.1f}", r.top1),
                      fmt::format("{:.1f}", r.map), r.iou >= 0 ? fmt::format("{:.3f}", r.iou) : "-",
                      std::isnan(r.train_s) ? "-" : fmt::format("{:.0f}", r.train_s),
-                     r.gates.empty() ? "-" : fmt::format("{:.2f}/{:.2f}/{:.2f}", r.gates[0], r.gates[1], r.gates[2]),
+                     !r.statistics.count("kept") ? "-" : fmt::format("{:.2f}/{:.2f}/{:.2f}", r.statistics.at("kept"),
+                                                                      r.statistics.at("reused"), r.statistics.at("skipped")),
                      std::isnan(r.speedup) ? "-" : fmt::format("{:.2f}x", r.speedup)});
     nlohmann::json j{{"method", r.method}, {"gflops", r.gflops}, {"top1", r.top1}, {"top5", r.top5}, {"map", r.map}};
-    if (!r.gates.empty()) j["kept"] = r.gates[0], j["reused"] = r.gates[1], j["skipped"] = r.gates[2];
+    for (const auto& [name, value] : r.statistics) j[name] = value;
     if (!std::isnan(r.speedup)) j["speedup"] = r.speedup;
     if (!std::isnan(r.train_s)) j["train_s"] = r.train_s;
     if (r.iou >= 0) j["iou"] = r.iou;
     if (r.on_item >= 0) j["on_item"] = r.on_item;
     if (r.region_spread >= 0) j["region_spread"] = r.region_spread;
-    if (r.glance_top1 >= 0) j["glance_top1"] = r.glance_top1;
     if (!r.top1_per_exit.empty()) {
       j["top1_per_exit"] = nlohmann::json::array();
       j["exit_gflops"] = nlohmann::json::array();

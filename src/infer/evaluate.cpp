@@ -103,7 +103,8 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
   torch::NoGradGuard no_grad;
   torch::manual_seed(static_cast<uint64_t>(config.get_int("seed")));  // random test-time patches repeat
   Evaluation e;
-  std::vector<torch::Tensor> logits, labels, centres, final_logits, exits, glance_logits, video_gflops, gates;
+  std::vector<torch::Tensor> logits, labels, centres, final_logits, exits, video_gflops;
+  std::map<std::string, std::vector<torch::Tensor>> video_means, part_logits;  // by name, a tensor per batch
   int64_t macs = 0;
   loader.start_epoch(0);
   const int64_t batches = loader.batches_per_epoch();
@@ -123,9 +124,9 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
     } else {
       const methods::Prediction p = method.predict(clips);
       logits.push_back(p.logits.cpu().to(torch::kFloat));  // float also from a bf16 model
-      if (p.glance_logits.defined()) glance_logits.push_back(p.glance_logits.mean(1).cpu().to(torch::kFloat));
       if (p.gflops.defined()) video_gflops.push_back(p.gflops.cpu());
-      if (p.gate_fractions.defined()) gates.push_back(p.gate_fractions.cpu());
+      for (const auto& [name, values] : p.video_means) video_means[name].push_back(values.cpu().to(torch::kDouble));
+      for (const auto& [name, l] : p.part_logits) part_logits[name].push_back(l.cpu().to(torch::kFloat));
       for (int64_t i = 0; p.regions.defined() && i < p.regions.size(0); ++i) {
         regions.push_back(p.regions[i]);
         region_frames.push_back(p.region_frames[i]);
@@ -147,7 +148,10 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
     l = torch::cat({l, torch::full({l.size(0), width - l.size(1)}, -1, torch::kLong)}, 1);
   if (options.group) {  // every process's videos, in rank order; the counts summed
     dist::Group& group = *options.group;
-    for (auto* parts : {&logits, &labels, &final_logits, &exits, &glance_logits, &video_gflops, &gates})
+    std::vector<std::vector<torch::Tensor>*> gathered{&logits, &labels, &final_logits, &exits, &video_gflops};
+    for (auto* named : {&video_means, &part_logits})  // every process has the same names, in the same order
+      for (auto& [name, parts] : *named) gathered.push_back(&parts);
+    for (auto* parts : gathered)
       if (!parts->empty()) *parts = {group.all_gather_rows(torch::cat(*parts))};
     if (!centres.empty()) centres = {group.all_gather_rows(torch::cat(centres, 1).t()).t()};
     auto total = torch::tensor({macs});
@@ -168,11 +172,9 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
     e.exit_top1.assign(top1.data_ptr<double>(), top1.data_ptr<double>() + top1.numel());
   }
   if (!video_gflops.empty()) e.video_gflops = torch::cat(video_gflops).mean().item<double>();
-  if (!gates.empty()) {
-    const auto mean = torch::cat(gates).mean(0).contiguous();  // every video has as many gated channels
-    e.gate_fractions.assign(mean.data_ptr<double>(), mean.data_ptr<double>() + mean.numel());
-  }
-  if (!glance_logits.empty()) e.glance_top1 = classification_scores(torch::cat(glance_logits), e.labels).top1;
+  for (const auto& [name, parts] : video_means) e.statistics[name] = torch::cat(parts).mean().item<double>();
+  for (const auto& [name, parts] : part_logits)
+    e.statistics[name + "_top1"] = classification_scores(torch::cat(parts), e.labels).top1;
   e.iou = overlap.iou();
   e.on_item = overlap.on_item();
   e.on_item_by_region = overlap.on_item_by_region();

@@ -33,9 +33,10 @@ struct Evaluation {
   double on_item = -1;          ///< fraction of the frames looked at in which the item is visible
   std::vector<double> on_item_by_region;  ///< the same for the first, second, ... region a video looked at
   double region_spread = -1;    ///< std of the regions' centres / input side: near 0 means a collapsed policy
-  double glance_top1 = -1;      ///< AdaFocusV2: top-1 of the glance's auxiliary head alone (mean over frames)
   double video_gflops = -1;     ///< methods whose cost depends on the video (AdaFuse): mean counted GFLOPs per video
-  std::vector<double> gate_fractions;  ///< AdaFuse: [kept, reused, skipped] fractions of the gated channels
+  /// Without an exit rule, what the method reports of itself (Prediction::video_means, their mean over the videos,
+  /// and <name>_top1 of its Prediction::part_logits): AdaFocusV2's glance_top1, AdaFuse's kept, reused, skipped.
+  std::map<std::string, double> statistics;
 
   /// GFLOPs per video without early exit: counted from each video's gates where they decide it, else the model's.
   double gflops() const { return video_gflops >= 0 ? video_gflops : flops.report.gflops(); }

@@ -31,8 +31,11 @@ VideoPrediction predict_video(methods::LoadedModel& model, const std::string& vi
     // A method whose cost depends on the video (AdaFuse) counts this video's own; the others cost what they always do.
     out.gflops = p.gflops.defined() ? p.gflops[0].item<double>() : out.full_gflops;
     auto cpu = [](const torch::Tensor& t) { return t.defined() ? t.cpu() : t; };
-    out.outputs = {cpu(p.logits),        cpu(p.regions),      cpu(p.region_frames), cpu(p.glance_logits),
-                   cpu(p.local_logits), cpu(p.gflops), cpu(p.gate_fractions)};
+    out.outputs = p;
+    for (torch::Tensor* t : {&out.outputs.logits, &out.outputs.regions, &out.outputs.region_frames, &out.outputs.gflops})
+      *t = cpu(*t);
+    for (auto* named : {&out.outputs.outputs, &out.outputs.video_means, &out.outputs.part_logits})
+      for (auto& [name, t] : *named) t = cpu(t);
   }
   const auto probs = torch::softmax(logits, 0).cpu();
   const auto order = std::get<1>(probs.sort(0, true));

@@ -1,6 +1,7 @@
 #include "methods/adafocus_v1.h"
 
 #include "core/error.h"
+#include "methods/baselines.h"
 
 namespace adafocus::methods {
 
@@ -70,36 +71,47 @@ torch::Tensor hard_crop(const torch::Tensor& frames, const torch::Tensor& corner
   return frames.permute({0, 2, 3, 1}).index({videos, rows, cols}).permute({0, 3, 1, 2}).contiguous();  // (n, 3, P, P)
 }
 
-AdaFocusV1Impl::AdaFocusV1Impl(const Config& c, int64_t num_classes)
-    : frames_(c.get_int("data.segments")),
-      patch_(c.get_int("model.patch_size")),
-      glance_size_(c.get_int("model.glance.resolution")),
-      grid_(c.get_int("model.policy_grid")),
-      resize_(c.get_string("model.resize")),
-      policy_(c.get_string("model.policy")),
-      dropout_(c.get_float("model.dropout")),
-      gamma_(c.get_float("train.ppo_gamma")),
-      clip_(c.get_float("train.ppo_clip")),
-      value_weight_(c.get_float("train.ppo_value")),
-      entropy_weight_(c.get_float("train.ppo_entropy")),
-      lr_policy_(c.get_float("train.lr_policy")),
-      lr_glance_(c.get_float("train.lr_glance")),
-      lr_local_(c.get_float("train.lr_local")),
-      lr_classifier_(c.get_float("train.lr_classifier")) {
+PpoOptions PpoOptions::from_config(const Config& c) {
+  return PpoOptions()
+      .gamma(c.get_float("train.ppo_gamma"))
+      .clip(c.get_float("train.ppo_clip"))
+      .value(c.get_float("train.ppo_value"))
+      .entropy(c.get_float("train.ppo_entropy"));
+}
+
+AdaFocusV1Options AdaFocusV1Options::from_config(const Config& c) {
+  const int64_t grid = c.get_int("model.policy_grid");
+  if (grid < 2) throw Error("model.policy_grid must be at least 2 (official: 7)", c.origin("model.policy_grid"));
+  return AdaFocusV1Options(GlanceFocusOptions::from_config(c, c.get_int("data.segments")))
+      .grid(grid)
+      .ppo(PpoOptions::from_config(c));
+}
+
+AdaFocusV1Impl::AdaFocusV1Impl(const AdaFocusV1Options& options, int64_t num_classes)
+    : frames_(options.base().frames()),
+      patch_(options.base().patch_size()),
+      glance_size_(options.base().glance_size()),
+      grid_(options.grid()),
+      resize_(options.base().resize()),
+      policy_(options.base().policy()),
+      dropout_(options.base().dropout()),
+      gamma_(options.ppo().gamma()),
+      clip_(options.ppo().clip()),
+      value_weight_(options.ppo().value()),
+      entropy_weight_(options.ppo().entropy()),
+      lr_policy_(options.base().lr().policy()),
+      lr_glance_(options.base().lr().glance()),
+      lr_local_(options.base().lr().local()),
+      lr_classifier_(options.base().lr().classifier()) {
+  const GlanceFocusOptions& o = options.base();
   set_policy(policy_);
-  const int64_t input = c.get_int("data.input_size");
-  if (patch_ <= 0 || patch_ > input)
-    throw Error("model.patch_size " + std::to_string(patch_) + " must be in (0, data.input_size = " +
-                    std::to_string(input) + "]",
-                c.origin("model.patch_size"));
-  if (grid_ < 2) throw Error("model.policy_grid must be at least 2 (official: 7)", c.origin("model.policy_grid"));
 
   // The official wrappers' names: glancer.net, focuser.net, focuser.policy.policy, classifier.gru, classifier.fc.
   // Each backbone keeps its own head for stage 0.
   auto glancer_holder = register_module("glancer", std::make_shared<torch::nn::Module>());
-  glancer = glancer_holder->register_module("net", nn::make_backbone(backbone_options(c, "model.glance", num_classes, frames_)));
+  glancer = glancer_holder->register_module("net", nn::make_backbone(nn::BackboneOptions(o.glance()).num_classes(num_classes)));
   auto focuser_holder = register_module("focuser", std::make_shared<torch::nn::Module>());
-  focuser = focuser_holder->register_module("net", nn::make_backbone(backbone_options(c, "model.local", num_classes, frames_)));
+  focuser = focuser_holder->register_module("net", nn::make_backbone(nn::BackboneOptions(o.local()).num_classes(num_classes)));
 
   // The policy reads the whole glance feature map: its size depends on the glancer and the glance resolution.
   torch::Tensor map;
@@ -110,11 +122,10 @@ AdaFocusV1Impl::AdaFocusV1Impl(const Config& c, int64_t num_classes)
     glancer->train();
   }
   auto ppo = focuser_holder->register_module("policy", std::make_shared<torch::nn::Module>());
-  policy = ppo->register_module("policy", ActorCritic(map.size(1), map.size(2) * map.size(3),
-                                                      c.get_int("model.policy_channels"),
-                                                      c.get_int("model.policy_hidden"), grid_ * grid_));
+  policy = ppo->register_module("policy", ActorCritic(map.size(1), map.size(2) * map.size(3), o.policy_channels(),
+                                                      o.policy_hidden(), grid_ * grid_));
   auto classifier = register_module("classifier", std::make_shared<torch::nn::Module>());
-  const int64_t hidden = c.get_int("model.classifier_hidden");
+  const int64_t hidden = o.classifier_hidden();
   classifier_gru = classifier->register_module(
       "gru", torch::nn::GRU(torch::nn::GRUOptions(glancer->feature_dim() + focuser->feature_dim(), hidden)));
   classifier_fc = classifier->register_module("fc", torch::nn::Linear(hidden, num_classes));
@@ -350,11 +361,11 @@ Losses AdaFocusV1Impl::ppo_loss(const Clips& clips, const torch::Tensor& target)
                                value_weight_, entropy_weight_);
   Losses l;
   l.total = o.loss;
-  l.terms = {{"ppo_reward", torch::stack(rewards).mean()},
-             {"ppo_advantage", advantage.abs().mean().detach()},
-             {"ppo_entropy", entropies.mean().detach()},
-             {"ppo_clip_fraction", o.clip_fraction},
-             {"ppo_value_loss", o.value_loss.detach()}};
+  l.statistics = {{"ppo_reward", torch::stack(rewards).mean()},
+                  {"ppo_advantage", advantage.abs().mean().detach()},
+                  {"ppo_entropy", entropies.mean().detach()},
+                  {"ppo_clip_fraction", o.clip_fraction},
+                  {"ppo_value_loss", o.value_loss.detach()}};
   l.logits = logits;
   l.regions = boxes(torch::stack(chosen, 1).view({b * frames_, 2})).view({b, frames_, 4});
   l.region_frames = torch::arange(frames_, torch::TensorOptions(torch::kLong).device(clip.device()))
@@ -410,6 +421,22 @@ nn::StateDict AdaFocusV1Impl::export_official_state_dict(const nn::StateDict& st
 
 OfficialCheckpoint AdaFocusV1Impl::export_official_checkpoint(const nn::StateDict& state) const {
   return v1_official_checkpoint(export_official_state_dict(state), /*policy_in_model=*/true);
+}
+
+MethodInfo adafocus_v1_method() {
+  MethodInfo m;
+  m.name = "adafocus_v1";
+  m.make = [](const Config& c, int64_t classes) {
+    return std::make_shared<AdaFocusV1Impl>(AdaFocusV1Options::from_config(c), classes);
+  };
+  m.stages = 4;
+  m.pretrained = {"glance", "local"};
+  m.presets = {"activitynet_v1", "activitynet_v1_p96", "activitynet_v1_p160", "fcvid_v1", "fcvid_v1_p96",
+               "fcvid_v1_p160", "minik_v1", "minik_v1_p96", "minik_v1_p160"};
+  m.statistics = {{"ppo_reward", "reward {:+.4f}"}, {"ppo_advantage", ""}, {"ppo_entropy", ""},
+                  {"ppo_clip_fraction", ""}, {"ppo_value_loss", ""}};
+  m.dense_baseline = [](const Config& c) { return full_frame_of(c, "local"); };
+  return m;
 }
 
 void AdaFocusV1Impl::load_pretrained(const Config& c) { load_glance_and_local_weights(c, *glancer, *focuser); }

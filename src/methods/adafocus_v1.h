@@ -16,6 +16,8 @@
 #pragma once
 
 #include "methods/method.h"
+#include "methods/options.h"
+#include "methods/registry.h"
 
 namespace adafocus::methods {
 
@@ -71,9 +73,29 @@ torch::Tensor grid_corners(const torch::Tensor& actions, int64_t grid, int64_t s
 /// P x P patches of frames (N, 3, S, S) whose top-left corners are `corners` (N, 2) int64 (row, column).
 torch::Tensor hard_crop(const torch::Tensor& frames, const torch::Tensor& corners, int64_t patch);
 
+/// The official PPO's settings (train.ppo_*), shared by V1 and V1-TSM.
+struct PpoOptions {
+  static PpoOptions from_config(const Config& config);
+
+  TORCH_ARG(double, gamma) = 0.7;       ///< train.ppo_gamma: discount of the per-step rewards
+  TORCH_ARG(double, clip) = 0.2;        ///< train.ppo_clip: of the probability ratio
+  TORCH_ARG(double, value) = 0.5;       ///< train.ppo_value: weight of the critic's squared error
+  TORCH_ARG(double, entropy) = 0.01;    ///< train.ppo_entropy: weight of the entropy bonus
+};
+
+struct AdaFocusV1Options {
+  explicit AdaFocusV1Options(GlanceFocusOptions base) : base_(std::move(base)) {}
+
+  static AdaFocusV1Options from_config(const Config& config);
+
+  TORCH_ARG(GlanceFocusOptions, base);  ///< its backbones keep their own heads, of the model's classes (stage 0)
+  TORCH_ARG(int64_t, grid) = 7;         ///< model.policy_grid: patch corners on a grid x grid lattice
+  TORCH_ARG(PpoOptions, ppo);
+};
+
 class AdaFocusV1Impl : public MethodImpl {
  public:
-  AdaFocusV1Impl(const Config& config, int64_t num_classes);
+  AdaFocusV1Impl(const AdaFocusV1Options& options, int64_t num_classes);
 
   Prediction predict(const Clips& clips) override;
   Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
@@ -117,5 +139,8 @@ class AdaFocusV1Impl : public MethodImpl {
   double dropout_, gamma_, clip_, value_weight_, entropy_weight_;
   double lr_policy_, lr_glance_, lr_local_, lr_classifier_;
 };
+
+/// adafocus_v1 in the registry.
+MethodInfo adafocus_v1_method();
 
 }  // namespace adafocus::methods

@@ -33,37 +33,40 @@ torch::Tensor GaussianActorCriticImpl::forward(const torch::Tensor& maps) {
   return std::get<0>(gru->forward(state)).squeeze(0);            // (n, H), from a zero state
 }
 
-AdaFocusV1TSMImpl::AdaFocusV1TSMImpl(const Config& c, int64_t num_classes)
-    : frames_(c.get_int("data.segments")),
-      focus_frames_(c.get_int("data.focus_segments")),
-      patch_(c.get_int("model.patch_size")),
-      glance_size_(c.get_int("model.glance.resolution")),
-      resize_(c.get_string("model.resize")),
-      action_std_(c.get_float("model.policy_std")),
-      clip_(c.get_float("train.ppo_clip")),
-      value_weight_(c.get_float("train.ppo_value")),
-      entropy_weight_(c.get_float("train.ppo_entropy")),
-      lr_policy_(c.get_float("train.lr_policy")),
-      lr_glance_(c.get_float("train.lr_glance")),
-      lr_local_(c.get_float("train.lr_local")),
-      lr_classifier_(c.get_float("train.lr_classifier")) {
-  set_policy(c.get_string("model.policy"));
-  if (focus_frames_ <= 0)
+AdaFocusV1TSMOptions AdaFocusV1TSMOptions::from_config(const Config& c) {
+  if (c.get_int("data.focus_segments") <= 0)
     throw Error("adafocus_v1_tsm needs data.focus_segments > 0 (official: 12 focus frames for 8 glance frames)",
                 c.origin("data.focus_segments"));
-  const int64_t input = c.get_int("data.input_size");
-  if (patch_ <= 0 || patch_ > input)
-    throw Error("model.patch_size " + std::to_string(patch_) + " must be in (0, data.input_size = " +
-                    std::to_string(input) + "]",
-                c.origin("model.patch_size"));
-  if (action_std_ <= 0) throw Error("model.policy_std must be > 0 (official: 0.25)", c.origin("model.policy_std"));
+  if (c.get_float("model.policy_std") <= 0)
+    throw Error("model.policy_std must be > 0 (official: 0.25)", c.origin("model.policy_std"));
+  return AdaFocusV1TSMOptions(GlanceFocusOptions::from_config(c, c.get_int("data.focus_segments")))
+      .policy_std(c.get_float("model.policy_std"))
+      .ppo(PpoOptions::from_config(c));
+}
+
+AdaFocusV1TSMImpl::AdaFocusV1TSMImpl(const AdaFocusV1TSMOptions& options, int64_t num_classes)
+    : frames_(options.base().frames()),
+      focus_frames_(options.base().focus_frames()),
+      patch_(options.base().patch_size()),
+      glance_size_(options.base().glance_size()),
+      resize_(options.base().resize()),
+      action_std_(options.policy_std()),
+      clip_(options.ppo().clip()),
+      value_weight_(options.ppo().value()),
+      entropy_weight_(options.ppo().entropy()),
+      lr_policy_(options.base().lr().policy()),
+      lr_glance_(options.base().lr().glance()),
+      lr_local_(options.base().lr().local()),
+      lr_classifier_(options.base().lr().classifier()) {
+  const GlanceFocusOptions& o = options.base();
+  set_policy(o.policy());
 
   auto glancer_holder = register_module("glancer", std::make_shared<torch::nn::Module>());
-  glancer = glancer_holder->register_module("net", nn::make_backbone(backbone_options(c, "model.glance", num_classes, frames_)));
+  glancer = glancer_holder->register_module("net", nn::make_backbone(nn::BackboneOptions(o.glance()).num_classes(num_classes)));
   auto focuser_holder = register_module("focuser", std::make_shared<torch::nn::Module>());
   // Our TSN has a new_fc, unused here (the focus logits come from the top-level classifier); V1s's TSN has none.
   focuser = focuser_holder->register_module(
-      "net", TSN(backbone_options(c, "model.local", 1000, focus_frames_), num_classes, c.get_float("model.dropout"), false));
+      "net", TSN(o.local(), num_classes, o.dropout(), false));
   torch::Tensor map;
   {
     torch::NoGradGuard no_grad;
@@ -73,8 +76,7 @@ AdaFocusV1TSMImpl::AdaFocusV1TSMImpl(const Config& c, int64_t num_classes)
   }
   auto ppo = focuser_holder->register_module("policy", std::make_shared<torch::nn::Module>());
   policy = ppo->register_module("policy", GaussianActorCritic(frames_ * map.size(1), map.size(2) * map.size(3),
-                                                              c.get_int("model.policy_channels"),
-                                                              c.get_int("model.policy_hidden")));
+                                                              o.policy_channels(), o.policy_hidden()));
   classifier = register_module("classifier", torch::nn::Linear(focuser->base_model->feature_dim(), num_classes));
 }
 
@@ -207,11 +209,11 @@ Losses AdaFocusV1TSMImpl::ppo_loss(const Clips& clips, const torch::Tensor& targ
                                clip_, value_weight_, entropy_weight_);
   Losses l;
   l.total = o.loss;
-  l.terms = {{"ppo_reward", reward.mean()},
-             {"ppo_advantage", advantage.abs().mean().detach()},
-             {"ppo_entropy", torch::full({}, entropy)},
-             {"ppo_clip_fraction", o.clip_fraction},
-             {"ppo_value_loss", o.value_loss.detach()}};
+  l.statistics = {{"ppo_reward", reward.mean()},
+                  {"ppo_advantage", advantage.abs().mean().detach()},
+                  {"ppo_entropy", torch::full({}, entropy)},
+                  {"ppo_clip_fraction", o.clip_fraction},
+                  {"ppo_value_loss", o.value_loss.detach()}};
   l.logits = logits;
   set_regions(corners(action, side), l.regions, l.region_frames);
   return l;
@@ -294,6 +296,17 @@ nn::StateDict AdaFocusV1TSMImpl::export_official_state_dict(const nn::StateDict&
 
 OfficialCheckpoint AdaFocusV1TSMImpl::export_official_checkpoint(const nn::StateDict& state) const {
   return v1_official_checkpoint(export_official_state_dict(state), /*policy_in_model=*/false);
+}
+
+MethodInfo adafocus_v1_tsm_method() {
+  MethodInfo m = adafocus_v1_method();
+  m.name = "adafocus_v1_tsm";
+  m.make = [](const Config& c, int64_t classes) {
+    return std::make_shared<AdaFocusV1TSMImpl>(AdaFocusV1TSMOptions::from_config(c), classes);
+  };
+  m.presets = {"sthv1_v1_tsm", "sthv1_v1_tsm_p160", "sthv1_v1_tsm_p176",
+               "sthv2_v1_tsm", "sthv2_v1_tsm_p160", "sthv2_v1_tsm_p176"};
+  return m;
 }
 
 void AdaFocusV1TSMImpl::load_pretrained(const Config& c) {

@@ -35,9 +35,19 @@ class GaussianActorCriticImpl : public torch::nn::Module {
 };
 TORCH_MODULE(GaussianActorCritic);
 
+struct AdaFocusV1TSMOptions {
+  explicit AdaFocusV1TSMOptions(GlanceFocusOptions base) : base_(std::move(base)) {}
+
+  static AdaFocusV1TSMOptions from_config(const Config& config);
+
+  TORCH_ARG(GlanceFocusOptions, base);  ///< focus_frames > 0; the glancer keeps its own head, of the model's classes
+  TORCH_ARG(double, policy_std) = 0.25;  ///< model.policy_std: the Gaussian policy's spread in training
+  TORCH_ARG(PpoOptions, ppo);
+};
+
 class AdaFocusV1TSMImpl : public MethodImpl {
  public:
-  AdaFocusV1TSMImpl(const Config& config, int64_t num_classes);
+  AdaFocusV1TSMImpl(const AdaFocusV1TSMOptions& options, int64_t num_classes);
 
   Prediction predict(const Clips& clips) override;
   Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
@@ -80,5 +90,8 @@ class AdaFocusV1TSMImpl : public MethodImpl {
   double action_std_, clip_, value_weight_, entropy_weight_;
   double lr_policy_, lr_glance_, lr_local_, lr_classifier_;
 };
+
+/// adafocus_v1_tsm in the registry.
+MethodInfo adafocus_v1_tsm_method();
 
 }  // namespace adafocus::methods

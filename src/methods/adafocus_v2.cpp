@@ -30,10 +30,11 @@ PolicySTNImpl::PolicySTNImpl(int64_t map_channels, int64_t map_cells, int64_t ch
   }
 }
 
-torch::Tensor PolicySTNImpl::forward(const torch::Tensor& maps, int64_t frames) {
+torch::Tensor PolicySTNImpl::forward(const torch::Tensor& maps, int64_t frames, torch::Tensor* hidden) {
   auto state = encoder->forward(maps);                          // (B*T, H)
   state = state.view({-1, frames, state.size(1)});              // (B, T, H)
-  auto out = std::get<0>(gru->forward(state));                  // (B, T, H), h0 = 0
+  auto [out, last] = hidden && hidden->defined() ? gru->forward(state, *hidden) : gru->forward(state);  // h0 = 0
+  if (hidden) *hidden = last;                                   // (1, B, H)
   return fc->forward(out.reshape({-1, out.size(2)}));           // (B*T, 2)
 }
 
@@ -49,46 +50,53 @@ PoolingClassifierImpl::PoolingClassifierImpl(int64_t input_dim, int64_t hidden, 
   register_module("classifiers", classifiers);
 }
 
-torch::Tensor PoolingClassifierImpl::forward(const torch::Tensor& features) {
+torch::Tensor PoolingClassifierImpl::forward(const torch::Tensor& features, int64_t first, torch::Tensor* pooled) {
   const int64_t b = features.size(0), t = features.size(1);
-  TORCH_CHECK(t == static_cast<int64_t>(classifiers->size()), "classifier built for ", classifiers->size(),
-              " frames, given ", t);
-  auto z = mlp_layers->forward(features.reshape({b * t, -1})).view({b, t, -1});  // (B, T, H)
+  TORCH_CHECK(first + t <= static_cast<int64_t>(classifiers->size()), "classifier built for ", classifiers->size(),
+              " frames, given steps ", first, " to ", first + t - 1);
+  auto z = mlp_layers->forward(features.reshape({b * t, -1})).view({b, t, -1});  // (B, T', H)
+  if (pooled && pooled->defined()) z = torch::max(z, pooled->unsqueeze(1));       // the earlier steps' max
   z = std::get<0>(torch::cummax(z, 1));                                         // max over frames 0..t
+  if (pooled) *pooled = z.select(1, t - 1);                                     // (B, H)
   std::vector<torch::Tensor> logits;
-  for (int64_t i = 0; i < t; ++i) logits.push_back(classifiers[i]->as<torch::nn::Sequential>()->forward(z.select(1, i)));
-  return torch::stack(logits, 1);  // (B, T, C)
+  for (int64_t i = 0; i < t; ++i)
+    logits.push_back(classifiers[first + i]->as<torch::nn::Sequential>()->forward(z.select(1, i)));
+  return torch::stack(logits, 1);  // (B, T', C)
 }
 
-AdaFocusV2Impl::AdaFocusV2Impl(const Config& c, int64_t num_classes)
-    : frames_(c.get_int("data.segments")),
-      patch_(c.get_int("model.patch_size")),
-      glance_size_(c.get_int("model.glance.resolution")),
-      resize_(c.get_string("model.resize")),
-      policy_(c.get_string("model.policy")),
-      fuse_(c.get_string("model.fuse")),
-      gradient_(c.get_string("model.policy_gradient") == "paper" ? "pixel" : c.get_string("model.policy_gradient")),
-      lr_policy_(c.get_float("train.lr_policy")),
-      lr_glance_(c.get_float("train.lr_glance")),
-      lr_local_(c.get_float("train.lr_local")),
-      lr_classifier_(c.get_float("train.lr_classifier")) {
-  set_policy(policy_);
-  if (gradient_ != "feature" && gradient_ != "pixel")
-    throw Error("model.policy_gradient must be pixel, feature or paper, not '" + gradient_ + "'",
+AdaFocusV2Options AdaFocusV2Options::from_config(const Config& c) {
+  const std::string gradient =
+      c.get_string("model.policy_gradient") == "paper" ? "pixel" : c.get_string("model.policy_gradient");
+  if (gradient != "feature" && gradient != "pixel")
+    throw Error("model.policy_gradient must be pixel, feature or paper, not '" + gradient + "'",
                 c.origin("model.policy_gradient"));
-  if (fuse_ != "concat" && fuse_ != "local")
-    throw Error("model.fuse must be concat or local, not '" + fuse_ + "'", c.origin("model.fuse"));
-  const int64_t input = c.get_int("data.input_size");
-  if (patch_ <= 0 || patch_ > input)
-    throw Error("model.patch_size " + std::to_string(patch_) + " must be in (0, data.input_size = " +
-                    std::to_string(input) + "]",
-                c.origin("model.patch_size"));
+  const std::string fuse = c.get_string("model.fuse");
+  if (fuse != "concat" && fuse != "local")
+    throw Error("model.fuse must be concat or local, not '" + fuse + "'", c.origin("model.fuse"));
+  return AdaFocusV2Options(GlanceFocusOptions::from_config(c, c.get_int("data.segments")))
+      .fuse(fuse)
+      .policy_gradient(gradient)
+      .policy_zero_init(c.get_bool("model.policy_zero_init"));
+}
 
-  global_CNN = register_module("global_CNN", nn::make_backbone(backbone_options(c, "model.glance", 1000, frames_)));
-  local_CNN = register_module("local_CNN", nn::make_backbone(backbone_options(c, "model.local", 1000, frames_)));
-  const double fc_dropout = c.get_float("model.fc_dropout");
-  global_CNN_fc = register_module("global_CNN_fc", dropout_linear(fc_dropout, global_CNN->feature_dim(), num_classes));
-  local_CNN_fc = register_module("local_CNN_fc", dropout_linear(fc_dropout, local_CNN->feature_dim(), num_classes));
+AdaFocusV2Impl::AdaFocusV2Impl(const AdaFocusV2Options& options, int64_t num_classes)
+    : frames_(options.base().frames()),
+      patch_(options.base().patch_size()),
+      glance_size_(options.base().glance_size()),
+      resize_(options.base().resize()),
+      policy_(options.base().policy()),
+      fuse_(options.fuse()),
+      gradient_(options.policy_gradient()),
+      lr_policy_(options.base().lr().policy()),
+      lr_glance_(options.base().lr().glance()),
+      lr_local_(options.base().lr().local()),
+      lr_classifier_(options.base().lr().classifier()) {
+  const GlanceFocusOptions& o = options.base();
+  set_policy(policy_);
+  global_CNN = register_module("global_CNN", nn::make_backbone(o.glance()));
+  local_CNN = register_module("local_CNN", nn::make_backbone(o.local()));
+  global_CNN_fc = register_module("global_CNN_fc", dropout_linear(o.fc_dropout(), global_CNN->feature_dim(), num_classes));
+  local_CNN_fc = register_module("local_CNN_fc", dropout_linear(o.fc_dropout(), local_CNN->feature_dim(), num_classes));
 
   // The policy reads the whole glance feature map: its size depends on the glance network and resolution.
   torch::Tensor map;
@@ -98,39 +106,43 @@ AdaFocusV2Impl::AdaFocusV2Impl(const Config& c, int64_t num_classes)
     map = global_CNN->feature_map(torch::zeros({1, 3, glance_size_, glance_size_}));  // (1, Cg, h, w)
     global_CNN->train();
   }
-  policy_stn = register_module(
-      "policy_stn", PolicySTN(map.size(1), map.size(2) * map.size(3), c.get_int("model.policy_channels"),
-                              c.get_int("model.policy_hidden"), c.get_bool("model.policy_zero_init")));
+  policy_stn = register_module("policy_stn", PolicySTN(map.size(1), map.size(2) * map.size(3), o.policy_channels(),
+                                                       o.policy_hidden(), options.policy_zero_init()));
   const int64_t fused = (fuse_ == "concat" ? global_CNN->feature_dim() : 0) + local_CNN->feature_dim();
-  classifier = register_module("classifier", PoolingClassifier(fused, c.get_int("model.classifier_hidden"), frames_,
-                                                               num_classes, c.get_float("model.dropout")));
+  classifier = register_module(
+      "classifier", PoolingClassifier(fused, o.classifier_hidden(), frames_, num_classes, o.dropout()));
 }
 
 void AdaFocusV2Impl::set_policy(const std::string& policy) { policy_ = checked_policy(policy); }
 
-AdaFocusV2Impl::Glance AdaFocusV2Impl::glance(const torch::Tensor& clip) {
-  TORCH_CHECK(clip.dim() == 5 && clip.size(1) == frames_, "AdaFocusV2: expected clips (B, ", frames_,
-              ", 3, S, S), got ", clip.sizes());
+AdaFocusV2Impl::Glance AdaFocusV2Impl::glance(const torch::Tensor& clips) {
+  TORCH_CHECK(clips.dim() == 5 && clips.size(1) == frames_, "AdaFocusV2: expected clips (B, ", frames_,
+              ", 3, S, S), got ", clips.sizes());
+  return glance_frames(clips.reshape({-1, clips.size(2), clips.size(3), clips.size(4)}));  // (B*T, 3, S, S)
+}
+
+AdaFocusV2Impl::Glance AdaFocusV2Impl::glance_frames(const torch::Tensor& frames) {
   Glance g;
-  g.frames = clip.reshape({-1, clip.size(2), clip.size(3), clip.size(4)});  // (B*T, 3, S, S)
-  g.map = global_CNN->feature_map(resize_frames(g.frames, glance_size_, resize_));  // (B*T, Cg, h, w)
-  g.feature = global_CNN->pool(g.map);                                            // (B*T, Cg)
+  g.frames = frames;                                                               // (B*T', 3, S, S)
+  g.map = global_CNN->feature_map(resize_frames(g.frames, glance_size_, resize_));  // (B*T', Cg, h, w)
+  g.feature = global_CNN->pool(g.map);                                            // (B*T', Cg)
   return g;
 }
 
-torch::Tensor AdaFocusV2Impl::actions(const Glance& g, const std::string& policy) {
+torch::Tensor AdaFocusV2Impl::actions(const Glance& g, const std::string& policy, int64_t steps, torch::Tensor* hidden) {
   const int64_t n = g.frames.size(0);
   if (policy != "learned") return fixed_actions(policy, n, g.frames.options());
   // Stop-gradient on the policy's input: the glance network learns from its own head only.
-  return policy_stn->forward(g.map.detach(), frames_);  // (B*T, 2)
+  return policy_stn->forward(g.map.detach(), steps, hidden);  // (B*T', 2)
 }
 
 std::pair<torch::Tensor, torch::Tensor> AdaFocusV2Impl::focus(const Glance& g, const torch::Tensor& actions,
-                                                               bool feature_gradient) {
-  const auto local = feature_gradient ? feature_gradient_local(g.frames, actions)  // (B*T, Cl)
+                                                               int64_t steps, bool feature_gradient, int64_t first,
+                                                               torch::Tensor* pooled) {
+  const auto local = feature_gradient ? feature_gradient_local(g.frames, actions)  // (B*T', Cl)
                                       : local_CNN->pool(local_CNN->feature_map(nn::crop_patches(g.frames, actions, patch_)));
-  const auto fused = fuse_ == "concat" ? torch::cat({g.feature, local}, 1) : local;  // (B*T, D)
-  return {classifier->forward(fused.view({-1, frames_, fused.size(1)})), local};   // (B, T, C), (B*T, Cl)
+  const auto fused = fuse_ == "concat" ? torch::cat({g.feature, local}, 1) : local;  // (B*T', D)
+  return {classifier->forward(fused.view({-1, steps, fused.size(1)}), first, pooled), local};  // (B, T', C), (B*T', Cl)
 }
 
 torch::Tensor AdaFocusV2Impl::frame_positions(int64_t b, const torch::Device& device) const {
@@ -168,15 +180,18 @@ torch::Tensor AdaFocusV2Impl::feature_gradient_local(const torch::Tensor& frames
 
 Prediction AdaFocusV2Impl::predict(const Clips& clips) {
   const Glance g = glance(clips.frames);
-  const auto a = actions(g, policy_);
-  const auto [logits, local] = focus(g, a);
+  const auto a = actions(g, policy_, frames_);
+  const auto [logits, local] = focus(g, a, frames_);
   Prediction p;
   p.logits = logits;  // (B, T, C): exit t has seen frames 0..t
   p.regions = nn::patch_boxes(a, g.frames.size(2), g.frames.size(3), patch_).view({-1, frames_, 4});  // (B, T, 4)
   p.region_frames = frame_positions(logits.size(0), logits.device());
   // The official forward runs the auxiliary heads at test time too, and the papers' GFLOPs include them (facts §8).
-  p.glance_logits = global_CNN_fc->forward(g.feature).view({-1, frames_, logits.size(2)});  // (B, T, C)
-  p.local_logits = local_CNN_fc->forward(local).view({-1, frames_, logits.size(2)});        // (B, T, C)
+  const auto glance_logits = global_CNN_fc->forward(g.feature).view({-1, frames_, logits.size(2)});  // (B, T, C)
+  p.outputs["glance_logits"] = glance_logits;
+  p.outputs["local_logits"] = local_CNN_fc->forward(local).view({-1, frames_, logits.size(2)});  // (B, T, C)
+  p.outputs["actions"] = a.view({-1, frames_, 2});  // (B, T, 2) (row, column) in [0, 1], as official
+  p.part_logits["glance"] = glance_logits.mean(1);  // (B, C): the glance alone, its head averaged over the frames
   return p;
 }
 
@@ -192,8 +207,8 @@ Losses AdaFocusV2Impl::loss(const Clips& clips, const torch::Tensor& target, con
   Losses out;
   torch::Tensor total = torch::zeros({}, g.frames.options());
   for (const auto& branch : branches) {
-    const auto a = actions(g, branch);                      // (B*T, 2)
-    const auto [logits, local] = focus(g, a, branch == "learned" && gradient_ == "feature");  // (B, T, C), (B*T, Cl)
+    const auto a = actions(g, branch, frames_);              // (B*T, 2)
+    const auto [logits, local] = focus(g, a, frames_, branch == "learned" && gradient_ == "feature");  // (B, T, C), (B*T, Cl)
     if (branch == "learned") {
       out.regions = nn::patch_boxes(a.detach(), g.frames.size(2), g.frames.size(3), patch_).view({-1, frames_, 4});
       out.region_frames = frame_positions(logits.size(0), logits.device());
@@ -211,8 +226,8 @@ Losses AdaFocusV2Impl::loss(const Clips& clips, const torch::Tensor& target, con
   return out;
 }
 
-// The same computations as predict(), one frame at a time: the GRU advances one step, the classifier keeps its
-// running max. The auxiliary heads do not change the prediction and are not run.
+// predict()'s steps (glance, policy, focus) one frame at a time: the policy's GRU state and the classifier's running
+// max carry over between frames. The auxiliary heads do not change the prediction and are not run.
 class V2Stepper : public ExitStepper {
  public:
   V2Stepper(AdaFocusV2Impl& m, const torch::Tensor& clip) : m_(m), clip_(clip) {
@@ -224,23 +239,11 @@ class V2Stepper : public ExitStepper {
     TORCH_CHECK(t_ < m_.frames_, "AdaFocusV2 has ", m_.frames_, " exits");
     // Only this frame of the videos still present is gathered: the batch shrinks without copying whole clips.
     const auto frame = present_.defined() ? clip_.select(1, t_).index_select(0, present_) : clip_.select(1, t_);  // (n, 3, S, S)
-    const auto map = m_.global_CNN->feature_map(resize_frames(frame, m_.glance_size_, m_.resize_));  // (n, Cg, h, w)
-    torch::Tensor a;
-    if (m_.policy_ == "learned") {
-      const auto state = m_.policy_stn->encoder->forward(map).unsqueeze(1);                    // (n, 1, H)
-      auto [out, h] = m_.policy_stn->gru->forward(state, hidden_);
-      hidden_ = h;                                                                               // (1, n, H)
-      a = m_.policy_stn->fc->forward(out.squeeze(1));                                           // (n, 2)
-    } else {
-      a = fixed_actions(m_.policy_, frame.size(0), frame.options());
-    }
-    const auto local = m_.local_CNN->pool(m_.local_CNN->feature_map(nn::crop_patches(frame, a, m_.patch_)));
-    const auto fused = m_.fuse_ == "concat" ? torch::cat({m_.global_CNN->pool(map), local}, 1) : local;  // (n, D)
-    const auto z = m_.classifier->mlp_layers->forward(fused);                                    // (n, H)
-    pooled_ = t_ == 0 ? z : torch::max(pooled_, z);
+    const AdaFocusV2Impl::Glance g = m_.glance_frames(frame);
+    const auto a = m_.actions(g, m_.policy_, 1, &hidden_);                    // (n, 2)
     ExitStep step;
-    step.logits = m_.classifier->classifiers[t_]->as<torch::nn::Sequential>()->forward(pooled_);  // (n, C)
-    step.regions = nn::patch_boxes(a, frame.size(2), frame.size(3), m_.patch_).unsqueeze(1);     // (n, 1, 4)
+    step.logits = m_.focus(g, a, 1, false, t_, &pooled_).first.select(1, 0);  // (n, C)
+    step.regions = nn::patch_boxes(a, frame.size(2), frame.size(3), m_.patch_).unsqueeze(1);  // (n, 1, 4)
     step.region_frames = torch::full({frame.size(0), 1, 1}, t_, torch::kLong);
     ++t_;
     return step;
@@ -282,6 +285,19 @@ nn::StateDict AdaFocusV2Impl::export_official_state_dict(const nn::StateDict& st
   // import_state_dict's inverse: the glance network back to its official layout, the rest as it is.
   return translate_under(state, "global_CNN.",
                          [&](const nn::StateDict& s) { return global_CNN->export_official_state_dict(s); });
+}
+
+MethodInfo adafocus_v2_method() {
+  MethodInfo m;
+  m.name = "adafocus_v2";
+  m.make = [](const Config& c, int64_t classes) {
+    return std::make_shared<AdaFocusV2Impl>(AdaFocusV2Options::from_config(c), classes);
+  };
+  m.pretrained = {"glance", "local"};
+  m.presets = {"activitynet_v2", "activitynet_v2_p96", "activitynet_v2_p160", "activitynet_v2_res50_glance",
+               "fcvid_v2", "minik_v2"};
+  m.dense_baseline = [](const Config& c) { return full_frame_of(c, "local"); };
+  return m;
 }
 
 void AdaFocusV2Impl::load_pretrained(const Config& c) { load_glance_and_local_weights(c, *global_CNN, *local_CNN); }

@@ -5,32 +5,33 @@
 
 namespace adafocus::methods {
 
-AdaFocusV2TSMImpl::AdaFocusV2TSMImpl(const Config& c, int64_t num_classes)
-    : frames_(c.get_int("data.segments")),
-      focus_frames_(c.get_int("data.focus_segments")),
-      patch_(c.get_int("model.patch_size")),
-      lr_policy_(c.get_float("train.lr_policy")),
-      lr_glance_(c.get_float("train.lr_glance")),
-      lr_local_(c.get_float("train.lr_local")) {
-  set_policy(c.get_string("model.policy"));
-  if (focus_frames_ <= 0)
+AdaFocusV2TSMOptions AdaFocusV2TSMOptions::from_config(const Config& c) {
+  if (c.get_int("data.focus_segments") <= 0)
     throw Error("adafocus_v2_tsm needs data.focus_segments > 0 (official: 12 focus frames for 8 glance frames)",
                 c.origin("data.focus_segments"));
-  const double dropout = c.get_float("model.dropout");
-  global_CNN = register_module("global_CNN",
-                               TSN(backbone_options(c, "model.glance", 1000, frames_), num_classes, dropout, true));
-  local_CNN = register_module("local_CNN",
-                              TSN(backbone_options(c, "model.local", 1000, focus_frames_), num_classes, dropout, true));
+  return AdaFocusV2TSMOptions(GlanceFocusOptions::from_config(c, c.get_int("data.focus_segments")))
+      .policy_hidden2(c.get_int("model.policy_hidden2"));
+}
+
+AdaFocusV2TSMImpl::AdaFocusV2TSMImpl(const AdaFocusV2TSMOptions& options, int64_t num_classes)
+    : frames_(options.base().frames()),
+      focus_frames_(options.base().focus_frames()),
+      patch_(options.base().patch_size()),
+      lr_policy_(options.base().lr().policy()),
+      lr_glance_(options.base().lr().glance()),
+      lr_local_(options.base().lr().local()) {
+  const GlanceFocusOptions& o = options.base();
+  set_policy(o.policy());
+  global_CNN = register_module("global_CNN", TSN(o.glance(), num_classes, o.dropout(), true));
+  local_CNN = register_module("local_CNN", TSN(o.local(), num_classes, o.dropout(), true));
   torch::Tensor map;
   {
     torch::NoGradGuard no_grad;
     global_CNN->eval();
-    const int64_t side = c.get_int("data.input_size");
-    global_CNN->features(torch::zeros({frames_, 3, side, side}), &map);  // (T, Cg, h, w)
+    global_CNN->features(torch::zeros({frames_, 3, o.input_size(), o.input_size()}), &map);  // (T, Cg, h, w)
     global_CNN->train();
   }
-  const int64_t channels = c.get_int("model.policy_channels"), hidden = c.get_int("model.policy_hidden"),
-                hidden2 = c.get_int("model.policy_hidden2");
+  const int64_t channels = o.policy_channels(), hidden = o.policy_hidden(), hidden2 = options.policy_hidden2();
   policy_stn->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(frames_ * map.size(1), channels, 1).bias(false)));
   policy_stn->push_back(torch::nn::BatchNorm2d(channels));
   policy_stn->push_back(torch::nn::Tanh());
@@ -150,6 +151,18 @@ nn::StateDict AdaFocusV2TSMImpl::export_official_state_dict(const nn::StateDict&
                           [&](const nn::StateDict& s) { return tsn->base_model->export_official_state_dict(s); });
   }
   return out;
+}
+
+MethodInfo adafocus_v2_tsm_method() {
+  MethodInfo m;
+  m.name = "adafocus_v2_tsm";
+  m.make = [](const Config& c, int64_t classes) {
+    return std::make_shared<AdaFocusV2TSMImpl>(AdaFocusV2TSMOptions::from_config(c), classes);
+  };
+  m.pretrained = {"glance", "local"};
+  m.presets = {"sthv1_v2_tsm", "sthv2_v2_tsm", "jester_v2_tsm"};
+  m.dense_baseline = [](const Config& c) { return full_frame_of(c, "local"); };
+  return m;
 }
 
 void AdaFocusV2TSMImpl::load_pretrained(const Config& c) {

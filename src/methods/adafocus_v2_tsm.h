@@ -8,12 +8,23 @@
 #pragma once
 
 #include "methods/baselines.h"
+#include "methods/options.h"
+#include "methods/registry.h"
 
 namespace adafocus::methods {
 
+struct AdaFocusV2TSMOptions {
+  explicit AdaFocusV2TSMOptions(GlanceFocusOptions base) : base_(std::move(base)) {}
+
+  static AdaFocusV2TSMOptions from_config(const Config& config);
+
+  TORCH_ARG(GlanceFocusOptions, base);          ///< focus_frames > 0: the local network's own clip
+  TORCH_ARG(int64_t, policy_hidden2) = 512;     ///< model.policy_hidden2: the policy MLP's second layer
+};
+
 class AdaFocusV2TSMImpl : public MethodImpl {
  public:
-  AdaFocusV2TSMImpl(const Config& config, int64_t num_classes);
+  AdaFocusV2TSMImpl(const AdaFocusV2TSMOptions& options, int64_t num_classes);
 
   Prediction predict(const Clips& clips) override;
   Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
@@ -42,5 +53,8 @@ class AdaFocusV2TSMImpl : public MethodImpl {
   std::string policy_;
   double lr_policy_, lr_glance_, lr_local_;
 };
+
+/// adafocus_v2_tsm in the registry.
+MethodInfo adafocus_v2_tsm_method();
 
 }  // namespace adafocus::methods

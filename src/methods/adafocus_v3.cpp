@@ -108,51 +108,58 @@ torch::Tensor CubeClassifierImpl::forward(const torch::Tensor& glance_features, 
   return torch::stack(logits, 1);  // (B, K + 1, C)
 }
 
-AdaFocusV3Impl::AdaFocusV3Impl(const Config& c, int64_t num_classes)
-    : frames_(c.get_int("data.segments")),
-      length_(c.get_int("model.cube_frames")),
-      patch_(c.get_int("model.patch_size")),
-      glance_size_(c.get_int("model.glance.resolution")),
-      resize_(c.get_string("model.resize")),
-      gradient_(c.get_string("model.policy_gradient") == "paper" ? "feature" : c.get_string("model.policy_gradient")),
-      lr_policy_(c.get_float("train.lr_policy")),
-      lr_glance_(c.get_float("train.lr_glance")),
-      lr_local_(c.get_float("train.lr_local")),
-      lr_classifier_(c.get_float("train.lr_classifier")) {
-  set_policy(c.get_string("model.policy"));
-  if (gradient_ != "feature" && gradient_ != "pixel")
-    throw Error("model.policy_gradient must be feature, pixel or paper, not '" + gradient_ + "'",
+AdaFocusV3Options AdaFocusV3Options::from_config(const Config& c) {
+  const std::string gradient =
+      c.get_string("model.policy_gradient") == "paper" ? "feature" : c.get_string("model.policy_gradient");
+  if (gradient != "feature" && gradient != "pixel")
+    throw Error("model.policy_gradient must be feature, pixel or paper, not '" + gradient + "'",
                 c.origin("model.policy_gradient"));
   if (c.get_bool("data.input_order"))
     throw Error("adafocus_v3 places cubes in time: it needs the frames in time order", c.origin("data.input_order"),
                 "set data.input_order=false");
-  const int64_t input = c.get_int("data.input_size");
-  const int64_t source_frames = c.get_int("data.focus_segments") > 0 ? c.get_int("data.focus_segments") : frames_;
-  if (length_ < 1 || length_ > source_frames)
+  const int64_t length = c.get_int("model.cube_frames"), cubes = c.get_int("model.cubes");
+  const int64_t source_frames = c.get_int("data.focus_segments") > 0 ? c.get_int("data.focus_segments")
+                                                                       : c.get_int("data.segments");
+  if (length < 1 || length > source_frames)
     throw Error("model.cube_frames must be in [1, " + std::to_string(source_frames) + "] (the frames cubes are cut from)",
                 c.origin("model.cube_frames"));
-  // Choice: by default as many cubes as fit side by side in time (frame-wise: one per frame; 12 of 24: 2).
-  source_frames_ = source_frames;
-  cubes_ = c.get_int("model.cubes") > 0 ? c.get_int("model.cubes") : source_frames / length_;
-  if (length_ == 1 && cubes_ > source_frames)
-    throw Error("model.cubes " + std::to_string(cubes_) + ": frame-wise cubes take each frame at most once, and the clip has " +
+  if (length == 1 && cubes > source_frames)
+    throw Error("model.cubes " + std::to_string(cubes) + ": frame-wise cubes take each frame at most once, and the clip has " +
                     std::to_string(source_frames),
                 c.origin("model.cubes"));
-  if (patch_ <= 0 || patch_ > input)
-    throw Error("model.patch_size " + std::to_string(patch_) + " must be in (0, data.input_size = " +
-                    std::to_string(input) + "]",
-                c.origin("model.patch_size"));
-
-  global_CNN = register_module("global_CNN", nn::make_backbone(backbone_options(c, "model.glance", 1000, frames_)));
-  local_CNN = register_module("local_CNN", nn::make_backbone(backbone_options(c, "model.local", 1000, length_)));
-  const double fc_dropout = c.get_float("model.fc_dropout");
-  global_CNN_fc = register_module("global_CNN_fc", dropout_linear(fc_dropout, global_CNN->feature_dim(), num_classes));
-  local_CNN_fc = register_module("local_CNN_fc", dropout_linear(fc_dropout, local_CNN->feature_dim(), num_classes));
-  if (gradient_ == "feature" && length_ + 1 > source_frames)
-    throw Error("the deep-feature gradient cuts cubes one frame longer (" + std::to_string(length_ + 1) +
+  if (gradient == "feature" && length + 1 > source_frames)
+    throw Error("the deep-feature gradient cuts cubes one frame longer (" + std::to_string(length + 1) +
                     " frames): they do not fit in the " + std::to_string(source_frames) + " frames cubes are cut from",
                 c.origin("model.policy_gradient"), "use fewer model.cube_frames or model.policy_gradient=pixel");
+  if (c.get_string("model.fuse") != "concat" && c.get_string("model.fuse") != "local")
+    throw Error("model.fuse must be concat or local", c.origin("model.fuse"));
+  return AdaFocusV3Options(GlanceFocusOptions::from_config(c, length))
+      .cube_frames(length)
+      .cubes(cubes)
+      .policy_gradient(gradient)
+      .fuse(c.get_string("model.fuse"));
+}
 
+AdaFocusV3Impl::AdaFocusV3Impl(const AdaFocusV3Options& options, int64_t num_classes)
+    : frames_(options.base().frames()),
+      source_frames_(options.base().focus_frames() > 0 ? options.base().focus_frames() : frames_),
+      length_(options.cube_frames()),
+      patch_(options.base().patch_size()),
+      glance_size_(options.base().glance_size()),
+      resize_(options.base().resize()),
+      gradient_(options.policy_gradient()),
+      lr_policy_(options.base().lr().policy()),
+      lr_glance_(options.base().lr().glance()),
+      lr_local_(options.base().lr().local()),
+      lr_classifier_(options.base().lr().classifier()) {
+  const GlanceFocusOptions& o = options.base();
+  set_policy(o.policy());
+  // Choice: by default as many cubes as fit side by side in time (frame-wise: one per frame; 12 of 24: 2).
+  cubes_ = options.cubes() > 0 ? options.cubes() : source_frames_ / length_;
+  global_CNN = register_module("global_CNN", nn::make_backbone(o.glance()));
+  local_CNN = register_module("local_CNN", nn::make_backbone(o.local()));
+  global_CNN_fc = register_module("global_CNN_fc", dropout_linear(o.fc_dropout(), global_CNN->feature_dim(), num_classes));
+  local_CNN_fc = register_module("local_CNN_fc", dropout_linear(o.fc_dropout(), local_CNN->feature_dim(), num_classes));
   torch::Tensor map;
   {
     torch::NoGradGuard no_grad;
@@ -160,14 +167,11 @@ AdaFocusV3Impl::AdaFocusV3Impl(const Config& c, int64_t num_classes)
     map = global_CNN->feature_map(torch::zeros({frames_, 3, glance_size_, glance_size_}));  // (T, Cg, h, w)
     global_CNN->train();
   }
-  policy = register_module("policy", CubePolicy(map.size(1), frames_, map.size(2), map.size(3),
-                                                c.get_int("model.policy_channels"),
-                                                spread_times(cubes_, source_frames, length_)));
-  if (c.get_string("model.fuse") != "concat" && c.get_string("model.fuse") != "local")
-    throw Error("model.fuse must be concat or local", c.origin("model.fuse"));
-  classifier = register_module(
-      "classifier", CubeClassifier(global_CNN->feature_dim(), local_CNN->feature_dim(), c.get_int("model.classifier_hidden"),
-                                   cubes_, num_classes, c.get_float("model.dropout"), c.get_string("model.fuse") == "concat"));
+  policy = register_module("policy", CubePolicy(map.size(1), frames_, map.size(2), map.size(3), o.policy_channels(),
+                                                spread_times(cubes_, source_frames_, length_)));
+  classifier = register_module("classifier",
+                               CubeClassifier(global_CNN->feature_dim(), local_CNN->feature_dim(), o.classifier_hidden(),
+                                              cubes_, num_classes, o.dropout(), options.fuse() == "concat"));
 }
 
 void AdaFocusV3Impl::set_policy(const std::string& p) {
@@ -418,6 +422,18 @@ Prediction AdaFocusV3Impl::predict(const Clips& clips) {
 }
 
 std::unique_ptr<ExitStepper> AdaFocusV3Impl::stepper(const Clips& clips) { return std::make_unique<V3Stepper>(*this, clips); }
+
+MethodInfo adafocus_v3_method() {
+  MethodInfo m;
+  m.name = "adafocus_v3";
+  m.make = [](const Config& c, int64_t classes) {
+    return std::make_shared<AdaFocusV3Impl>(AdaFocusV3Options::from_config(c), classes);
+  };
+  m.pretrained = {"glance", "local"};
+  m.presets = {"activitynet_v3", "activitynet_v3_p96", "fcvid_v3", "minik_v3", "sthv1_v3_tsm", "sthv2_v3_tsm"};
+  m.dense_baseline = [](const Config& c) { return full_frame_of(c, "local"); };
+  return m;
+}
 
 void AdaFocusV3Impl::load_pretrained(const Config& c) { load_glance_and_local_weights(c, *global_CNN, *local_CNN); }
 

@@ -19,6 +19,8 @@
 #pragma once
 
 #include "methods/method.h"
+#include "methods/options.h"
+#include "methods/registry.h"
 
 namespace adafocus::methods {
 
@@ -64,9 +66,21 @@ class CubeClassifierImpl : public torch::nn::Module {
 };
 TORCH_MODULE(CubeClassifier);
 
+struct AdaFocusV3Options {
+  explicit AdaFocusV3Options(GlanceFocusOptions base) : base_(std::move(base)) {}
+
+  static AdaFocusV3Options from_config(const Config& config);
+
+  TORCH_ARG(GlanceFocusOptions, base);                 ///< focus_frames > 0: cubes are cut from the focus clip
+  TORCH_ARG(int64_t, cube_frames) = 1;                 ///< model.cube_frames (L)
+  TORCH_ARG(int64_t, cubes) = 0;                       ///< model.cubes (K; 0: as many as fit side by side in time)
+  TORCH_ARG(std::string, policy_gradient) = "feature"; ///< model.policy_gradient: feature (V3's) | pixel
+  TORCH_ARG(std::string, fuse) = "concat";             ///< model.fuse: p_k reads concat[local, glance] | local
+};
+
 class AdaFocusV3Impl : public MethodImpl {
  public:
-  AdaFocusV3Impl(const Config& config, int64_t num_classes);
+  AdaFocusV3Impl(const AdaFocusV3Options& options, int64_t num_classes);
 
   Prediction predict(const Clips& clips) override;
   Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
@@ -109,5 +123,8 @@ class AdaFocusV3Impl : public MethodImpl {
   std::string resize_, policy_, gradient_;
   double lr_policy_, lr_glance_, lr_local_, lr_classifier_;
 };
+
+/// adafocus_v3 in the registry.
+MethodInfo adafocus_v3_method();
 
 }  // namespace adafocus::methods

@@ -121,36 +121,49 @@ torch::Tensor action_fractions(const GateMasks& gates, bool per_video) {
   return counts / static_cast<double>(total);
 }
 
-AdaFuseImpl::AdaFuseImpl(const Config& c, int64_t num_classes)
-    : frames_(c.get_int("data.segments")),
-      resolution_(c.get_int("model.backbone.resolution")),
-      resize_(c.get_string("model.resize")),
-      flops_loss_(c.get_string("model.adafuse.flops_loss")),
-      tau_(c.get_float("model.adafuse.tau")),
-      flops_weight_(c.get_float("model.adafuse.flops_weight")),
-      lr_backbone_(c.get_float("train.lr_local")),
-      lr_policy_(c.get_float("train.lr_policy")),
-      lr_classifier_(c.get_float("train.lr_classifier")) {
-  if (resolution_ <= 0) resolution_ = c.get_int("data.input_size");
+AdaFuseOptions AdaFuseOptions::from_config(const Config& c) {
   const std::string arch = c.get_string("model.backbone.arch");
   if (arch.rfind("resnet", 0) != 0)
     throw Error("adafuse gates ResNet blocks, not " + arch, c.origin("model.backbone.arch"),
                 "use resnet50 (official), resnet18, resnet34 or resnet10");
-  if (flops_loss_ != "real" && flops_loss_ != "upb")
+  const std::string flops_loss = c.get_string("model.adafuse.flops_loss");
+  if (flops_loss != "real" && flops_loss != "upb")
     throw Error("model.adafuse.flops_loss must be real or upb", c.origin("model.adafuse.flops_loss"));
   const std::string test_gates = c.get_string("model.adafuse.test_gates");
   if (test_gates != "sample" && test_gates != "argmax")
     throw Error("model.adafuse.test_gates must be sample or argmax", c.origin("model.adafuse.test_gates"));
-  argmax_at_test = test_gates == "argmax";
-  inference = parse_inference(c.get_string("model.adafuse.inference"), c.origin("model.adafuse.inference"));
   const auto stages = c.get_ints("model.adafuse.stages");
   for (int64_t s : stages)
     if (s < 0 || s > 3) throw Error("model.adafuse.stages are residual stages 0-3 (layer1-4)", c.origin("model.adafuse.stages"));
-  const int64_t hidden = c.get_int("model.adafuse.hidden"), quota = c.get_int("model.adafuse.hidden_quota");
+  return AdaFuseOptions(FullFrameOptions::from_config(c))
+      .stages(stages)
+      .hidden(c.get_int("model.adafuse.hidden"))
+      .hidden_quota(c.get_int("model.adafuse.hidden_quota"))
+      .tau(c.get_float("model.adafuse.tau"))
+      .flops_weight(c.get_float("model.adafuse.flops_weight"))
+      .flops_loss(flops_loss)
+      .argmax_at_test(test_gates == "argmax")
+      .inference(parse_inference(c.get_string("model.adafuse.inference"), c.origin("model.adafuse.inference")));
+}
+
+AdaFuseImpl::AdaFuseImpl(const AdaFuseOptions& o, int64_t num_classes)
+    : inference(o.inference()),
+      argmax_at_test(o.argmax_at_test()),
+      frames_(o.network().frames()),
+      resolution_(o.network().resolution()),
+      resize_(o.network().resize()),
+      flops_loss_(o.flops_loss()),
+      tau_(o.tau()),
+      flops_weight_(o.flops_weight()),
+      lr_backbone_(o.network().lr().local()),
+      lr_policy_(o.network().lr().policy()),
+      lr_classifier_(o.network().lr().classifier()) {
+  const auto& stages = o.stages();
+  const int64_t hidden = o.hidden(), quota = o.hidden_quota();
   shared_ = quota > 0;
 
   // The official TSN: base_model (its fc unused), dropout, new_fc; registered under the official names.
-  tsn = TSN(backbone_options(c, "model.backbone", 1000, frames_), num_classes, c.get_float("model.dropout"), false);
+  tsn = TSN(o.network().backbone(), num_classes, o.network().dropout(), false);
   register_module("base_model", tsn->base_model);
   register_module("dropout", tsn->dropout);
   register_module("new_fc", tsn->new_fc);
@@ -401,7 +414,10 @@ Prediction AdaFuseImpl::predict(const Clips& clips) {
   p.logits = per_frame.view({b, frames_, -1}).mean(1).unsqueeze(1);  // (B, 1, C): average consensus
   p.gflops = (gate_flops(gates, base_gflops(resolution_), true).real * static_cast<double>(frames_))
                  .to(torch::kDouble).expand({b}).contiguous().cpu();
-  if (!gates.masks.empty()) p.gate_fractions = action_fractions(gates, true).flip(-1).to(torch::kDouble).cpu();
+  if (!gates.masks.empty()) {
+    const auto fractions = action_fractions(gates, true).to(torch::kDouble).cpu();  // (B, 3) [skip, reuse, keep]
+    p.video_means = {{"kept", fractions.select(1, 2)}, {"reused", fractions.select(1, 1)}, {"skipped", fractions.select(1, 0)}};
+  }
   return p;
 }
 
@@ -419,12 +435,13 @@ Losses AdaFuseImpl::loss(const Clips& clips, const torch::Tensor& target, const 
   const double weight = context.epoch >= context.policy_from_epoch ? flops_weight_ : 0.0;
   Losses out;
   out.total = ce + weight * counted.abs();
-  out.terms = {{"ce", ce.detach()}, {"gflops", f.real.detach()}, {"gflops_upb", f.upper_bound.detach()}};
+  out.terms = {{"ce", ce.detach()}, {"gflops_term", (weight * counted.abs()).detach()}};
+  out.statistics = {{"gflops", f.real.detach()}, {"gflops_upb", f.upper_bound.detach()}};
   if (!gates.masks.empty()) {
     const auto fractions = action_fractions(gates, false).detach();  // [skip, reuse, keep]
-    out.terms.push_back({"kept", fractions[2]});
-    out.terms.push_back({"reused", fractions[1]});
-    out.terms.push_back({"skipped", fractions[0]});
+    out.statistics.push_back({"kept", fractions[2]});
+    out.statistics.push_back({"reused", fractions[1]});
+    out.statistics.push_back({"skipped", fractions[0]});
   }
   out.logits = logits.detach();
   return out;
@@ -504,6 +521,28 @@ nn::StateDict AdaFuseImpl::export_official_state_dict(const nn::StateDict& state
     }
   }
   return out;
+}
+
+MethodInfo adafuse_method() {
+  MethodInfo m;
+  m.name = "adafuse";
+  m.make = [](const Config& c, int64_t classes) {
+    return std::make_shared<AdaFuseImpl>(AdaFuseOptions::from_config(c), classes);
+  };
+  m.pretrained = {"backbone"};
+  m.presets = {"sthv1_adafuse_tsn", "sthv1_adafuse_tsm", "sthv1_adafuse_tsm_last",
+               "sthv2_adafuse_tsn", "sthv2_adafuse_tsm", "sthv2_adafuse_tsm_last"};
+  m.statistics = {{"gflops", "GFLOPs {:.4g}"}, {"gflops_upb", ""}, {"kept", ""}, {"reused", ""}, {"skipped", "skip {:.2f}"}};
+  m.dense_baseline = [](const Config& c) { return full_frame_of(c, "backbone"); };
+  // Each way of running the gates (model.adafuse.inference) on its own, against the same dense baseline.
+  m.bench_label = "gated channels only";
+  m.baseline_label = "dense baseline";
+  m.bench_variants = {{"frame by frame", {"model.adafuse.inference=frames"}, false},
+                      {"batched union", {"model.adafuse.inference=batch"}, false},
+                      {"gates, dense compute", {"model.adafuse.inference=dense"}, true}};
+  m.flops_note = "every channel computed (gates included); what the gates save depends on the video: `adafocus eval` "
+                 "counts it per video (official real and upper-bound formulas)";
+  return m;
 }
 
 void AdaFuseImpl::load_pretrained(const Config& c) {

@@ -80,10 +80,26 @@ GateFlops gate_flops(const GateMasks& gates, double base_gflops, bool per_video)
 /// Fractions [skip, reuse, keep] of all gated channels of all frames: per video (B, 3) or for the batch (3,).
 torch::Tensor action_fractions(const GateMasks& gates, bool per_video);
 
+struct AdaFuseOptions {
+  explicit AdaFuseOptions(FullFrameOptions network) : network_(std::move(network)) {}
+
+  static AdaFuseOptions from_config(const Config& config);
+
+  TORCH_ARG(FullFrameOptions, network);         ///< the gated TSN/TSM (model.backbone: a ResNet)
+  TORCH_ARG(std::vector<int64_t>, stages) = std::vector<int64_t>{0, 1, 2, 3};  ///< model.adafuse.stages
+  TORCH_ARG(int64_t, hidden) = 1024;            ///< model.adafuse.hidden
+  TORCH_ARG(int64_t, hidden_quota) = 0;         ///< model.adafuse.hidden_quota (> 0: shared policies)
+  TORCH_ARG(double, tau) = 0.67;                ///< model.adafuse.tau
+  TORCH_ARG(double, flops_weight) = 0.125;      ///< model.adafuse.flops_weight
+  TORCH_ARG(std::string, flops_loss) = "upb";   ///< model.adafuse.flops_loss: upb | real
+  TORCH_ARG(bool, argmax_at_test) = false;      ///< model.adafuse.test_gates: argmax (true) | sample
+  TORCH_ARG(Inference, inference) = Inference::Auto;  ///< model.adafuse.inference
+};
+
 class AdaFuseImpl : public MethodImpl {
  public:
-  AdaFuseImpl(const Config& config, int64_t num_classes);
-  /// Also fills Prediction::gflops (per video, real) and gate_fractions.
+  AdaFuseImpl(const AdaFuseOptions& options, int64_t num_classes);
+  /// Also fills Prediction::gflops (per video, real) and video_means kept, reused and skipped.
   Prediction predict(const Clips& clips) override;
   Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
   std::vector<ParamGroup> param_groups() override;
@@ -114,5 +130,8 @@ class AdaFuseImpl : public MethodImpl {
   std::map<int64_t, double> base_gflops_;  // by resolution
   bool shared_ = false;
 };
+
+/// adafuse in the registry.
+MethodInfo adafuse_method();
 
 }  // namespace adafocus::methods

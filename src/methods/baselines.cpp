@@ -49,14 +49,23 @@ nn::StateDict TSNImpl::unused_classifier() const {
   return out;
 }
 
-FullFrameImpl::FullFrameImpl(const Config& c, int64_t num_classes)
-    : frames_(c.get_int("data.segments")),
-      resolution_(c.get_int("model.backbone.resolution")),
-      resize_(c.get_string("model.resize")),
-      lr_backbone_(c.get_float("train.lr_local")),
-      lr_classifier_(c.get_float("train.lr_classifier")) {
-  if (resolution_ <= 0) resolution_ = c.get_int("data.input_size");
-  tsn = TSN(backbone_options(c, "model.backbone", 1000, frames_), num_classes, c.get_float("model.dropout"), false);
+FullFrameOptions FullFrameOptions::from_config(const Config& c) {
+  const int64_t frames = c.get_int("data.segments"), resolution = c.get_int("model.backbone.resolution");
+  return FullFrameOptions(backbone_options(c, "model.backbone", 1000, frames))
+      .frames(frames)
+      .resolution(resolution > 0 ? resolution : c.get_int("data.input_size"))
+      .resize(c.get_string("model.resize"))
+      .dropout(c.get_float("model.dropout"))
+      .lr(LearningRates::from_config(c));
+}
+
+FullFrameImpl::FullFrameImpl(const FullFrameOptions& o, int64_t num_classes)
+    : frames_(o.frames()),
+      resolution_(o.resolution()),
+      resize_(o.resize()),
+      lr_backbone_(o.lr().local()),
+      lr_classifier_(o.lr().classifier()) {
+  tsn = TSN(o.backbone(), num_classes, o.dropout(), false);
   // Registered under the official TSN names (base_model.*, new_fc.*), not under "tsn.".
   register_module("base_model", tsn->base_model);
   register_module("dropout", tsn->dropout);
@@ -106,6 +115,27 @@ nn::StateDict FullFrameImpl::import_state_dict(const nn::StateDict& state) const
   for (const auto& item : tsn->unused_classifier())
     if (!out.contains(item.key())) out.insert(item.key(), item.value());
   return out;
+}
+
+MethodInfo full_frame_method() {
+  MethodInfo m;
+  m.name = "full_frame";
+  m.make = [](const Config& c, int64_t classes) {
+    return std::make_shared<FullFrameImpl>(FullFrameOptions::from_config(c), classes);
+  };
+  m.pretrained = {"backbone"};
+  m.dense_baseline = [](const Config& c) { return c; };
+  return m;
+}
+
+Config full_frame_of(const Config& config, const std::string& section) {
+  Config c = config;
+  c.set("model.method", "full_frame", "the full-frame baseline");
+  if (section == "backbone") return c;
+  for (const char* key : {"arch", "stem", "width_mult", "base_width", "tsm", "shift_div"})
+    c.copy("model." + section + "." + key, std::string("model.backbone.") + key, "the full-frame baseline");
+  c.set("model.backbone.resolution", "0", "the full-frame baseline");  // the whole input
+  return c;
 }
 
 void FullFrameImpl::load_pretrained(const Config& c) {

@@ -6,6 +6,8 @@
 #pragma once
 
 #include "methods/method.h"
+#include "methods/options.h"
+#include "methods/registry.h"
 
 namespace adafocus::methods {
 
@@ -26,10 +28,25 @@ class TSNImpl : public torch::nn::Module {
 };
 TORCH_MODULE(TSN);
 
+/// One network on whole frames (TSN, or TSM with the backbone's shift), resized to its resolution: the full-frame
+/// baselines, and AdaFuse's network.
+struct FullFrameOptions {
+  explicit FullFrameOptions(nn::BackboneOptions backbone) : backbone_(std::move(backbone)) {}
+
+  static FullFrameOptions from_config(const Config& config);
+
+  TORCH_ARG(nn::BackboneOptions, backbone);     ///< model.backbone, TSM over the clip's frames
+  TORCH_ARG(int64_t, frames) = 16;              ///< data.segments (T)
+  TORCH_ARG(int64_t, resolution) = 224;         ///< model.backbone.resolution, else data.input_size (R)
+  TORCH_ARG(std::string, resize) = "bilinear";  ///< model.resize: how frames are shrunk to R
+  TORCH_ARG(double, dropout) = 0.2;             ///< model.dropout
+  TORCH_ARG(LearningRates, lr);                 ///< local: the backbone's multiplier; classifier
+};
+
 /// TSN/TSM on whole frames, resized to model.backbone.resolution: full_frame_low_res / full_frame_full_res.
 class FullFrameImpl : public MethodImpl {
  public:
-  FullFrameImpl(const Config& config, int64_t num_classes);
+  FullFrameImpl(const FullFrameOptions& options, int64_t num_classes);
   Prediction predict(const Clips& clips) override;
   Losses loss(const Clips& clips, const torch::Tensor& target, const StepContext& context) override;
   std::vector<ParamGroup> param_groups() override;
@@ -46,6 +63,12 @@ class FullFrameImpl : public MethodImpl {
   std::string resize_;
   double lr_backbone_, lr_classifier_;
 };
+
+/// full_frame in the registry.
+MethodInfo full_frame_method();
+/// Configuration of the full-frame network (model.method full_frame) of the `section` backbone of `config` (model.local
+/// for the methods with patches: at the full input size), which a method's measured speed is compared with.
+Config full_frame_of(const Config& config, const std::string& section);
 
 /// Named parameters of `module` with `prefix.` in front, for ParamGroup.
 std::vector<std::pair<std::string, torch::Tensor>> prefixed_parameters(const std::string& prefix,

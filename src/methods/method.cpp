@@ -2,13 +2,6 @@
 
 #include "core/error.h"
 #include "io/pth.h"
-#include "methods/adafocus_v1.h"
-#include "methods/adafocus_v1_tsm.h"
-#include "methods/adafocus_v2.h"
-#include "methods/adafocus_v2_tsm.h"
-#include "methods/adafocus_v3.h"
-#include "methods/adafuse.h"
-#include "methods/baselines.h"
 #include "nn/kernels.h"
 
 namespace adafocus::methods {
@@ -77,23 +70,6 @@ nn::StateDict without_keys(const nn::StateDict& state, const nn::StateDict& drop
   for (const auto& item : state)
     if (!drop.contains(item.key())) out.insert(item.key(), item.value());
   return out;
-}
-
-Method make_method(const Config& config, int64_t num_classes) {
-  const std::string method = config.get_string("model.method");
-  if (method == "adafocus_v1") return std::make_shared<AdaFocusV1Impl>(config, num_classes);
-  if (method == "adafocus_v1_tsm") return std::make_shared<AdaFocusV1TSMImpl>(config, num_classes);
-  if (method == "adafocus_v2") return std::make_shared<AdaFocusV2Impl>(config, num_classes);
-  if (method == "adafocus_v2_tsm") return std::make_shared<AdaFocusV2TSMImpl>(config, num_classes);
-  if (method == "adafocus_v3") return std::make_shared<AdaFocusV3Impl>(config, num_classes);
-  if (method == "adafuse") return std::make_shared<AdaFuseImpl>(config, num_classes);
-  if (method == "full_frame") return std::make_shared<FullFrameImpl>(config, num_classes);
-  throw Error("unknown method '" + method + "'", config.origin("model.method"),
-              "use adafocus_v1, adafocus_v1_tsm, adafocus_v2, adafocus_v2_tsm, adafocus_v3, adafuse or full_frame");
-}
-
-int64_t training_stages(const std::string& method) {
-  return method == "adafocus_v1" || method == "adafocus_v1_tsm" ? 4 : 1;
 }
 
 nn::BackboneOptions backbone_options(const Config& c, const std::string& section, int64_t num_classes,

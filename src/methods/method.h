@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -29,16 +30,26 @@ struct Prediction {
   torch::Tensor regions;  ///< (B, R, 4) boxes (x, y, w, h) in input pixels; undefined for full-frame methods
   torch::Tensor region_frames;  ///< (B, R, F) int64: the clip positions each region spans, in the focus clip when
                                 ///< the method has one, else in the clip (V2: R = T, F = 1; V2-TSM: R = 1, F = Tf)
-  torch::Tensor glance_logits, local_logits;  ///< V2: (B, T, C) the auxiliary heads' per-frame predictions from the
-                                              ///< glance alone and from the patch alone; undefined otherwise
-  torch::Tensor gflops;          ///< (B,) double: methods whose cost depends on the video (AdaFuse) - each video's
-                                 ///< counted GFLOPs; undefined otherwise
-  torch::Tensor gate_fractions;  ///< AdaFuse: (B, 3) double, fractions of the gated channels [kept, reused, skipped]
+  torch::Tensor gflops;  ///< (B,) double: methods whose cost depends on the video (AdaFuse) - each video's counted
+                         ///< GFLOPs; undefined otherwise
+  /// What only this method computes, by name, batch first: predict --raw and --output write them under these names
+  /// (AdaFocusV2: glance_logits and local_logits (B, T, C), its auxiliary heads' per-frame predictions; actions
+  /// (B, T, 2), its policy's (row, column) as official).
+  std::map<std::string, torch::Tensor> outputs;
+  /// Figures an evaluation reports as their mean over the videos, by name: (B,) double per video (AdaFuse: kept,
+  /// reused and skipped, the fractions of its gated channels).
+  std::map<std::string, torch::Tensor> video_means;
+  /// Predictions of a part of the method alone, by name: (B, C) logits whose top-1 an evaluation reports as
+  /// <name>_top1 (AdaFocusV2: glance, its glance head averaged over the frames).
+  std::map<std::string, torch::Tensor> part_logits;
 };
 
 struct Losses {
   torch::Tensor total;                                     ///< scalar, what is minimised
-  std::vector<std::pair<std::string, torch::Tensor>> terms;  ///< named parts, for the log
+  std::vector<std::pair<std::string, torch::Tensor>> terms;  ///< named parts of `total`, detached
+  /// What the method reports of this step, detached scalars by name (the names its MethodInfo lists): the trainer
+  /// averages them per epoch into metrics.jsonl (AdaFocus V1's PPO reward, AdaFuse's GFLOPs and gate fractions).
+  std::vector<std::pair<std::string, torch::Tensor>> statistics;
   torch::Tensor logits;                                    ///< (B, C) final prediction of the step (accuracy)
   /// Where the learned policy looked in this step, detached, as Prediction's regions (B, R, 4) and region_frames
   /// (B, R, F): the training log follows the policy. Undefined when no learned policy ran.
@@ -139,11 +150,9 @@ class MethodImpl : public torch::nn::Module {
 
 using Method = std::shared_ptr<MethodImpl>;
 
-/// The method the config describes (model.method), with `num_classes` outputs, initialised as its paper does.
+/// The method the config describes (model.method, methods/registry.h), with `num_classes` outputs, initialised as
+/// its paper does.
 Method make_method(const Config& config, int64_t num_classes);
-
-/// How many stages `method` trains in, one after the other (AdaFocus V1: 4, numbered 0 to 3; the others: 1).
-int64_t training_stages(const std::string& method);
 
 /// Options of a backbone section of the config (model.backbone, model.glance or model.local). `segments`: frames
 /// per clip, for the temporal shift when the section enables it.

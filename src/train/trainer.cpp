@@ -14,6 +14,7 @@
 #include "core/files.h"
 #include "core/progress.h"
 #include "methods/checkpoint.h"
+#include "methods/registry.h"
 #include "train/optimizer.h"
 
 namespace adafocus::train {
@@ -44,23 +45,10 @@ bool evaluates(const Config& c, int64_t epoch, int64_t epochs) {
   return (every > 0 && ((epoch + 1) % every == 0 || epoch + 1 == epochs)) || epoch >= epochs - last;
 }
 
-// Running sums of an epoch, kept in last.pt so that a resumed epoch logs what an uninterrupted one would.
-enum Sum { kLoss, kCorrect, kVideos, kIou, kVisible, kHits, kSpread, kGrad, kPolicySteps, kPpoSteps, kSums };
-
-// Statistics methods report among their loss terms, averaged per epoch over the steps that report them into
-// metrics.jsonl: AdaFocus V1's PPO and AdaFuse's gates. Their running sums follow the fixed ones above in last.pt:
-// PPO's first, counted in kPpoSteps (the layout of earlier last.pt files), then the gates' and their count.
-struct TermGroup {
-  std::vector<std::string> names;
-  size_t first, count;  // slots of the first sum and of the step count
-};
-const std::vector<TermGroup>& term_groups() {
-  static const std::vector<TermGroup> groups{
-      {{"ppo_reward", "ppo_advantage", "ppo_entropy", "ppo_clip_fraction", "ppo_value_loss"}, kSums, kPpoSteps},
-      {{"gflops", "gflops_upb", "kept", "reused", "skipped"}, kSums + 5, kSums + 10}};
-  return groups;
-}
-constexpr size_t kAllSums = kSums + 11;
+// Running sums of an epoch, kept in last.pt so that a resumed epoch logs what an uninterrupted one would. The
+// method's statistics (MethodInfo::statistics, Losses::statistics) follow the fixed sums, in their declared order,
+// averaged over the kStatisticSteps steps that reported them.
+enum Sum { kLoss, kCorrect, kVideos, kIou, kVisible, kHits, kSpread, kGrad, kPolicySteps, kStatisticSteps, kSums };
 
 // What the learned policy did in one training step, added to the epoch's sums: where its regions fell against the
 // benchmark's ground truth (training view), how far apart they are, and how much gradient reached it. Diagnostics
@@ -88,28 +76,25 @@ void add_policy_step(const methods::Losses& losses, const data::Batch& batch, co
   sums[kPolicySteps] += 1;
 }
 
-void add_term_step(const methods::Losses& losses, std::vector<double>& sums) {
-  for (const TermGroup& g : term_groups()) {
-    bool any = false;
-    for (const auto& [name, value] : losses.terms)
-      for (size_t i = 0; i < g.names.size(); ++i)
-        if (name == g.names[i]) {
-          sums[g.first + i] += value.item<double>();
-          any = true;
-        }
-    sums[g.count] += any;
+void add_statistics_step(const methods::Losses& losses, const methods::MethodInfo& info, std::vector<double>& sums) {
+  if (losses.statistics.empty()) return;
+  for (const auto& [name, value] : losses.statistics) {
+    size_t i = 0;
+    while (i < info.statistics.size() && info.statistics[i].name != name) ++i;
+    TORCH_CHECK(i < info.statistics.size(), info.name, " reports a statistic its MethodInfo does not list: ", name);
+    sums[kSums + i] += value.item<double>();
   }
+  sums[kStatisticSteps] += 1;
 }
 
-// The progress display's running figures: loss and accuracy, the mean reward while PPO trains, AdaFuse's GFLOPs
-// per frame and skipped channels.
-std::string status(const std::vector<double>& sums) {
+// The progress display's running figures: loss and accuracy, and the statistics the method shows (AdaFocus V1's mean
+// reward while PPO trains, AdaFuse's GFLOPs per frame and skipped channels).
+std::string status(const std::vector<double>& sums, const methods::MethodInfo& info) {
   std::string s = fmt::format("loss {:.3f} acc {:.1f}%", sums[kLoss] / sums[kVideos], 100 * sums[kCorrect] / sums[kVideos]);
-  if (sums[kPpoSteps] > 0) s += fmt::format(" reward {:+.4f}", sums[kSums] / sums[kPpoSteps]);
-  const TermGroup& gates = term_groups()[1];
-  if (sums[gates.count] > 0)
-    s += fmt::format(" GFLOPs {:.4g} skip {:.2f}", sums[gates.first] / sums[gates.count],
-                     sums[gates.first + 4] / sums[gates.count]);
+  if (sums[kStatisticSteps] > 0)
+    for (size_t i = 0; i < info.statistics.size(); ++i)
+      if (!info.statistics[i].display.empty())
+        s += " " + fmt::format(fmt::runtime(info.statistics[i].display), sums[kSums + i] / sums[kStatisticSteps]);
   return s;
 }
 
@@ -125,11 +110,7 @@ nlohmann::json scores_json(const infer::Evaluation& e) {
 // per-group learning rates assume them; a run without them is refused rather than silently started from random.
 void check_initial_weights(const Config& c) {
   if (c.get_bool("model.from_scratch")) return;
-  const std::string method = c.get_string("model.method");
-  const std::vector<std::string> sections = method == "full_frame" || method == "adafuse"
-                                                ? std::vector<std::string>{"backbone"}
-                                                : std::vector<std::string>{"glance", "local"};
-  for (const std::string& section : sections) {
+  for (const std::string& section : methods::method_info(c.get_string("model.method")).pretrained) {
     const std::string key = "model." + section + ".weights", arch = c.get_string("model." + section + ".arch");
     if (!c.get_string(key).empty()) continue;
     const std::string source = arch == "mobilenet_v2" ? "the ImageNet MobileNetV2 of tonylins/pytorch-mobilenet-v2 "
@@ -221,192 +202,223 @@ methods::Checkpoint checked_init(const std::string& path, const Config& config, 
   return c;
 }
 
-TrainSummary train_one(const Config& given, const TrainOptions& o) {
-  const auto start_time = std::chrono::steady_clock::now();
-  const std::string config_path = o.run_dir + "/config.yaml", last_path = o.run_dir + "/last.pt",
-                    best_path = o.run_dir + "/best.pt", metrics_path = o.run_dir + "/metrics.jsonl";
-  dist::Group* const group = o.group;
-  const bool writer = !group || group->rank() == 0;  // rank 0 alone reads and writes the run folder
-  const bool quiet = o.quiet || !writer;
-  Config config = given;  // train() has read RUN/config.yaml when resuming
-  methods::Checkpoint state;
-  if (o.resume) {
-    if (writer && !fs::exists(last_path))
-      throw Error("nothing to resume: no last.pt", o.run_dir, "start the run without --resume");
-    state = read_checkpoint(last_path, group);
-  } else {
-    const int64_t stage = config.get_int("stage");
-    if (stage > 0 && o.init.empty())
-      throw Error(fmt::format("stage {} starts from the model of stage {}", stage, stage - 1), config.origin("stage"),
-                  fmt::format("pass --init RUN/stage{}/last.pt, or leave out stage= to train every stage", stage - 1));
-    if (o.init.empty()) check_initial_weights(config);
-    if (writer) {
-      fs::create_directories(o.run_dir);
-      config.save(config_path);
+// One training run (one stage of a staged method) in its run folder: started or resumed, then epoch after epoch of
+// steps, each epoch ending with its metrics line, maybe an evaluation, and the checkpoints.
+class Run {
+ public:
+  Run(const Config& given, const TrainOptions& o)
+      : o_(o),
+        group_(o.group),
+        writer_(!group_ || group_->rank() == 0),  // rank 0 alone reads and writes the run folder
+        quiet_(o.quiet || !writer_),
+        config_(given),  // train() has read RUN/config.yaml when resuming
+        last_path_(o.run_dir + "/last.pt"),
+        best_path_(o.run_dir + "/best.pt"),
+        metrics_path_(o.run_dir + "/metrics.jsonl") {
+    start_or_resume();
+    build_model();
+    make_loader();
+    plan_schedule();
+  }
+
+  TrainSummary train() {
+    const auto start = std::chrono::steady_clock::now();
+    TrainSummary summary;
+    for (int64_t epoch = state_.epoch; epoch < epochs_; ++epoch) {
+      const auto epoch_start = std::chrono::steady_clock::now();
+      double lr = 0;
+      const std::vector<double> sums = train_epoch(epoch, lr);
+      end_epoch(epoch, sums, lr, epoch_start, summary);
     }
+    if (group_) group_->barrier();  // rank 0 hosts the store: nobody leaves while another still needs it
+    summary.epochs = epochs_;
+    summary.metric = metric_;
+    summary.best_metric = state_.best_metric;
+    summary.best_epoch = state_.best_epoch;
+    summary.failures = loader_->failures();
+    summary.seconds = seconds_since(start);
+    return summary;
   }
-  const std::vector<std::string> classes = o.resume ? state.classes : class_names(config);
-  if (classes.empty()) throw Error("no classes: the training list has no labels", under_root(config, "data.train_list"));
 
-  const uint64_t seed = static_cast<uint64_t>(config.get_int("seed"));
-  torch::manual_seed(seed);  // initialisation
-  methods::Method method = methods::make_method(config, static_cast<int64_t>(classes.size()));
-  if (!o.resume && !o.init.empty())
-    nn::load_state_dict(*method, methods::model_state(*method, checked_init(o.init, config, group)), o.init);
-  else if (!o.resume)
-    method->load_pretrained(config);
-  method->to(o.device);
-
-  Optimizer optimizer(method->param_groups(), OptimizerOptions::from_config(config));
-  if (o.resume) {
-    nn::load_state_dict(*method, state.model, last_path);
-    optimizer.load_state(state.optimizer);
-  }
-  std::unique_ptr<dist::GradientReducer> reducer;
-  if (group) {
-    // Every process starts from rank 0's weights (the same seed gives the same ones; this makes sure); its
-    // BatchNorm statistics follow at the start of each epoch (share_buffers).
-    std::vector<torch::Tensor> parameters = method->parameters();
-    group->broadcast(parameters);
-    reducer = std::make_unique<dist::GradientReducer>(*group, method->named_parameters().pairs(), o.bucket_mb);
-  }
-  const SyncBatchNorm sync_bn(config.get_bool("train.sync_bn") ? group : nullptr);
-
-  data::VideoDataset train_set(data::DatasetOptions::from_config(config, "data.train_list", true));
-  data::LoaderOptions loader_options = data::LoaderOptions::from_config(config, true);
-  if (group) {
-    if (loader_options.batch_size % group->world() != 0)
-      throw Error(fmt::format("data.batch_size {} (the batch of all processes) does not split over {} processes",
-                              loader_options.batch_size, group->world()),
-                  config.origin("data.batch_size"), "use a multiple of the number of processes");
-    loader_options.batch_size /= group->world();
-    loader_options.rank = group->rank();
-    loader_options.world = group->world();
-  }
-  data::Loader loader(train_set, loader_options);
-  const int64_t steps = loader.batches_per_epoch();
-  if (steps == 0)
-    throw Error(fmt::format("{} training videos make no full batch of {}", train_set.size(),
-                            config.get_int("data.batch_size")),
-                train_set.options().list, "lower data.batch_size");
-  // train.schedule_videos: the epoch counts were set for that many training videos; on another training set they
-  // scale so that the optimiser takes the same number of steps (computed here, not written back, so resuming agrees).
-  int64_t epochs = config.get_int("train.epochs"), policy_from_epoch = config.get_int("train.policy_from_epoch");
-  if (const int64_t reference = config.get_int("train.schedule_videos"); reference > 0) {
-    const double factor = static_cast<double>(reference) / static_cast<double>(train_set.size());
-    epochs = std::max<int64_t>(1, std::llround(static_cast<double>(epochs) * factor));
-    policy_from_epoch = std::llround(static_cast<double>(policy_from_epoch) * factor);
-    if (!quiet)
-      fmt::print(stderr, "schedule for {} training videos (train.schedule_videos {}): {} epochs{}\n", train_set.size(),
-                 reference, epochs, policy_from_epoch > 0 ? fmt::format(", policy from epoch {}", policy_from_epoch) : "");
-  }
-  const double lr0 = config.get_float("train.lr"), warmup = config.get_float("train.warmup"),
-               clip = config.get_float("train.clip_grad");
-  const std::string schedule = config.get_string("train.schedule"), metric = config.get_string("train.metric");
-  const std::vector<int64_t> lr_steps = config.get_ints("train.lr_steps");
-  if (metric != "map" && metric != "top1") throw Error("train.metric must be map or top1", config.origin("train.metric"));
-  const int64_t checkpoint_every = config.get_int("train.checkpoint_every");
-  const int input_size = static_cast<int>(config.get_int("data.input_size"));
-  infer::OverlapMeter train_overlap(train_set.options().list, input_size, 0);  // training view
-  std::vector<torch::Tensor> policy_params;  // the gradient norm the log reports
-  for (const auto& group : method->param_groups())
-    if (group.name.rfind("policy", 0) == 0)  // "policy" and its parts ("policy_bias", ...)
-      for (const auto& named : group.params) policy_params.push_back(named.second);
-  methods::StepContext context;
-  context.policy_from_epoch = policy_from_epoch;
-  context.stage = config.get_int("stage");
-  const bool two_stages = config.get_bool("train.policy_only") && context.policy_from_epoch > 0 &&
-                          context.policy_from_epoch < epochs;
-
-  std::vector<std::string> metrics = writer ? metrics_before(metrics_path, state.epoch) : std::vector<std::string>();
-  auto save = [&](const std::string& path, int64_t epoch, int64_t batch, const std::vector<double>& sums) {
-    state.config_yaml = config.to_yaml();
-    state.classes = classes;
-    state.model = nn::state_dict(*method);
-    state.optimizer = optimizer.state();
-    state.epoch = epoch;
-    state.batch = batch;
-    state.epoch_sums = sums;
-    methods::save_checkpoint(path, state);
-  };
-
-  // BatchNorm statistics that are not synchronised (train.sync_bn false, the policies' BatchNorm1d) drift apart
-  // between processes: rank 0's are the model's (its checkpoints), and every process takes them at the start of an
-  // epoch (frozen networks in eval mode use them while training) and before validation.
-  auto share_buffers = [&] {
-    if (!group) return;
-    std::vector<torch::Tensor> buffers = method->buffers();
-    group->broadcast(buffers);
-  };
-  TrainSummary summary;
-  infer::EvalOptions eval_options;
-  eval_options.device = o.device;
-  eval_options.group = group;
-  for (int64_t epoch = state.epoch; epoch < epochs; ++epoch) {
-    context.epoch = epoch;
-    context.policy_only = two_stages && epoch >= context.policy_from_epoch;
-    // Two stages (train.policy_only) each have their own learning-rate schedule.
-    const int64_t stage_start = context.policy_only ? context.policy_from_epoch : 0;
-    const int64_t stage_epochs = !two_stages ? epochs : context.policy_only ? epochs - stage_start : context.policy_from_epoch;
-    const int64_t first = epoch == state.epoch ? state.batch : 0;
-    std::vector<double> sums(kAllSums, 0.0);
-    if (epoch == state.epoch && writer)  // resumed within the epoch (checkpoints before the policy's sums have only 3)
-      std::copy_n(state.epoch_sums.begin(), std::min(kAllSums, state.epoch_sums.size()), sums.begin());
-    const auto epoch_start = std::chrono::steady_clock::now();
-    loader.start_epoch(epoch, first);
-    Progress progress(fmt::format("epoch {}/{}", epoch + 1, epochs), steps, "steps");
-    method->train();
-    share_buffers();
-    if (reducer) reducer->reset_wait_seconds();
-    double lr = 0;
-    for (int64_t step = first; step < steps; ++step) {
-      if (group) group->report(fmt::format("epoch {} step {}", epoch + 1, step + 1));
-      std::optional<data::Batch> batch = loader.next();
-      // Dropout and random patches draw from a stream fixed by (seed, epoch, step): resuming repeats them. Each
-      // process draws its own for its share of the batch.
-      const auto e = static_cast<uint64_t>(epoch), t = static_cast<uint64_t>(step);
-      torch::manual_seed((group && group->rank() > 0 ? Rng::derive(seed, {e, t, static_cast<uint64_t>(group->rank())})
-                                                     : Rng::derive(seed, {e, t})).next());
-      lr = learning_rate(schedule, lr0, epoch - stage_start, step, steps, stage_epochs, warmup, lr_steps);
-      const methods::Clips clips{batch->clips.to(o.device),
-                                 batch->focus.defined() ? batch->focus.to(o.device) : torch::Tensor()};
-      const auto target = batch->target.to(o.device);
-      const methods::Losses losses = method->loss(clips, target, context);
-      const double value = losses.total.item<double>();
-      if (!std::isfinite(value))
-        throw Error(fmt::format("the loss became {} at epoch {} step {}", value, epoch + 1, step + 1), o.run_dir,
-                    "lower train.lr or set train.clip_grad; last.pt still holds the last good state");
-      optimizer.zero_grad();
-      if (reducer) reducer->prepare();
-      losses.total.backward();
-      if (reducer) reducer->finish();  // every process's gradients, averaged
-      add_policy_step(losses, *batch, train_set, policy_params, input_size, train_overlap, sums);
-      add_term_step(losses, sums);
-      if (clip > 0) optimizer.clip_grad_norm(clip);
-      optimizer.step(lr);
-      const int64_t b = target.size(0);
-      sums[kLoss] += value * b;
-      sums[kCorrect] += (losses.logits.argmax(1) == target).sum().item<double>();
-      sums[kVideos] += b;
-      if (!quiet) progress.update(step + 1, status(sums));
-      if (checkpoint_every > 0 && (step + 1) % checkpoint_every == 0 && step + 1 < steps) {
-        const std::vector<double> all = summed(sums, group);
-        if (writer) save(last_path, epoch, step + 1, all);
+ private:
+  // The run folder: last.pt to resume from, or a new run (its config.yaml written, its initial weights checked).
+  void start_or_resume() {
+    if (o_.resume) {
+      if (writer_ && !fs::exists(last_path_))
+        throw Error("nothing to resume: no last.pt", o_.run_dir, "start the run without --resume");
+      state_ = read_checkpoint(last_path_, group_);
+    } else {
+      const int64_t stage = config_.get_int("stage");
+      if (stage > 0 && o_.init.empty())
+        throw Error(fmt::format("stage {} starts from the model of stage {}", stage, stage - 1), config_.origin("stage"),
+                    fmt::format("pass --init RUN/stage{}/last.pt, or leave out stage= to train every stage", stage - 1));
+      if (o_.init.empty()) check_initial_weights(config_);
+      if (writer_) {
+        fs::create_directories(o_.run_dir);
+        config_.save(o_.run_dir + "/config.yaml");
       }
     }
-    sums = summed(sums, group);  // the epoch over every process's share
-    if (!quiet) progress.finish(status(sums));
+    classes_ = o_.resume ? state_.classes : class_names(config_);
+    if (classes_.empty())
+      throw Error("no classes: the training list has no labels", under_root(config_, "data.train_list"));
+  }
 
+  // The model as the run starts it (initialised, from --init, from ImageNet weights, or as last.pt left it), its
+  // optimiser, and across processes the gradient reducer and synchronised batch norm.
+  void build_model() {
+    seed_ = static_cast<uint64_t>(config_.get_int("seed"));
+    torch::manual_seed(seed_);  // initialisation
+    method_ = methods::make_method(config_, static_cast<int64_t>(classes_.size()));
+    info_ = &methods::method_info(config_.get_string("model.method"));
+    sums_size_ = kSums + info_->statistics.size();
+    if (!o_.resume && !o_.init.empty())
+      nn::load_state_dict(*method_, methods::model_state(*method_, checked_init(o_.init, config_, group_)), o_.init);
+    else if (!o_.resume)
+      method_->load_pretrained(config_);
+    method_->to(o_.device);
+    optimizer_ = std::make_unique<Optimizer>(method_->param_groups(), OptimizerOptions::from_config(config_));
+    if (o_.resume) {
+      nn::load_state_dict(*method_, state_.model, last_path_);
+      optimizer_->load_state(state_.optimizer);
+    }
+    if (group_) {
+      // Every process starts from rank 0's weights (the same seed gives the same ones; this makes sure); its
+      // BatchNorm statistics follow at the start of each epoch (share_buffers).
+      std::vector<torch::Tensor> parameters = method_->parameters();
+      group_->broadcast(parameters);
+      reducer_ = std::make_unique<dist::GradientReducer>(*group_, method_->named_parameters().pairs(), o_.bucket_mb);
+    }
+    sync_bn_ = std::make_unique<SyncBatchNorm>(config_.get_bool("train.sync_bn") ? group_ : nullptr);
+    for (const auto& g : method_->param_groups())  // the policy's gradient norm, for the log
+      if (g.name.rfind("policy", 0) == 0)          // "policy" and its parts ("policy_bias", ...)
+        for (const auto& named : g.params) policy_params_.push_back(named.second);
+  }
+
+  // The training videos, each process loading its share of every batch.
+  void make_loader() {
+    train_set_ = std::make_unique<data::VideoDataset>(data::DatasetOptions::from_config(config_, "data.train_list", true));
+    data::LoaderOptions lo = data::LoaderOptions::from_config(config_, true);
+    if (group_) {
+      if (lo.batch_size % group_->world() != 0)
+        throw Error(fmt::format("data.batch_size {} (the batch of all processes) does not split over {} processes",
+                                lo.batch_size, group_->world()),
+                    config_.origin("data.batch_size"), "use a multiple of the number of processes");
+      lo.batch_size /= group_->world();
+      lo.rank = group_->rank();
+      lo.world = group_->world();
+    }
+    loader_ = std::make_unique<data::Loader>(*train_set_, lo);
+    steps_ = loader_->batches_per_epoch();
+    if (steps_ == 0)
+      throw Error(fmt::format("{} training videos make no full batch of {}", train_set_->size(),
+                              config_.get_int("data.batch_size")),
+                  train_set_->options().list, "lower data.batch_size");
+    input_size_ = static_cast<int>(config_.get_int("data.input_size"));
+    overlap_ = std::make_unique<infer::OverlapMeter>(train_set_->options().list, input_size_, 0);  // training view
+  }
+
+  // Epochs, the learning-rate schedule, and when the policy joins (and, with train.policy_only, trains alone).
+  void plan_schedule() {
+    // train.schedule_videos: the epoch counts were set for that many training videos; on another training set they
+    // scale so that the optimiser takes the same number of steps (computed here, not written back, so resuming agrees).
+    epochs_ = config_.get_int("train.epochs");
+    int64_t policy_from_epoch = config_.get_int("train.policy_from_epoch");
+    if (const int64_t reference = config_.get_int("train.schedule_videos"); reference > 0) {
+      const double factor = static_cast<double>(reference) / static_cast<double>(train_set_->size());
+      epochs_ = std::max<int64_t>(1, std::llround(static_cast<double>(epochs_) * factor));
+      policy_from_epoch = std::llround(static_cast<double>(policy_from_epoch) * factor);
+      if (!quiet_)
+        fmt::print(stderr, "schedule for {} training videos (train.schedule_videos {}): {} epochs{}\n",
+                   train_set_->size(), reference, epochs_,
+                   policy_from_epoch > 0 ? fmt::format(", policy from epoch {}", policy_from_epoch) : "");
+    }
+    schedule_ = config_.get_string("train.schedule");
+    lr0_ = config_.get_float("train.lr"), warmup_ = config_.get_float("train.warmup"), clip_ = config_.get_float("train.clip_grad");
+    lr_steps_ = config_.get_ints("train.lr_steps");
+    checkpoint_every_ = config_.get_int("train.checkpoint_every");
+    metric_ = config_.get_string("train.metric");
+    if (metric_ != "map" && metric_ != "top1") throw Error("train.metric must be map or top1", config_.origin("train.metric"));
+    context_.policy_from_epoch = policy_from_epoch;
+    context_.stage = config_.get_int("stage");
+    two_stages_ = config_.get_bool("train.policy_only") && policy_from_epoch > 0 && policy_from_epoch < epochs_;
+    if (writer_) metrics_ = metrics_before(metrics_path_, state_.epoch);
+  }
+
+  // The epoch's steps (from where a resumed run stopped); the sums of every process, and the last rate in `lr`.
+  std::vector<double> train_epoch(int64_t epoch, double& lr) {
+    context_.epoch = epoch;
+    context_.policy_only = two_stages_ && epoch >= context_.policy_from_epoch;
+    // Two stages (train.policy_only) each have their own learning-rate schedule.
+    const int64_t stage_start = context_.policy_only ? context_.policy_from_epoch : 0;
+    const int64_t stage_epochs =
+        !two_stages_ ? epochs_ : context_.policy_only ? epochs_ - stage_start : context_.policy_from_epoch;
+    const int64_t first = epoch == state_.epoch ? state_.batch : 0;
+    std::vector<double> sums(sums_size_, 0.0);
+    if (epoch == state_.epoch && writer_)  // resumed within the epoch (checkpoints before the policy's sums have fewer)
+      std::copy_n(state_.epoch_sums.begin(), std::min(sums_size_, state_.epoch_sums.size()), sums.begin());
+    loader_->start_epoch(epoch, first);
+    Progress progress(fmt::format("epoch {}/{}", epoch + 1, epochs_), steps_, "steps");
+    method_->train();
+    share_buffers();
+    if (reducer_) reducer_->reset_wait_seconds();
+    for (int64_t step = first; step < steps_; ++step) {
+      lr = learning_rate(schedule_, lr0_, epoch - stage_start, step, steps_, stage_epochs, warmup_, lr_steps_);
+      train_step(epoch, step, lr, sums);
+      if (!quiet_) progress.update(step + 1, status(sums, *info_));
+      if (checkpoint_every_ > 0 && (step + 1) % checkpoint_every_ == 0 && step + 1 < steps_) {
+        const std::vector<double> all = summed(sums, group_);
+        if (writer_) save(last_path_, epoch, step + 1, all);
+      }
+    }
+    sums = summed(sums, group_);  // the epoch over every process's share
+    if (!quiet_) progress.finish(status(sums, *info_));
+    return sums;
+  }
+
+  // One optimisation step on the next batch, added to the epoch's sums.
+  void train_step(int64_t epoch, int64_t step, double lr, std::vector<double>& sums) {
+    if (group_) group_->report(fmt::format("epoch {} step {}", epoch + 1, step + 1));
+    std::optional<data::Batch> batch = loader_->next();
+    // Dropout and random patches draw from a stream fixed by (seed, epoch, step): resuming repeats them. Each
+    // process draws its own for its share of the batch.
+    const auto e = static_cast<uint64_t>(epoch), t = static_cast<uint64_t>(step);
+    torch::manual_seed((group_ && group_->rank() > 0 ? Rng::derive(seed_, {e, t, static_cast<uint64_t>(group_->rank())})
+                                                     : Rng::derive(seed_, {e, t})).next());
+    const methods::Clips clips{batch->clips.to(o_.device),
+                               batch->focus.defined() ? batch->focus.to(o_.device) : torch::Tensor()};
+    const auto target = batch->target.to(o_.device);
+    const methods::Losses losses = method_->loss(clips, target, context_);
+    const double value = losses.total.item<double>();
+    if (!std::isfinite(value))
+      throw Error(fmt::format("the loss became {} at epoch {} step {}", value, epoch + 1, step + 1), o_.run_dir,
+                  "lower train.lr or set train.clip_grad; last.pt still holds the last good state");
+    optimizer_->zero_grad();
+    if (reducer_) reducer_->prepare();
+    losses.total.backward();
+    if (reducer_) reducer_->finish();  // every process's gradients, averaged
+    add_policy_step(losses, *batch, *train_set_, policy_params_, input_size_, *overlap_, sums);
+    add_statistics_step(losses, *info_, sums);
+    if (clip_ > 0) optimizer_->clip_grad_norm(clip_);
+    optimizer_->step(lr);
+    const int64_t b = target.size(0);
+    sums[kLoss] += value * b;
+    sums[kCorrect] += (losses.logits.argmax(1) == target).sum().item<double>();
+    sums[kVideos] += b;
+  }
+
+  // The epoch's line in metrics.jsonl, the evaluation when it is due (and best.pt when it improves), and last.pt.
+  void end_epoch(int64_t epoch, const std::vector<double>& sums, double lr,
+                 std::chrono::steady_clock::time_point epoch_start, TrainSummary& summary) {
     nlohmann::json line{{"epoch", epoch}, {"lr", lr}, {"train_loss", sums[kLoss] / sums[kVideos]},
                         {"train_top1", 100 * sums[kCorrect] / sums[kVideos]},
                         {"epoch_s", seconds_since(epoch_start)}};  // a resumed epoch: since the resume
-    for (const TermGroup& g : term_groups())
-      if (sums[g.count] > 0)
-        for (size_t i = 0; i < g.names.size(); ++i) line[g.names[i]] = sums[g.first + i] / sums[g.count];
-    if (reducer) {  // the gradients' all-reduce: bytes each process sends into it per step, time waited for it
-      line["processes"] = group->world();
-      line["allreduce_mb_per_step"] = reducer->bytes_per_step() / 1e6;
-      line["allreduce_wait_s"] = reducer->wait_seconds();
+    if (sums[kStatisticSteps] > 0)
+      for (size_t i = 0; i < info_->statistics.size(); ++i)
+        line[info_->statistics[i].name] = sums[kSums + i] / sums[kStatisticSteps];
+    if (reducer_) {  // the gradients' all-reduce: bytes each process sends into it per step, time waited for it
+      line["processes"] = group_->world();
+      line["allreduce_mb_per_step"] = reducer_->bytes_per_step() / 1e6;
+      line["allreduce_wait_s"] = reducer_->wait_seconds();
     }
     if (sums[kPolicySteps] > 0) {  // the learned policy during this epoch's training steps
       line["policy_spread"] = sums[kSpread] / sums[kPolicySteps];
@@ -416,38 +428,82 @@ TrainSummary train_one(const Config& given, const TrainOptions& o) {
         line["train_hits"] = sums[kHits] / sums[kVisible];
       }
     }
-    if (evaluates(config, epoch, epochs)) {
+    if (evaluates(config_, epoch, epochs_)) {
       share_buffers();
-      summary.last = infer::evaluate(*method, config, eval_options);
+      infer::EvalOptions eval_options;
+      eval_options.device = o_.device;
+      eval_options.group = group_;
+      summary.last = infer::evaluate(*method_, config_, eval_options);
       line.update(scores_json(summary.last));
-      const double value = metric == "map" ? summary.last.scores.map : summary.last.scores.top1;
-      if (value > state.best_metric) {
-        state.best_metric = value;
-        state.best_epoch = epoch;
-        if (writer) save(best_path, epoch + 1, 0, std::vector<double>(kAllSums, 0.0));
+      const double value = metric_ == "map" ? summary.last.scores.map : summary.last.scores.top1;
+      if (value > state_.best_metric) {
+        state_.best_metric = value;
+        state_.best_epoch = epoch;
+        if (writer_) save(best_path_, epoch + 1, 0, std::vector<double>(sums_size_, 0.0));
       }
-      if (!quiet)
+      if (!quiet_)
         fmt::print(stderr, "  val top1 {:.2f}  mAP {:.2f}{}  ({:.3f} GFLOPs/video)\n", summary.last.scores.top1,
                    summary.last.scores.map, summary.last.iou >= 0 ? fmt::format("  IoU {:.3f}", summary.last.iou) : "",
                    summary.last.gflops());
     }
-    if (writer) {
-      metrics.push_back(line.dump());
+    if (writer_) {
+      metrics_.push_back(line.dump());
       std::string text;
-      for (const auto& l : metrics) text += l + "\n";
-      write_file_atomic(metrics_path, text);  // before last.pt: a crash in between redoes this epoch's line
-      save(last_path, epoch + 1, 0, std::vector<double>(kAllSums, 0.0));
+      for (const auto& l : metrics_) text += l + "\n";
+      write_file_atomic(metrics_path_, text);  // before last.pt: a crash in between redoes this epoch's line
+      save(last_path_, epoch + 1, 0, std::vector<double>(sums_size_, 0.0));
     }
   }
-  if (group) group->barrier();  // rank 0 hosts the store: nobody leaves while another still needs it
-  summary.epochs = epochs;
-  summary.metric = metric;
-  summary.best_metric = state.best_metric;
-  summary.best_epoch = state.best_epoch;
-  summary.failures = loader.failures();
-  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
-  return summary;
-}
+
+  // A checkpoint of everything a resumed run needs: at `epoch`, `batch` steps into it, with the epoch's sums so far.
+  void save(const std::string& path, int64_t epoch, int64_t batch, const std::vector<double>& sums) {
+    state_.config_yaml = config_.to_yaml();
+    state_.classes = classes_;
+    state_.model = nn::state_dict(*method_);
+    state_.optimizer = optimizer_->state();
+    state_.epoch = epoch;
+    state_.batch = batch;
+    state_.epoch_sums = sums;
+    methods::save_checkpoint(path, state_);
+  }
+
+  // BatchNorm statistics that are not synchronised (train.sync_bn false, the policies' BatchNorm1d) drift apart
+  // between processes: rank 0's are the model's (its checkpoints), and every process takes them at the start of an
+  // epoch (frozen networks in eval mode use them while training) and before validation.
+  void share_buffers() {
+    if (!group_) return;
+    std::vector<torch::Tensor> buffers = method_->buffers();
+    group_->broadcast(buffers);
+  }
+
+  const TrainOptions& o_;
+  dist::Group* const group_;
+  const bool writer_, quiet_;
+  Config config_;
+  const std::string last_path_, best_path_, metrics_path_;
+  methods::Checkpoint state_;
+  std::vector<std::string> classes_, metrics_;
+  uint64_t seed_ = 0;
+  methods::Method method_;
+  const methods::MethodInfo* info_ = nullptr;
+  size_t sums_size_ = kSums;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<dist::GradientReducer> reducer_;
+  std::unique_ptr<SyncBatchNorm> sync_bn_;
+  std::vector<torch::Tensor> policy_params_;
+  std::unique_ptr<data::VideoDataset> train_set_;
+  std::unique_ptr<data::Loader> loader_;
+  std::unique_ptr<infer::OverlapMeter> overlap_;
+  int input_size_ = 0;
+  int64_t steps_ = 0, epochs_ = 0, checkpoint_every_ = 0;
+  std::string schedule_, metric_;
+  double lr0_ = 0, warmup_ = 0, clip_ = 0;
+  std::vector<int64_t> lr_steps_;
+  methods::StepContext context_;
+  bool two_stages_ = false;
+};
+
+TrainSummary train_one(const Config& config, const TrainOptions& o) { return Run(config, o).train(); }
 
 }  // namespace
 
@@ -461,7 +517,8 @@ TrainSummary train(const Config& given, const TrainOptions& o) {
     config = Config::defaults();
     config.merge_yaml(o.group ? o.group->share(writer ? read_file(path) : "") : read_file(path), path);
   }
-  const int64_t stages = methods::training_stages(config.get_string("model.method")), stage = config.get_int("stage");
+  const int64_t stages = methods::method_info(config.get_string("model.method"), config.origin("model.method")).stages,
+                stage = config.get_int("stage");
   if (stages == 1 && stage != -1)
     throw Error(config.get_string("model.method") + " trains in one stage", config.origin("stage"), "leave out stage=");
   if (stage < -1 || stage >= stages)

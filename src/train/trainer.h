@@ -49,7 +49,7 @@ struct TrainSummary {
 };
 
 /// Trains the method `config` describes (model.*, data.*, train.*). With options.resume the configuration is read
-/// from RUN/config.yaml and `config` is ignored. A method trained in stages (adafocus_v1) with `stage` -1 trains every
+/// from RUN/config.yaml and `config` is ignored. A method trained in stages (AdaFocus V1) with `stage` -1 trains every
 /// stage in turn into RUN/stage0, RUN/stage1, ..., each from the previous one's last.pt (a finished stage is not
 /// redone, an interrupted one resumes); with `stage` N only that stage, from options.init. The number of classes comes from data.class_index, else from the
 /// labels of the training list. Throws adafocus::Error on a NaN/inf loss, keeping the last good checkpoint.

@@ -95,14 +95,8 @@ AdaFocusV1Impl::AdaFocusV1Impl(const AdaFocusV1Options& options, int64_t num_cla
       resize_(options.base().resize()),
       policy_(options.base().policy()),
       dropout_(options.base().dropout()),
-      gamma_(options.ppo().gamma()),
-      clip_(options.ppo().clip()),
-      value_weight_(options.ppo().value()),
-      entropy_weight_(options.ppo().entropy()),
-      lr_policy_(options.base().lr().policy()),
-      lr_glance_(options.base().lr().glance()),
-      lr_local_(options.base().lr().local()),
-      lr_classifier_(options.base().lr().classifier()) {
+      ppo_(options.ppo()),
+      lr_(options.base().lr()) {
   const GlanceFocusOptions& o = options.base();
   set_policy(policy_);
 
@@ -294,7 +288,7 @@ Losses AdaFocusV1Impl::backbone_loss(const Clips& clips, const torch::Tensor& ta
   const auto frames = clip.reshape({b * frames_, 3, side, side});
   // A focuser whose learning rate is 0 (train.lr_local) is not run: the benchmark's comes pretrained.
   const auto glance = glancer->forward(resize_frames(frames, glance_size_, resize_)).view({b, frames_, -1}).mean(1);
-  return backbone_losses(glance, lr_local_ > 0 ? focuser->forward(frames).view({b, frames_, -1}).mean(1) : torch::Tensor(),
+  return backbone_losses(glance, lr_.local() > 0 ? focuser->forward(frames).view({b, frames_, -1}).mean(1) : torch::Tensor(),
                          target);
 }
 
@@ -353,12 +347,12 @@ Losses AdaFocusV1Impl::ppo_loss(const Clips& clips, const torch::Tensor& target)
     rewards.push_back((step_logits.softmax(1).gather(1, target.view({b, 1})) -
                        random_logits.softmax(1).gather(1, target.view({b, 1}))).squeeze(1));
   }
-  const auto returns = normalised_returns(torch::stack(rewards), gamma_);  // (T, B)
+  const auto returns = normalised_returns(torch::stack(rewards), ppo_.gamma());  // (T, B)
   const auto value = torch::stack(values), log_prob = torch::stack(logp), entropies = torch::stack(entropy);  // (T, B)
   const auto advantage = returns - value.detach();
   // The old policy is the current one: the ratio is 1.
-  const auto o = ppo_objective(log_prob, log_prob.detach(), advantage, value, returns, entropies, clip_,
-                               value_weight_, entropy_weight_);
+  const auto o = ppo_objective(log_prob, log_prob.detach(), advantage, value, returns, entropies, ppo_.clip(),
+                               ppo_.value(), ppo_.entropy());
   Losses l;
   l.total = o.loss;
   l.statistics = {{"ppo_reward", torch::stack(rewards).mean()},
@@ -374,8 +368,8 @@ Losses AdaFocusV1Impl::ppo_loss(const Clips& clips, const torch::Tensor& target)
 }
 
 std::vector<ParamGroup> AdaFocusV1Impl::param_groups() {
-  std::vector<ParamGroup> groups{{"glance", {}, lr_glance_}, {"local", {}, lr_local_}, {"policy", {}, lr_policy_},
-                                 {"classifier", {}, lr_classifier_}};
+  std::vector<ParamGroup> groups{{"glance", {}, lr_.glance()}, {"local", {}, lr_.local()}, {"policy", {}, lr_.policy()},
+                                 {"classifier", {}, lr_.classifier()}};
   for (const auto& p : named_parameters()) {
     const std::string& name = p.key();
     const size_t g = name.rfind("glancer.", 0) == 0           ? 0
@@ -424,11 +418,7 @@ OfficialCheckpoint AdaFocusV1Impl::export_official_checkpoint(const nn::StateDic
 }
 
 MethodInfo adafocus_v1_method() {
-  MethodInfo m;
-  m.name = "adafocus_v1";
-  m.make = [](const Config& c, int64_t classes) {
-    return std::make_shared<AdaFocusV1Impl>(AdaFocusV1Options::from_config(c), classes);
-  };
+  MethodInfo m = method_info_of<AdaFocusV1Impl, AdaFocusV1Options>("adafocus_v1");
   m.stages = 4;
   m.pretrained = {"glance", "local"};
   m.presets = {"activitynet_v1", "activitynet_v1_p96", "activitynet_v1_p160", "fcvid_v1", "fcvid_v1_p96",

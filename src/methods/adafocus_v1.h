@@ -136,8 +136,9 @@ class AdaFocusV1Impl : public MethodImpl {
 
   int64_t frames_, patch_, glance_size_, grid_;
   std::string resize_, policy_;
-  double dropout_, gamma_, clip_, value_weight_, entropy_weight_;
-  double lr_policy_, lr_glance_, lr_local_, lr_classifier_;
+  double dropout_;
+  PpoOptions ppo_;
+  LearningRates lr_;
 };
 
 /// adafocus_v1 in the registry.

@@ -51,13 +51,8 @@ AdaFocusV1TSMImpl::AdaFocusV1TSMImpl(const AdaFocusV1TSMOptions& options, int64_
       glance_size_(options.base().glance_size()),
       resize_(options.base().resize()),
       action_std_(options.policy_std()),
-      clip_(options.ppo().clip()),
-      value_weight_(options.ppo().value()),
-      entropy_weight_(options.ppo().entropy()),
-      lr_policy_(options.base().lr().policy()),
-      lr_glance_(options.base().lr().glance()),
-      lr_local_(options.base().lr().local()),
-      lr_classifier_(options.base().lr().classifier()) {
+      ppo_(options.ppo()),
+      lr_(options.base().lr()) {
   const GlanceFocusOptions& o = options.base();
   set_policy(o.policy());
 
@@ -170,7 +165,7 @@ Losses AdaFocusV1TSMImpl::backbone_loss(const Clips& clips, const torch::Tensor&
   const auto frames = clip.reshape({-1, clip.size(2), clip.size(3), clip.size(4)});
   const auto glance = glancer->forward(resize_frames(frames, glance_size_, resize_)).view({b, frames_, -1}).mean(1);
   torch::Tensor focus;  // (B, C)
-  if (lr_local_ > 0) {
+  if (lr_.local() > 0) {
     const auto& f = clips.focus;
     focus = classifier->forward(focuser->features(f.reshape({-1, f.size(2), f.size(3), f.size(4)})))
                 .view({b, focus_frames_, -1}).mean(1);
@@ -206,7 +201,7 @@ Losses AdaFocusV1TSMImpl::ppo_loss(const Clips& clips, const torch::Tensor& targ
   const auto returns = normalised_returns(reward.unsqueeze(0), 0.0).squeeze(0);  // (B)
   const auto advantage = returns - value.detach();
   const auto o = ppo_objective(log_prob, log_prob.detach(), advantage, value, returns, torch::full_like(value, entropy),
-                               clip_, value_weight_, entropy_weight_);
+                               ppo_.clip(), ppo_.value(), ppo_.entropy());
   Losses l;
   l.total = o.loss;
   l.statistics = {{"ppo_reward", reward.mean()},
@@ -220,10 +215,10 @@ Losses AdaFocusV1TSMImpl::ppo_loss(const Clips& clips, const torch::Tensor& targ
 }
 
 std::vector<ParamGroup> AdaFocusV1TSMImpl::param_groups() {
-  return {{"glance", prefixed_parameters("glancer.net", *glancer), lr_glance_},
-          {"local", prefixed_parameters("focuser.net", *focuser), lr_local_},
-          {"policy", prefixed_parameters("focuser.policy.policy", *policy), lr_policy_},
-          {"classifier", prefixed_parameters("classifier", *classifier), lr_classifier_}};
+  return {{"glance", prefixed_parameters("glancer.net", *glancer), lr_.glance()},
+          {"local", prefixed_parameters("focuser.net", *focuser), lr_.local()},
+          {"policy", prefixed_parameters("focuser.policy.policy", *policy), lr_.policy()},
+          {"classifier", prefixed_parameters("classifier", *classifier), lr_.classifier()}};
 }
 
 namespace {
@@ -299,11 +294,12 @@ OfficialCheckpoint AdaFocusV1TSMImpl::export_official_checkpoint(const nn::State
 }
 
 MethodInfo adafocus_v1_tsm_method() {
-  MethodInfo m = adafocus_v1_method();
-  m.name = "adafocus_v1_tsm";
-  m.make = [](const Config& c, int64_t classes) {
-    return std::make_shared<AdaFocusV1TSMImpl>(AdaFocusV1TSMOptions::from_config(c), classes);
-  };
+  MethodInfo m = method_info_of<AdaFocusV1TSMImpl, AdaFocusV1TSMOptions>("adafocus_v1_tsm");
+  const MethodInfo v1 = adafocus_v1_method();  // trained in the same stages, with the same statistics
+  m.stages = v1.stages;
+  m.pretrained = v1.pretrained;
+  m.statistics = v1.statistics;
+  m.dense_baseline = v1.dense_baseline;
   m.presets = {"sthv1_v1_tsm", "sthv1_v1_tsm_p160", "sthv1_v1_tsm_p176",
                "sthv2_v1_tsm", "sthv2_v1_tsm_p160", "sthv2_v1_tsm_p176"};
   return m;

@@ -87,8 +87,9 @@ class AdaFocusV1TSMImpl : public MethodImpl {
 
   int64_t frames_, focus_frames_, patch_, glance_size_;
   std::string resize_, policy_;
-  double action_std_, clip_, value_weight_, entropy_weight_;
-  double lr_policy_, lr_glance_, lr_local_, lr_classifier_;
+  double action_std_;
+  PpoOptions ppo_;
+  LearningRates lr_;
 };
 
 /// adafocus_v1_tsm in the registry.

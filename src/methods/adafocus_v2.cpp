@@ -87,10 +87,7 @@ AdaFocusV2Impl::AdaFocusV2Impl(const AdaFocusV2Options& options, int64_t num_cla
       policy_(options.base().policy()),
       fuse_(options.fuse()),
       gradient_(options.policy_gradient()),
-      lr_policy_(options.base().lr().policy()),
-      lr_glance_(options.base().lr().glance()),
-      lr_local_(options.base().lr().local()),
-      lr_classifier_(options.base().lr().classifier()) {
+      lr_(options.base().lr()) {
   const GlanceFocusOptions& o = options.base();
   set_policy(policy_);
   global_CNN = register_module("global_CNN", nn::make_backbone(o.glance()));
@@ -268,12 +265,12 @@ std::unique_ptr<ExitStepper> AdaFocusV2Impl::stepper(const Clips& clips) {
 
 std::vector<ParamGroup> AdaFocusV2Impl::param_groups() {
   // The official groups: policy_stn, global_CNN(+fc), local_CNN(+fc), classifier.
-  return {{"policy", prefixed_parameters("policy_stn", *policy_stn), lr_policy_},
+  return {{"policy", prefixed_parameters("policy_stn", *policy_stn), lr_.policy()},
           {"glance", prefixed_parameters({{"global_CNN", global_CNN.get()}, {"global_CNN_fc", global_CNN_fc.ptr().get()}}),
-           lr_glance_},
+           lr_.glance()},
           {"local", prefixed_parameters({{"local_CNN", local_CNN.get()}, {"local_CNN_fc", local_CNN_fc.ptr().get()}}),
-           lr_local_},
-          {"classifier", prefixed_parameters("classifier", *classifier), lr_classifier_}};
+           lr_.local()},
+          {"classifier", prefixed_parameters("classifier", *classifier), lr_.classifier()}};
 }
 
 nn::StateDict AdaFocusV2Impl::import_state_dict(const nn::StateDict& state) const {
@@ -288,11 +285,7 @@ nn::StateDict AdaFocusV2Impl::export_official_state_dict(const nn::StateDict& st
 }
 
 MethodInfo adafocus_v2_method() {
-  MethodInfo m;
-  m.name = "adafocus_v2";
-  m.make = [](const Config& c, int64_t classes) {
-    return std::make_shared<AdaFocusV2Impl>(AdaFocusV2Options::from_config(c), classes);
-  };
+  MethodInfo m = method_info_of<AdaFocusV2Impl, AdaFocusV2Options>("adafocus_v2");
   m.pretrained = {"glance", "local"};
   m.presets = {"activitynet_v2", "activitynet_v2_p96", "activitynet_v2_p160", "activitynet_v2_res50_glance",
                "fcvid_v2", "minik_v2"};

@@ -109,7 +109,7 @@ class AdaFocusV2Impl : public MethodImpl {
 
   int64_t frames_, patch_, glance_size_;
   std::string resize_, policy_, fuse_, gradient_;
-  double lr_policy_, lr_glance_, lr_local_, lr_classifier_;
+  LearningRates lr_;
 };
 
 /// adafocus_v2 in the registry.

@@ -17,9 +17,7 @@ AdaFocusV2TSMImpl::AdaFocusV2TSMImpl(const AdaFocusV2TSMOptions& options, int64_
     : frames_(options.base().frames()),
       focus_frames_(options.base().focus_frames()),
       patch_(options.base().patch_size()),
-      lr_policy_(options.base().lr().policy()),
-      lr_glance_(options.base().lr().glance()),
-      lr_local_(options.base().lr().local()) {
+      lr_(options.base().lr()) {
   const GlanceFocusOptions& o = options.base();
   set_policy(o.policy());
   global_CNN = register_module("global_CNN", TSN(o.glance(), num_classes, o.dropout(), true));
@@ -114,9 +112,9 @@ Losses AdaFocusV2TSMImpl::loss(const Clips& clips, const torch::Tensor& target, 
 }
 
 std::vector<ParamGroup> AdaFocusV2TSMImpl::param_groups() {
-  return {{"policy", prefixed_parameters("policy_stn", *policy_stn), lr_policy_},
-          {"glance", prefixed_parameters("global_CNN", *global_CNN), lr_glance_},
-          {"local", prefixed_parameters("local_CNN", *local_CNN), lr_local_}};
+  return {{"policy", prefixed_parameters("policy_stn", *policy_stn), lr_.policy()},
+          {"glance", prefixed_parameters("global_CNN", *global_CNN), lr_.glance()},
+          {"local", prefixed_parameters("local_CNN", *local_CNN), lr_.local()}};
 }
 
 std::vector<std::pair<std::string, const TSNImpl*>> AdaFocusV2TSMImpl::networks() const {
@@ -154,11 +152,7 @@ nn::StateDict AdaFocusV2TSMImpl::export_official_state_dict(const nn::StateDict&
 }
 
 MethodInfo adafocus_v2_tsm_method() {
-  MethodInfo m;
-  m.name = "adafocus_v2_tsm";
-  m.make = [](const Config& c, int64_t classes) {
-    return std::make_shared<AdaFocusV2TSMImpl>(AdaFocusV2TSMOptions::from_config(c), classes);
-  };
+  MethodInfo m = method_info_of<AdaFocusV2TSMImpl, AdaFocusV2TSMOptions>("adafocus_v2_tsm");
   m.pretrained = {"glance", "local"};
   m.presets = {"sthv1_v2_tsm", "sthv2_v2_tsm", "jester_v2_tsm"};
   m.dense_baseline = [](const Config& c) { return full_frame_of(c, "local"); };

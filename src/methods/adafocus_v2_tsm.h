@@ -51,7 +51,7 @@ class AdaFocusV2TSMImpl : public MethodImpl {
 
   int64_t frames_, focus_frames_, patch_;
   std::string policy_;
-  double lr_policy_, lr_glance_, lr_local_;
+  LearningRates lr_;
 };
 
 /// adafocus_v2_tsm in the registry.

@@ -148,10 +148,7 @@ AdaFocusV3Impl::AdaFocusV3Impl(const AdaFocusV3Options& options, int64_t num_cla
       glance_size_(options.base().glance_size()),
       resize_(options.base().resize()),
       gradient_(options.policy_gradient()),
-      lr_policy_(options.base().lr().policy()),
-      lr_glance_(options.base().lr().glance()),
-      lr_local_(options.base().lr().local()),
-      lr_classifier_(options.base().lr().classifier()) {
+      lr_(options.base().lr()) {
   const GlanceFocusOptions& o = options.base();
   set_policy(o.policy());
   // Choice: by default as many cubes as fit side by side in time (frame-wise: one per frame; 12 of 24: 2).
@@ -317,12 +314,12 @@ Losses AdaFocusV3Impl::loss(const Clips& clips, const torch::Tensor& target, con
 }
 
 std::vector<ParamGroup> AdaFocusV3Impl::param_groups() {
-  return {{"policy", prefixed_parameters("policy", *policy), lr_policy_},
+  return {{"policy", prefixed_parameters("policy", *policy), lr_.policy()},
           {"glance", prefixed_parameters({{"global_CNN", global_CNN.get()}, {"global_CNN_fc", global_CNN_fc.ptr().get()}}),
-           lr_glance_},
+           lr_.glance()},
           {"local", prefixed_parameters({{"local_CNN", local_CNN.get()}, {"local_CNN_fc", local_CNN_fc.ptr().get()}}),
-           lr_local_},
-          {"classifier", prefixed_parameters("classifier", *classifier), lr_classifier_}};
+           lr_.local()},
+          {"classifier", prefixed_parameters("classifier", *classifier), lr_.classifier()}};
 }
 
 // The one test-time forward, exit by exit (predict() runs every exit for every video). Exit 0 predicts from the
@@ -340,7 +337,10 @@ class V3Stepper : public ExitStepper {
   ExitStep next() override {
     TORCH_CHECK(k_ <= m_.cubes_, "AdaFocusV3 has ", m_.cubes_ + 1, " exits");
     ExitStep step;
-    if (k_ == 1) corners_ = m_.test_corners(m_.actions(glance_, m_.policy_), source_);  // (n, K, 3)
+    if (k_ == 1) {
+      corners_ = m_.test_corners(m_.actions(glance_, m_.policy_), source_);  // (n, K, 3)
+      glance_ = {};  // read by the policy only
+    }
     if (k_ > 0) {
       const int64_t n = present_.size(0), length = m_.length_;
       const auto corner = corners_.select(1, k_ - 1);  // (n, 3), whole frames in time
@@ -398,7 +398,7 @@ class V3Stepper : public ExitStepper {
  private:
   AdaFocusV3Impl& m_;
   torch::Tensor source_, present_;  // (B, Tc, 3, S, S) as given; rows of the n videos still present
-  AdaFocusV3Impl::Glance glance_;   // maps (n, T, Cg, h, w), features (n, T, Cg): until the policy has run
+  AdaFocusV3Impl::Glance glance_;   // maps (n, T, Cg, h, w), features (n, T, Cg), until the policy has read them
   torch::Tensor pooled_, corners_, local_;  // (n, H) glance features max-pooled, (n, K, 3), running max (n, H)
   int64_t k_ = 0;
 };
@@ -424,11 +424,7 @@ Prediction AdaFocusV3Impl::predict(const Clips& clips) {
 std::unique_ptr<ExitStepper> AdaFocusV3Impl::stepper(const Clips& clips) { return std::make_unique<V3Stepper>(*this, clips); }
 
 MethodInfo adafocus_v3_method() {
-  MethodInfo m;
-  m.name = "adafocus_v3";
-  m.make = [](const Config& c, int64_t classes) {
-    return std::make_shared<AdaFocusV3Impl>(AdaFocusV3Options::from_config(c), classes);
-  };
+  MethodInfo m = method_info_of<AdaFocusV3Impl, AdaFocusV3Options>("adafocus_v3");
   m.pretrained = {"glance", "local"};
   m.presets = {"activitynet_v3", "activitynet_v3_p96", "fcvid_v3", "minik_v3", "sthv1_v3_tsm", "sthv2_v3_tsm"};
   m.dense_baseline = [](const Config& c) { return full_frame_of(c, "local"); };

@@ -121,7 +121,7 @@ class AdaFocusV3Impl : public MethodImpl {
 
   int64_t frames_, source_frames_, cubes_, length_, patch_, glance_size_;
   std::string resize_, policy_, gradient_;
-  double lr_policy_, lr_glance_, lr_local_, lr_classifier_;
+  LearningRates lr_;
 };
 
 /// adafocus_v3 in the registry.

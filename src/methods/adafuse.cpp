@@ -155,9 +155,7 @@ AdaFuseImpl::AdaFuseImpl(const AdaFuseOptions& o, int64_t num_classes)
       flops_loss_(o.flops_loss()),
       tau_(o.tau()),
       flops_weight_(o.flops_weight()),
-      lr_backbone_(o.network().lr().local()),
-      lr_policy_(o.network().lr().policy()),
-      lr_classifier_(o.network().lr().classifier()) {
+      lr_(o.network().lr()) {
   const auto& stages = o.stages();
   const int64_t hidden = o.hidden(), quota = o.hidden_quota();
   shared_ = quota > 0;
@@ -462,10 +460,10 @@ std::vector<ParamGroup> AdaFuseImpl::param_groups() {
   for (auto& p : prefixed_parameters("base_model", *tsn->base_model))
     (is_gate_parameter(p.first) ? policy : backbone).push_back(p);
   std::vector<ParamGroup> groups;
-  for (const auto& [name, params, lr] : {std::make_tuple("backbone", backbone, lr_backbone_),
-                                         std::make_tuple("policy", policy, lr_policy_),
+  for (const auto& [name, params, lr] : {std::make_tuple("backbone", backbone, lr_.local()),
+                                         std::make_tuple("policy", policy, lr_.policy()),
                                          std::make_tuple("classifier", prefixed_parameters("new_fc", *tsn->new_fc),
-                                                         lr_classifier_)}) {
+                                                         lr_.classifier())}) {
     Named weights, biases, norms;
     for (const auto& p : params) {
       const bool bias = p.first.size() > 5 && p.first.compare(p.first.size() - 5, 5, ".bias") == 0;
@@ -524,11 +522,7 @@ nn::StateDict AdaFuseImpl::export_official_state_dict(const nn::StateDict& state
 }
 
 MethodInfo adafuse_method() {
-  MethodInfo m;
-  m.name = "adafuse";
-  m.make = [](const Config& c, int64_t classes) {
-    return std::make_shared<AdaFuseImpl>(AdaFuseOptions::from_config(c), classes);
-  };
+  MethodInfo m = method_info_of<AdaFuseImpl, AdaFuseOptions>("adafuse");
   m.pretrained = {"backbone"};
   m.presets = {"sthv1_adafuse_tsn", "sthv1_adafuse_tsm", "sthv1_adafuse_tsm_last",
                "sthv2_adafuse_tsn", "sthv2_adafuse_tsm", "sthv2_adafuse_tsm_last"};

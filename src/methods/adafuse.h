@@ -126,7 +126,8 @@ class AdaFuseImpl : public MethodImpl {
 
   int64_t frames_, resolution_;
   std::string resize_, flops_loss_;
-  double tau_, flops_weight_, lr_backbone_, lr_policy_, lr_classifier_;
+  double tau_, flops_weight_;
+  LearningRates lr_;
   std::map<int64_t, double> base_gflops_;  // by resolution
   bool shared_ = false;
 };

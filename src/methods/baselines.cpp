@@ -63,8 +63,7 @@ FullFrameImpl::FullFrameImpl(const FullFrameOptions& o, int64_t num_classes)
     : frames_(o.frames()),
       resolution_(o.resolution()),
       resize_(o.resize()),
-      lr_backbone_(o.lr().local()),
-      lr_classifier_(o.lr().classifier()) {
+      lr_(o.lr()) {
   tsn = TSN(o.backbone(), num_classes, o.dropout(), false);
   // Registered under the official TSN names (base_model.*, new_fc.*), not under "tsn.".
   register_module("base_model", tsn->base_model);
@@ -98,8 +97,8 @@ Losses FullFrameImpl::loss(const Clips& clips, const torch::Tensor& target, cons
 }
 
 std::vector<ParamGroup> FullFrameImpl::param_groups() {
-  return {{"backbone", prefixed_parameters("base_model", *tsn->base_model), lr_backbone_},
-          {"classifier", prefixed_parameters("new_fc", *tsn->new_fc), lr_classifier_}};
+  return {{"backbone", prefixed_parameters("base_model", *tsn->base_model), lr_.local()},
+          {"classifier", prefixed_parameters("new_fc", *tsn->new_fc), lr_.classifier()}};
 }
 
 nn::StateDict FullFrameImpl::import_state_dict(const nn::StateDict& state) const {
@@ -118,11 +117,7 @@ nn::StateDict FullFrameImpl::import_state_dict(const nn::StateDict& state) const
 }
 
 MethodInfo full_frame_method() {
-  MethodInfo m;
-  m.name = "full_frame";
-  m.make = [](const Config& c, int64_t classes) {
-    return std::make_shared<FullFrameImpl>(FullFrameOptions::from_config(c), classes);
-  };
+  MethodInfo m = method_info_of<FullFrameImpl, FullFrameOptions>("full_frame");
   m.pretrained = {"backbone"};
   m.dense_baseline = [](const Config& c) { return c; };
   return m;

@@ -61,7 +61,7 @@ class FullFrameImpl : public MethodImpl {
 
   int64_t frames_, resolution_;
   std::string resize_;
-  double lr_backbone_, lr_classifier_;
+  LearningRates lr_;
 };
 
 /// full_frame in the registry.

@@ -41,6 +41,15 @@ struct MethodInfo {
   std::string flops_note;  ///< what `flops -c` adds to its count
 };
 
+/// A MethodInfo named `name` whose factory builds an `Impl` from `Options::from_config` (the usual start of one).
+template <typename Impl, typename Options>
+MethodInfo method_info_of(const std::string& name) {
+  MethodInfo m;
+  m.name = name;
+  m.make = [](const Config& c, int64_t classes) { return std::make_shared<Impl>(Options::from_config(c), classes); };
+  return m;
+}
+
 /// Adds a method; throws adafocus::Error if one of that name exists.
 void register_method(MethodInfo info);
 /// The method `name`; throws adafocus::Error naming the known ones. `where` names the key's origin in errors.

@@ -10,8 +10,8 @@ packages=(
   libtorch-dev libopenblas0-openmp
   # multi-process training: the gloo headers that LibTorch's c10d ProcessGroupGloo.hpp includes
   libgloo-dev
-  # command line, config, JSON, formatting
-  libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libfmt-dev
+  # command line, config, JSON, formatting; the server's HTTP (Boost.Beast and Asio, headers only)
+  libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libfmt-dev libboost-dev
   # video decoding and encoding (FFmpeg libraries; the ffmpeg tools make and check test videos), JPEG frames, gzip
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev ffmpeg libturbojpeg0-dev zlib1g-dev
   # real images for the built-in benchmark (Cluttered Moving Fashion-MNIST)

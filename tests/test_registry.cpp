@@ -58,7 +58,7 @@ class ToyImpl : public methods::MethodImpl {
   class Steps : public methods::ExitStepper {
    public:
     Steps(ToyImpl& m, const methods::Clips& clips) : logits_(m.predict(clips).logits) {}
-    methods::ExitStep next() override { return {logits_.select(1, k_++), {}, {}}; }
+    methods::ExitStep next() override { return {logits_.select(1, k_++), {}, {}, {}}; }
     void keep(const torch::Tensor& rows) override { logits_ = logits_.index_select(0, rows); }
 
    private:

@@ -49,6 +49,7 @@ void add_check_data_command(CLI::App& app, Commands& commands, const Runtime& ru
 void add_make_list_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_make_synthetic_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_export_command(CLI::App& app, Commands& commands, const Runtime& runtime);
+void add_serve_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 
 /// Replaces the model's class names by those of a classInd.txt (official checkpoints have none); the count must fit.
 void set_class_names(methods::LoadedModel& model, const std::string& class_index);

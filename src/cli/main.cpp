@@ -24,7 +24,8 @@ namespace {
 // start again (0.4 s, LibTorch's start-up); a policy the user set is kept.
 void wait_passively(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
-  static const char* const kLong[] = {"train", "demo", "sweep", "eval", "bench", "calibrate", "pretrain-items", "features"};
+  static const char* const kLong[] = {"train", "demo", "sweep", "eval", "bench", "calibrate", "pretrain-items", "features",
+                                      "serve"};
   bool long_running = false;
   for (char** a = argv + 1; *a && !long_running; ++a)
     for (const char* name : kLong) long_running = long_running || std::strcmp(*a, name) == 0;
@@ -72,6 +73,7 @@ int main(int argc, char** argv) {
   cli::add_predict_command(app, commands, runtime);
   cli::add_calibrate_command(app, commands, runtime);
   cli::add_bench_command(app, commands, runtime);
+  cli::add_serve_command(app, commands, runtime);
   cli::add_pretrain_items_command(app, commands, runtime);
   cli::add_flops_command(app, commands, runtime);
   cli::add_features_command(app, commands, runtime);
@@ -97,7 +99,7 @@ int main(int argc, char** argv) {
       if (!command.app->parsed()) continue;
       if (runtime.precision != infer::Precision::Fp32) {
         const std::string name = command.app->get_name();
-        if (name != "eval" && name != "predict" && name != "bench" && name != "calibrate")
+        if (name != "eval" && name != "predict" && name != "bench" && name != "calibrate" && name != "serve")
           throw Error("--precision " + precision + " is for inference", "",
                       "use it with eval, predict, bench or calibrate; training runs in fp32");
         if (!infer::cpu_has_bf16())

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "infer/predictor.h"
 #include "io/pth.h"
+#include "serve/streams.h"
 #include "viz/visualize.h"
 
 namespace adafocus::cli {
@@ -17,11 +18,11 @@ namespace adafocus::cli {
 namespace {
 
 struct PredictArgs {
-  std::string checkpoint, preset, video, visualize, thresholds, classes, input_tensor, output;
+  std::string checkpoint, preset, video, visualize, thresholds, classes, input_tensor, output, stream;
   std::vector<std::string> overrides;
-  int64_t top_k = 5;
+  int64_t top_k = 5, window = 64, stride = 32;
   double budget = -1;
-  bool json = false, raw = false;
+  bool json = false, raw = false, realtime = false;
 };
 
 nlohmann::json to_json(const torch::Tensor& t) {
@@ -74,39 +75,63 @@ int run_on_tensor(const PredictArgs& args, methods::LoadedModel& model, torch::D
   return 0;
 }
 
+// A live source (or a file) window by window, as the server's streams do: one line per window as it is classified,
+// and one per break, reconnection or end of the source.
+int run_on_stream(const PredictArgs& args, methods::LoadedModel& model, torch::Device device,
+                  const infer::ExitRule* rule, double budget_used) {
+  serve::WindowOptions o;
+  o.window = args.window;
+  o.stride = args.stride;
+  o.realtime = args.realtime;
+  if (o.window < 1 || o.stride < 1) throw Error("--window and --stride must be at least 1 frame");
+  const size_t k = static_cast<size_t>(std::max<int64_t>(1, args.top_k));
+  const std::atomic<bool> stop{false};
+  serve::read_windows(
+      args.stream, o, infer::prediction_options(model), stop,
+      [&](serve::Window& w) {
+        const infer::VideoPrediction p = infer::predict_sample(model, w.sample, device, rule);
+        const nlohmann::json event = serve::window_event(w, &p, budget_used, k);
+        if (args.json) return fmt::print("{}\n", event.dump());
+        fmt::print("window {} (frames {}-{}, {:.2f}-{:.2f} s): {} {:.1f}%, {:.4f} GFLOPs{}\n", w.index, w.first_frame,
+                   w.last_frame, w.start, w.end, p.classes[0].first, 100 * p.classes[0].second, p.gflops,
+                   p.exit >= 0 ? fmt::format(" (exit {})", p.exit) : "");
+        std::fflush(stdout);
+      },
+      [&](const nlohmann::json& event) {
+        fmt::print("{}\n", args.json ? event.dump() : event.value("event", "") + ": " + event.dump());
+        std::fflush(stdout);
+      });
+  return 0;
+}
+
 int run(const PredictArgs& args, const Runtime& runtime) {
   methods::LoadedModel model = methods::load_model(args.checkpoint, args.preset, args.overrides, runtime.torch_device());
   if (!args.classes.empty()) set_class_names(model, args.classes);
   if (!args.input_tensor.empty()) return run_on_tensor(args, model, runtime.torch_device());
-  if (args.video.empty()) throw Error("a video (or --input-tensor) is required");
+  if (args.video.empty() == args.stream.empty()) throw Error("a video or --stream SOURCE (or --input-tensor) is required");
   if (args.raw && (args.budget >= 0 || !args.thresholds.empty()))
     throw Error("--raw shows every exit's output: run it without --budget / --thresholds");
   std::optional<infer::ExitRule> rule;
-  double expected = 0;
+  double expected = 0, budget_used = -1;
   if (args.budget >= 0 || !args.thresholds.empty()) {
     const infer::ExitTable table = exit_table(model, args.thresholds, args.checkpoint);
     const infer::ExitSetting s = table.for_budget(args.budget >= 0 ? args.budget : table.exit_gflops.back());
     rule = infer::ExitRule{table.criterion, s.thresholds};
     expected = s.gflops;
+    budget_used = s.gflops;
   }
+  if (!args.stream.empty())
+    return run_on_stream(args, model, runtime.torch_device(), rule ? &*rule : nullptr, budget_used);
   const infer::VideoPrediction p =
       infer::predict_video(model, args.video, runtime.torch_device(), rule ? &*rule : nullptr);
   if (!args.visualize.empty()) viz::visualize(args.video, model, p, args.visualize);
   const size_t k = std::min(static_cast<size_t>(std::max<int64_t>(1, args.top_k)), p.classes.size());
   if (args.json || args.raw) {
-    nlohmann::json out{{"video", args.video}, {"method", model.config.get_string("model.method")},
-                       {"gflops", p.gflops}, {"full_gflops", p.full_gflops}, {"frames", p.frames}};
+    nlohmann::json out = infer::prediction_json(p, args.video, model.config.get_string("model.method"), k);
     if (rule) {
-      out["exit"] = p.exit;
-      out["exits"] = p.exits;
       out["budget"] = args.budget;
       out["expected_gflops"] = expected;
     }
-    out["top"] = nlohmann::json::array();
-    for (size_t i = 0; i < k; ++i) out["top"].push_back({{"label", p.classes[i].first}, {"score", p.classes[i].second}});
-    out["regions"] = nlohmann::json::array();
-    for (const auto& r : p.regions)
-      out["regions"].push_back({{"frame", r.frame}, {"x", r.box[0]}, {"y", r.box[1]}, {"w", r.box[2]}, {"h", r.box[3]}});
     if (!args.visualize.empty()) out["visualization"] = args.visualize;
     if (args.raw) out["raw"] = raw_json(p.outputs);
     fmt::print("{}\n", out.dump(2));
@@ -145,6 +170,12 @@ void add_predict_command(CLI::App& app, Commands& commands, const Runtime& runti
                   "run on a prepared clip X.pt ((T, 3, S, S) or (B, T, 3, S, S), or a dict with 'clip' and 'focus')");
   sub->add_option("--output", args->output, "with --input-tensor: write the outputs to Y.pt (a dict of tensors)");
   sub->add_option("--visualize", args->visualize, "write the frames read with the focus boxes to OUT.gif or OUT.mp4");
+  sub->add_option("--stream", args->stream,
+                  "classify a live source (http, https, rtsp, rtmp URL, or a file) window by window: one line per window")
+      ->excludes(sub->get_option("video"));
+  sub->add_option("--window", args->window, "with --stream: frames per window");
+  sub->add_option("--stride", args->stride, "with --stream: frames from one window's start to the next");
+  sub->add_flag("--realtime", args->realtime, "with --stream: read a file at its own frame rate, as a live source");
   sub->add_option("--set", args->overrides, "dotted key=value overrides (e.g. --set data.segments=16)");
   commands.push_back({sub, [args, &runtime] { return run(*args, runtime); }});
 }

@@ -140,15 +140,19 @@ Sample load_clip(const std::string& path, const DatasetOptions& o, Rng& rng, int
   io::FrameFolderOptions folder = o.frames;
   folder.num_frames = known_frames;
   std::unique_ptr<io::FrameSource> source = io::open_frames(path, folder);
-  const int64_t n = source->num_frames();
+  return load_clip(*source, path, o, rng);
+}
+
+Sample load_clip(io::FrameSource& source, const std::string& name, const DatasetOptions& o, Rng& rng) {
+  const int64_t n = source.num_frames();
   Sample sample;
   sample.frames = sample_indices(n, o.segments, o, rng);
   if (o.input_order) sample.frames = reorder(sample.frames, data::input_order(o.segments));
   if (o.glance_every > 0) sample.glance = glance_positions(o.segments, o.glance_every, o.train, rng);
-  sample.clip = make_clip(*source, path, sample.frames, o, rng, sample.crop, sample);
+  sample.clip = make_clip(source, name, sample.frames, o, rng, sample.crop, sample);
   if (o.focus_segments > 0) {  // sampled and cropped independently, as the official V2-TSM loader does
     sample.focus_frames = sample_indices(n, o.focus_segments, o, rng);
-    sample.focus = make_clip(*source, path, sample.focus_frames, o, rng, sample.focus_crop, sample);
+    sample.focus = make_clip(source, name, sample.focus_frames, o, rng, sample.focus_crop, sample);
   }
   return sample;
 }

@@ -86,5 +86,8 @@ std::string resolve_path(const std::string& root, const io::ListEntry& entry, io
 
 /// The clip of one video file or frame folder, as `get` makes it (test view unless options.train).
 Sample load_clip(const std::string& path, const DatasetOptions& options, Rng& rng, int64_t known_frames = 0);
+/// The same from an open source (a video in memory, a stream's window); `name` names it in errors and in the frame
+/// cache's keys.
+Sample load_clip(io::FrameSource& source, const std::string& name, const DatasetOptions& options, Rng& rng);
 
 }  // namespace adafocus::data

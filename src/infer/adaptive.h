@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <vector>
 
 #include "infer/early_exit.h"
@@ -26,7 +27,13 @@ struct AdaptiveResult {
   torch::Tensor exit_logits;  ///< (B, K, C): every exit that ran for the video, NaN after it left
   std::vector<torch::Tensor> regions, region_frames;  ///< per video (R, 4) and (R, F): what it looked at
   int64_t macs = -1;          ///< FLOPs counted for the whole batch (-1: not counted)
+  /// (B,) double: each video's GFLOPs where the method's cost depends on the video (ExitStep::gflops); undefined
+  /// otherwise - a video then costs what its exit costs (MethodFlops::exits).
+  torch::Tensor video_gflops;
 };
+
+/// Told as videos leave the batch: the rows that just left, and the result with their entries filled.
+using LeaveCallback = std::function<void(const std::vector<int64_t>& rows, const AdaptiveResult& result)>;
 
 struct MethodFlops {
   nn::FlopsReport report;          ///< everything one video's predict() runs (as the papers count, auxiliary heads too)
@@ -40,5 +47,9 @@ MethodFlops method_flops(methods::MethodImpl& method, int64_t frames, int64_t fo
 /// Runs `method` (eval mode, under NoGradGuard) on a batch with early exits under `rule`; `count` counts its FLOPs.
 AdaptiveResult run_adaptive(methods::MethodImpl& method, const methods::Clips& clips, const ExitRule& rule,
                             bool count);
+/// The same with a rule per video (their thresholds may differ, their criterion not; null: every exit runs), telling
+/// `on_leave` as videos leave, so that their answers can go out before the batch ends.
+AdaptiveResult run_adaptive(methods::MethodImpl& method, const methods::Clips& clips,
+                            const std::vector<const ExitRule*>& rules, bool count, const LeaveCallback& on_leave = {});
 
 }  // namespace adafocus::infer

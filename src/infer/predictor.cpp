@@ -4,40 +4,17 @@
 
 namespace adafocus::infer {
 
-VideoPrediction predict_video(methods::LoadedModel& model, const std::string& video, torch::Device device,
-                              const ExitRule* rule) {
+data::DatasetOptions prediction_options(const methods::LoadedModel& model) {
+  data::DatasetOptions o = data::DatasetOptions::from_config(model.config, "data.val_list", false);
+  o.cache.reset();
+  return o;
+}
+
+VideoPrediction video_prediction(const methods::LoadedModel& model, const data::Sample& s, const torch::Tensor& logits,
+                                 const torch::Tensor& regions, const torch::Tensor& region_frames, double gflops) {
   const Config& c = model.config;
-  Rng unused(0);  // the test view draws nothing
-  const data::Sample s = data::load_clip(video, data::DatasetOptions::from_config(c, "data.val_list", false), unused);
-  methods::Clips clips{s.clip.unsqueeze(0).to(device), s.focus.defined() ? s.focus.unsqueeze(0).to(device) : torch::Tensor()};
-  torch::NoGradGuard no_grad;
   VideoPrediction out;
-  out.exits = model.method->exits();
-  out.full_gflops = method_flops(*model.method, c.get_int("data.segments"), c.get_int("data.focus_segments"),
-                                 c.get_int("data.input_size"))
-                        .report.gflops();
-  torch::Tensor logits, regions, region_frames;
-  if (rule) {
-    const AdaptiveResult r = run_adaptive(*model.method, clips, *rule, true);
-    logits = r.logits[0];
-    regions = r.regions[0];
-    region_frames = r.region_frames[0];
-    out.exit = r.exits[0].item<int64_t>();
-    out.gflops = static_cast<double>(r.macs) * 1e-9;
-  } else {
-    const methods::Prediction p = model.method->predict(clips);
-    logits = p.logits[0][p.logits.size(1) - 1].to(torch::kFloat);  // the final exit, float also from a bf16 model
-    if (p.regions.defined()) regions = p.regions[0], region_frames = p.region_frames[0];
-    // A method whose cost depends on the video (AdaFuse) counts this video's own; the others cost what they always do.
-    out.gflops = p.gflops.defined() ? p.gflops[0].item<double>() : out.full_gflops;
-    auto cpu = [](const torch::Tensor& t) { return t.defined() ? t.cpu() : t; };
-    out.outputs = p;
-    for (torch::Tensor* t : {&out.outputs.logits, &out.outputs.regions, &out.outputs.region_frames, &out.outputs.gflops})
-      *t = cpu(*t);
-    for (auto* named : {&out.outputs.outputs, &out.outputs.video_means, &out.outputs.part_logits})
-      for (auto& [name, t] : *named) t = cpu(t);
-  }
-  const auto probs = torch::softmax(logits, 0).cpu();
+  const auto probs = torch::softmax(logits.to(torch::kFloat), 0).cpu();  // float also from a bf16 model
   const auto order = std::get<1>(probs.sort(0, true));
   for (int64_t i = 0; i < order.size(0); ++i) {
     const int64_t k = order[i].item<int64_t>();
@@ -46,7 +23,63 @@ VideoPrediction predict_video(methods::LoadedModel& model, const std::string& vi
   out.frames = s.frames;
   if (regions.defined())
     out.regions = data::frame_regions(regions, region_frames, s, static_cast<int>(c.get_int("data.input_size")),
-                                static_cast<int>(c.get_int("data.test_resize")));
+                                      static_cast<int>(c.get_int("data.test_resize")));
+  out.gflops = gflops;
+  out.exits = model.method->exits();
+  return out;
+}
+
+VideoPrediction predict_video(methods::LoadedModel& model, const std::string& video, torch::Device device,
+                              const ExitRule* rule) {
+  Rng unused(0);  // the test view draws nothing
+  return predict_sample(model, data::load_clip(video, prediction_options(model), unused), device, rule);
+}
+
+VideoPrediction predict_sample(methods::LoadedModel& model, const data::Sample& s, torch::Device device,
+                               const ExitRule* rule) {
+  const Config& c = model.config;
+  methods::Clips clips{s.clip.unsqueeze(0).to(device), s.focus.defined() ? s.focus.unsqueeze(0).to(device) : torch::Tensor()};
+  torch::NoGradGuard no_grad;
+  const double full_gflops = method_flops(*model.method, c.get_int("data.segments"), c.get_int("data.focus_segments"),
+                                          c.get_int("data.input_size"))
+                                 .report.gflops();
+  VideoPrediction out;
+  if (rule) {
+    const AdaptiveResult r = run_adaptive(*model.method, clips, *rule, true);
+    out = video_prediction(model, s, r.logits[0], r.regions[0], r.region_frames[0], static_cast<double>(r.macs) * 1e-9);
+    out.exit = r.exits[0].item<int64_t>();
+  } else {
+    const methods::Prediction p = model.method->predict(clips);
+    // The final exit; a method whose cost depends on the video (AdaFuse) counts this video's own.
+    out = video_prediction(model, s, p.logits[0][p.logits.size(1) - 1],
+                           p.regions.defined() ? p.regions[0] : torch::Tensor(),
+                           p.regions.defined() ? p.region_frames[0] : torch::Tensor(),
+                           p.gflops.defined() ? p.gflops[0].item<double>() : full_gflops);
+    auto cpu = [](const torch::Tensor& t) { return t.defined() ? t.cpu() : t; };
+    out.outputs = p;
+    for (torch::Tensor* t : {&out.outputs.logits, &out.outputs.regions, &out.outputs.region_frames, &out.outputs.gflops})
+      *t = cpu(*t);
+    for (auto* named : {&out.outputs.outputs, &out.outputs.video_means, &out.outputs.part_logits})
+      for (auto& [name, t] : *named) t = cpu(t);
+  }
+  out.full_gflops = full_gflops;
+  return out;
+}
+
+nlohmann::json prediction_json(const VideoPrediction& p, const std::string& video, const std::string& method,
+                               size_t top_k) {
+  nlohmann::json out{{"video", video}, {"method", method}, {"gflops", p.gflops}, {"full_gflops", p.full_gflops},
+                     {"frames", p.frames}};
+  if (p.exit >= 0) {
+    out["exit"] = p.exit;
+    out["exits"] = p.exits;
+  }
+  out["top"] = nlohmann::json::array();
+  for (size_t i = 0; i < std::min(top_k, p.classes.size()); ++i)
+    out["top"].push_back({{"label", p.classes[i].first}, {"score", p.classes[i].second}});
+  out["regions"] = nlohmann::json::array();
+  for (const auto& r : p.regions)
+    out["regions"].push_back({{"frame", r.frame}, {"x", r.box[0]}, {"y", r.box[1]}, {"w", r.box[2]}, {"h", r.box[3]}});
   return out;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -26,5 +27,23 @@ struct VideoPrediction {
 /// the prediction is confident enough.
 VideoPrediction predict_video(methods::LoadedModel& model, const std::string& video, torch::Device device,
                               const infer::ExitRule* rule = nullptr);
+
+/// The same on a clip already read with prediction_options(model) (a window of a live source).
+VideoPrediction predict_sample(methods::LoadedModel& model, const data::Sample& sample, torch::Device device,
+                               const infer::ExitRule* rule = nullptr);
+
+/// The test view's data settings of `model` for single videos (no frame cache: a video is read once).
+data::DatasetOptions prediction_options(const methods::LoadedModel& model);
+
+/// One video's answer from what the network gave it: its final `logits` (C), the `regions` (R, 4) and
+/// `region_frames` (R, F) it looked at (undefined: none), in the pixels of `sample`'s decoded frames; what it cost.
+VideoPrediction video_prediction(const methods::LoadedModel& model, const data::Sample& sample,
+                                 const torch::Tensor& logits, const torch::Tensor& regions,
+                                 const torch::Tensor& region_frames, double gflops);
+
+/// predict --json's answer for `video`: method, GFLOPs, frames read, the top `top_k` classes, regions; with early
+/// exits the exit taken.
+nlohmann::json prediction_json(const VideoPrediction& p, const std::string& video, const std::string& method,
+                               size_t top_k);
 
 }  // namespace adafocus::infer

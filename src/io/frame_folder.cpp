@@ -132,6 +132,21 @@ void write_jpeg(const std::string& path, const Image& image, int quality) {
   write_file_atomic(path, std::string(reinterpret_cast<const char*>(jpeg), size), /*durable=*/false);
 }
 
+std::vector<Image> FrameList::read(const std::vector<int64_t>& indices, int short_side) {
+  std::vector<Image> out;
+  out.reserve(indices.size());
+  for (int64_t i : indices) {
+    const Image& f = frames_.at(static_cast<size_t>(i));
+    if (short_side <= 0 || std::min(f.width, f.height) == short_side) {
+      out.push_back(f);
+    } else {
+      const auto [w, h] = short_side_size(f.width, f.height, short_side);
+      out.push_back(resize(f, w, h));
+    }
+  }
+  return out;
+}
+
 std::unique_ptr<FrameSource> open_frames(const std::string& path, const FrameFolderOptions& folder) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) return std::make_unique<FrameFolder>(path, folder);

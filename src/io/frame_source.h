@@ -21,6 +21,19 @@ class FrameSource {
   virtual int64_t decode_all() = 0;
 };
 
+/// Frames already decoded (a live stream's window), read as a source.
+class FrameList : public FrameSource {
+ public:
+  explicit FrameList(std::vector<Image> frames) : frames_(std::move(frames)) {}
+  int64_t num_frames() const override { return static_cast<int64_t>(frames_.size()); }
+  /// The frames as they are when `short_side` is 0 or theirs; else resized to it.
+  std::vector<Image> read(const std::vector<int64_t>& indices, int short_side = 0) override;
+  int64_t decode_all() override { return num_frames(); }
+
+ private:
+  std::vector<Image> frames_;
+};
+
 struct FrameFolderOptions {
   /// printf pattern of frame files, or "auto": the first of image_%05d.jpg, img_%05d.jpg, %05d.jpg, %06d.jpg found.
   std::string pattern = "auto";

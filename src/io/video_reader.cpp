@@ -8,6 +8,7 @@ extern "C" {
 }
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -25,7 +26,10 @@ constexpr const char* kVideoHint = "check the file with ffprobe; re-encode it wi
 }  // namespace
 
 struct VideoReader::Impl {
-  std::string path;
+  std::string path;  // the file, or the name of the video in memory
+  std::shared_ptr<const std::string> bytes;  // the video in memory, or null
+  int64_t offset = 0;                        // where the I/O context reads next in `bytes`
+  AVIOContext* memory_io = nullptr;
   int decoder_threads = 1;
   AVFormatContext* format = nullptr;
   AVCodecContext* codec = nullptr;
@@ -49,17 +53,64 @@ struct VideoReader::Impl {
     av_frame_free(&frame);
     av_packet_free(&packet);
     avcodec_free_context(&codec);
-    avformat_close_input(&format);
+    close_input();
   }
 
   [[noreturn]] void fail(const std::string& what) const { throw Error(what, path, kVideoHint); }
 
+  // FFmpeg's I/O callbacks over `bytes`.
+  static int read_memory(void* opaque, uint8_t* buffer, int size) {
+    Impl& v = *static_cast<Impl*>(opaque);
+    const int64_t left = static_cast<int64_t>(v.bytes->size()) - v.offset;
+    if (left <= 0) return AVERROR_EOF;
+    const int n = static_cast<int>(std::min<int64_t>(left, size));
+    std::memcpy(buffer, v.bytes->data() + v.offset, static_cast<size_t>(n));
+    v.offset += n;
+    return n;
+  }
+  static int64_t seek_memory(void* opaque, int64_t position, int whence) {
+    Impl& v = *static_cast<Impl*>(opaque);
+    const auto size = static_cast<int64_t>(v.bytes->size());
+    if (whence & AVSEEK_SIZE) return size;
+    const int64_t base = (whence & 3) == SEEK_CUR ? v.offset : (whence & 3) == SEEK_END ? size : 0;
+    if (base + position < 0 || base + position > size) return AVERROR(EINVAL);
+    return v.offset = base + position;
+  }
+
+  // Opens the container: the file, or the bytes through a custom I/O context (which FFmpeg does not free).
+  int open_input() {
+    if (!bytes) return avformat_open_input(&format, path.c_str(), nullptr, nullptr);
+    constexpr int kBuffer = 1 << 16;
+    auto* buffer = static_cast<uint8_t*>(av_malloc(kBuffer));
+    offset = 0;
+    memory_io = buffer ? avio_alloc_context(buffer, kBuffer, 0, this, &read_memory, nullptr, &seek_memory) : nullptr;
+    format = avformat_alloc_context();
+    if (!memory_io || !format) {
+      av_free(buffer);
+      fail("out of memory");
+    }
+    format->pb = memory_io;
+    format->flags |= AVFMT_FLAG_CUSTOM_IO;
+    return avformat_open_input(&format, path.c_str(), nullptr, nullptr);  // frees `format` on failure
+  }
+  void close_input() {
+    avformat_close_input(&format);
+    if (memory_io) {
+      av_freep(&memory_io->buffer);
+      avio_context_free(&memory_io);
+    }
+  }
+
   void open() {
     namespace fs = std::filesystem;
     std::error_code ec;
-    if (!fs::exists(path, ec)) throw Error("file not found", path, "check the list's path and --root");
-    if (fs::is_regular_file(path, ec) && fs::file_size(path, ec) == 0) fail("file is empty");
-    int ret = avformat_open_input(&format, path.c_str(), nullptr, nullptr);
+    if (bytes) {
+      if (bytes->empty()) fail("the video is empty");
+    } else {
+      if (!fs::exists(path, ec)) throw Error("file not found", path, "check the list's path and --root");
+      if (fs::is_regular_file(path, ec) && fs::file_size(path, ec) == 0) fail("file is empty");
+    }
+    int ret = open_input();
     if (ret < 0) fail("not a readable video (" + av_error(ret) + "); truncated, or not a video file?");
     ret = avformat_find_stream_info(format, nullptr);
     if (ret < 0) fail("cannot read stream information (" + av_error(ret) + ")");
@@ -131,8 +182,8 @@ struct VideoReader::Impl {
   // Back to the first frame: seek to the earliest timestamp, or reopen the file when the container cannot seek.
   void rewind() {
     if (av_seek_frame(format, stream, start_ts, AVSEEK_FLAG_BACKWARD) < 0) {
-      avformat_close_input(&format);
-      int ret = avformat_open_input(&format, path.c_str(), nullptr, nullptr);
+      close_input();
+      int ret = open_input();
       if (ret < 0) fail("cannot reopen the video (" + av_error(ret) + ")");
       ret = avformat_find_stream_info(format, nullptr);
       if (ret < 0) fail("cannot read stream information (" + av_error(ret) + ")");
@@ -191,6 +242,15 @@ struct VideoReader::Impl {
 VideoReader::VideoReader(const std::string& path, int decoder_threads) : impl_(std::make_unique<Impl>()) {
   silence_ffmpeg();
   impl_->path = path;
+  impl_->decoder_threads = decoder_threads;
+  impl_->open();
+}
+
+VideoReader::VideoReader(std::shared_ptr<const std::string> bytes, const std::string& name, int decoder_threads)
+    : impl_(std::make_unique<Impl>()) {
+  silence_ffmpeg();
+  impl_->path = name;
+  impl_->bytes = std::move(bytes);
   impl_->decoder_threads = decoder_threads;
   impl_->open();
 }

@@ -16,7 +16,7 @@ class WholeStepper : public ExitStepper {
     TORCH_CHECK(!done_, "this method has one exit");
     done_ = true;
     const Prediction p = method_.predict(clips_);
-    return {p.logits.select(1, p.logits.size(1) - 1), p.regions, p.region_frames};
+    return {p.logits.select(1, p.logits.size(1) - 1), p.regions, p.region_frames, p.gflops};
   }
   void keep(const torch::Tensor&) override {}
 

@@ -61,6 +61,8 @@ struct ExitStep {
   torch::Tensor logits;         ///< (n, C): the prediction at this exit
   torch::Tensor regions;        ///< (n, R, 4): what this exit looked at, as Prediction; undefined when nothing
   torch::Tensor region_frames;  ///< (n, R, F), as Prediction
+  torch::Tensor gflops;         ///< (n,) double: what this exit cost each video, for methods whose cost depends on the
+                                ///< video (AdaFuse: Prediction::gflops); undefined otherwise
 };
 
 /// Exit-by-exit inference on one batch (eval mode, no gradients), so that videos leave as soon as their prediction

@@ -70,7 +70,8 @@ TEST_P(Videos, RandomAccessEqualsSequentialDecoding) {
   std::vector<int64_t> all(kFrames);
   for (int i = 0; i < kFrames; ++i) all[i] = i;
   const auto sequential = video.read(all);
-  // Backwards, repeated, across keyframes, and forward within a GOP: every pattern the samplers produce.
+  // Backwards, repeated, across keyframes, and forward within a GOP: every pattern the samplers produce (the B-frames
+  // between wanted frames skipped, those between sequential ones not).
   const std::vector<int64_t> scattered{49, 0, 25, 25, 10, 11, 12, 48, 3, 30, 9};
   const auto frames = video.read(scattered);
   ASSERT_EQ(frames.size(), scattered.size());

@@ -47,6 +47,9 @@ struct VideoReader::Impl {
 
   int64_t position = -1;  // index of the next frame the decoder will return; -1 = unknown (after a seek)
   bool draining = false;
+  // The frames read() wants (sorted): the decoder may skip the others when no frame refers to them (B-frames), so
+  // that a clip of 8 frames out of a long-GOP video does not decode every frame in full. Null: every frame decoded.
+  const std::vector<int64_t>* wanted = nullptr;
 
   ~Impl() {
     sws_freeContext(sws);
@@ -222,7 +225,16 @@ struct VideoReader::Impl {
         draining = true;
         continue;
       }
-      if (packet->stream_index == stream) avcodec_send_packet(codec, packet);  // a broken packet just yields no frame
+      if (packet->stream_index == stream) {
+        // Choice: frames nobody refers to are skipped unless wanted - exact, as no decoded frame depends on them.
+        // Only with timestamps (a frame is known by its pts) and one decoder thread (the setting then applies to this
+        // very packet).
+        if (wanted && has_timestamps && codec->thread_count == 1)
+          codec->skip_frame = std::binary_search(wanted->begin(), wanted->end(), index_of(packet->pts))
+                                  ? AVDISCARD_DEFAULT
+                                  : AVDISCARD_NONREF;
+        avcodec_send_packet(codec, packet);  // a broken packet just yields no frame
+      }
       av_packet_unref(packet);
     }
   }
@@ -277,6 +289,11 @@ std::vector<Image> VideoReader::read(const std::vector<int64_t>& indices, int sh
   wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
 
   std::map<int64_t, Image> decoded;
+  v.wanted = &wanted;
+  struct Unset {
+    Impl& v;
+    ~Unset() { v.wanted = nullptr, v.codec->skip_frame = AVDISCARD_DEFAULT; }
+  } unset{v};
   for (int64_t target : wanted) {
     if (decoded.count(target)) continue;
     // Seek when the target is behind the decoder or a keyframe lies between them; otherwise decode forward.

@@ -12,11 +12,25 @@ Batcher::Batcher(methods::LoadedModel& model, BatcherOptions options,
 
 Batcher::~Batcher() { drain(); }
 
-void Batcher::submit(std::shared_ptr<Job> job) {
+void Batcher::expect() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++coming_;
+}
+
+void Batcher::unexpect() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --coming_;
+  }
+  wake_.notify_one();
+}
+
+void Batcher::submit(std::shared_ptr<Job> job, bool expected) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     job->queued = std::chrono::steady_clock::now();
     queue_.push_back(std::move(job));
+    if (expected) --coming_;
   }
   wake_.notify_one();
 }
@@ -45,10 +59,11 @@ void Batcher::loop() {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, and everything answered
-      // A full batch, or whatever waits once the oldest has waited max_delay.
+      // A full batch, or what waits once nothing more is being decoded or the oldest has waited max_delay: a video
+      // alone goes at once rather than waiting for company that is not coming.
       const auto deadline = queue_.front()->queued + options_.max_delay;
       wake_.wait_until(lock, deadline, [this] {
-        return stopping_ || static_cast<int64_t>(queue_.size()) >= options_.max_batch;
+        return stopping_ || coming_ <= 0 || static_cast<int64_t>(queue_.size()) >= options_.max_batch;
       });
       while (!queue_.empty() && static_cast<int64_t>(batch.size()) < options_.max_batch) {
         batch.push_back(std::move(queue_.front()));

@@ -1,5 +1,5 @@
 // Batching across requests, exit by exit. Decoded videos wait in a queue; one thread takes up to max_batch of them
-// (waiting at most max_delay after the oldest arrived) and runs them through the same exit-by-exit path as eval and
+// (waiting at most max_delay after the oldest arrived, and only while more are being decoded) and runs them through the same exit-by-exit path as eval and
 // predict (infer::run_adaptive), each video with its own exit thresholds (the budget it is served at). A video's
 // answer goes out as it leaves the batch, not when the batch ends.
 //
@@ -58,7 +58,11 @@ class Batcher {
   Batcher(methods::LoadedModel& model, BatcherOptions options,
           std::function<void(int64_t videos, double gflops, double seconds, const std::vector<int64_t>& exits)> on_batch);
   ~Batcher();
-  void submit(std::shared_ptr<Job> job);
+  /// A video is on its way (admitted, being decoded): batches wait for it, at most max_delay. Each expect() is
+  /// followed by one submit(job, true) or one unexpect() (its decoding failed).
+  void expect();
+  void unexpect();
+  void submit(std::shared_ptr<Job> job, bool expected = false);
   size_t queued() const;
   /// Runs what is queued, then stops the thread.
   void drain();
@@ -73,6 +77,7 @@ class Batcher {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::shared_ptr<Job>> queue_;
+  int64_t coming_ = 0;  // expected and not submitted yet
   bool stopping_ = false;
   std::thread thread_;
 };

@@ -447,6 +447,7 @@ class App {
     const Admission admitted = admit(asked, degrade);
     if (admitted.degraded) metrics_.add("adafocus_degraded_total", {});
     const auto arrived = Clock::now();
+    batcher_->expect();
     decoders_->post([this, bytes, name, budget, top_k, admitted, arrived, respond] {
       auto once = std::make_shared<std::atomic<bool>>(false);
       auto answer = [this, once, level = admitted.level, respond](HttpResponse out) {
@@ -467,8 +468,10 @@ class App {
         Rng unused(0);  // the test view draws nothing
         job->sample = data::load_clip(reader, name, data_, unused);
       } catch (const HttpError& refused) {
+        batcher_->unexpect();
         return answer(error_response(refused));
       } catch (const std::exception& e) {
+        batcher_->unexpect();
         return answer(error_response({400, std::string("cannot decode the upload: ") + e.what()}));
       }
       const double decode_ms = 1e3 * seconds_since(decode_start);
@@ -493,7 +496,7 @@ class App {
         out["total_ms"] = 1e3 * seconds_since(arrived);
         answer(json_response(200, out));
       };
-      batcher_->submit(job);
+      batcher_->submit(job, true);
     });
   }
 

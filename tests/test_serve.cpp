@@ -16,7 +16,7 @@ namespace {
 std::vector<Level> three_levels() { return {{1, 50}, {2, 60}, {4, 70}}; }
 
 void observe_both(BudgetController& c) {
-  c.observe_batch(4, 4, 4 * 0.010 + 0.005 * 4);   // 4 videos at 1 GFLOP: 60 ms
+  c.observe_batch(4, 4, 4 * 0.010 + 0.005 * 4);    // 4 videos at 1 GFLOP: 60 ms
   c.observe_batch(4, 16, 4 * 0.010 + 0.005 * 16);  // 4 videos at 4 GFLOPs: 120 ms
 }
 
@@ -107,6 +107,24 @@ TEST(BudgetController, NeverBelowTheMinimumLevelAndNoObjectiveNoShedding) {
   const Admission b = free.admit(2, true, 10.0);
   EXPECT_TRUE(b.accepted);
   EXPECT_EQ(b.level, 2u);
+}
+
+TEST(BudgetController, CountsTheDecodingAheadAtEveryLevel) {
+  ControllerOptions o;
+  o.slo_seconds = 0.1;
+  o.decoders = 2;
+  BudgetController c(three_levels(), o);
+  observe_both(c);
+  c.observe_decode(0.025);
+  c.observe_decode(0.025);  // 25 ms per upload
+  // Its own decode (25 ms) and 4 ahead on 2 threads (50 ms): 75 ms before the network; level 1 (20 ms) fits.
+  Admission a = c.admit(2, true, 0.0, 4, true);
+  EXPECT_EQ(a.level, 1u);
+  EXPECT_NEAR(a.predicted, 0.095, 1e-9);
+  // A window already decoded waits for none of that.
+  EXPECT_NEAR(c.admit(0, true, 0.0, 0, false).predicted, 0.015, 1e-9);
+  // Decoding alone over the objective: no level helps; refused.
+  EXPECT_FALSE(c.admit(2, true, 0.0, 10, true).accepted);
 }
 
 TEST(Metrics, PrometheusTextWithCumulativeBucketsAndEscapedLabels) {

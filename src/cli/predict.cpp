@@ -108,7 +108,8 @@ int run(const PredictArgs& args, const Runtime& runtime) {
   methods::LoadedModel model = methods::load_model(args.checkpoint, args.preset, args.overrides, runtime.torch_device());
   if (!args.classes.empty()) set_class_names(model, args.classes);
   if (!args.input_tensor.empty()) return run_on_tensor(args, model, runtime.torch_device());
-  if (args.video.empty() == args.stream.empty()) throw Error("a video or --stream SOURCE (or --input-tensor) is required");
+  if (args.video.empty() == args.stream.empty())
+    throw Error("a video or --stream SOURCE (or --input-tensor) is required");
   if (args.raw && (args.budget >= 0 || !args.thresholds.empty()))
     throw Error("--raw shows every exit's output: run it without --budget / --thresholds");
   std::optional<infer::ExitRule> rule;
@@ -171,7 +172,7 @@ void add_predict_command(CLI::App& app, Commands& commands, const Runtime& runti
   sub->add_option("--output", args->output, "with --input-tensor: write the outputs to Y.pt (a dict of tensors)");
   sub->add_option("--visualize", args->visualize, "write the frames read with the focus boxes to OUT.gif or OUT.mp4");
   sub->add_option("--stream", args->stream,
-                  "classify a live source (http, https, rtsp, rtmp URL, or a file) window by window: one line per window")
+                  "classify a live source (http, https, rtsp, rtmp URL, or a file) window by window: a line per window")
       ->excludes(sub->get_option("video"));
   sub->add_option("--window", args->window, "with --stream: frames per window");
   sub->add_option("--stride", args->stride, "with --stream: frames from one window's start to the next");

@@ -31,7 +31,8 @@ int run(serve::ServeOptions o, const Runtime& runtime) {
   });
   try {
     serve::serve(o, stop, [&](int port) {
-      fmt::print("listening on http://{}:{}\n", o.host.find(':') != std::string::npos ? "[" + o.host + "]" : o.host, port);
+      fmt::print("listening on http://{}:{}\n", o.host.find(':') != std::string::npos ? "[" + o.host + "]" : o.host,
+                 port);
       std::fflush(stdout);
     });
   } catch (...) {
@@ -75,7 +76,8 @@ void add_serve_command(CLI::App& app, Commands& commands, const Runtime& runtime
       ->check(CLI::PositiveNumber);
   sub->add_option("--media-root", o->media_root, "the folder stream sources may be read from (default: none)");
   sub->add_option("--api-key-file", o->api_key_file, "a file holding the key /v1/* and /metrics require");
-  sub->add_option("--decode-threads", o->decode_threads, "threads decoding uploads")->check(CLI::PositiveNumber);
+  sub->add_option("--decode-threads", o->decode_threads, "threads decoding uploads (0: one per core)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--max-streams", o->max_streams, "live streams at once")->check(CLI::PositiveNumber);
   sub->add_option("--set", o->overrides, "key=value on the model's configuration (e.g. --set data.short_side=128)");
   commands.push_back({sub, [o, &runtime] { return run(*o, runtime); }});

@@ -129,8 +129,8 @@ bool LiveReader::next(Image& image, double& seconds, int short_side) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
   auto [w, h] = short_side > 0 ? short_side_size(v.frame->width, v.frame->height, short_side)
                                : std::pair<int, int>{v.frame->width, v.frame->height};
-  v.sws = sws_getCachedContext(v.sws, v.frame->width, v.frame->height, static_cast<AVPixelFormat>(v.frame->format), w, h,
-                               AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr);
+  v.sws = sws_getCachedContext(v.sws, v.frame->width, v.frame->height, static_cast<AVPixelFormat>(v.frame->format), w,
+                               h, AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr);
   if (!v.sws) v.fail("cannot convert the frames to RGB");
   PaddedRgb out(w, h);
   sws_scale(v.sws, v.frame->data, v.frame->linesize, 0, v.frame->height, out.data, out.linesize);

@@ -88,25 +88,28 @@ void Batcher::run(std::vector<std::shared_ptr<Job>>& batch) {
                                focus.empty() ? torch::Tensor() : torch::stack(focus).to(options_.device)};
     double gflops = 0;
     std::vector<int64_t> exits;
-    infer::run_adaptive(*model_.method, clips, rules, false,
-                        [&](const std::vector<int64_t>& rows, const infer::AdaptiveResult& r) {
-                          const double network_ms = 1e3 * seconds_since(start);
-                          for (const int64_t i : rows) {
-                            const Job& job = *batch[static_cast<size_t>(i)];
-                            VideoResult v;
-                            v.logits = r.logits[i].cpu();
-                            v.regions = r.regions[static_cast<size_t>(i)].defined() ? r.regions[static_cast<size_t>(i)].cpu() : torch::Tensor();
-                            v.region_frames = r.regions[static_cast<size_t>(i)].defined() ? r.region_frames[static_cast<size_t>(i)].cpu() : torch::Tensor();
-                            v.exit = r.exits[i].item<int64_t>();
-                            v.gflops = r.video_gflops.defined() ? r.video_gflops[i].item<double>()
-                                                                : options_.exit_gflops.at(static_cast<size_t>(v.exit));
-                            v.queue_ms = 1e3 * std::chrono::duration<double>(start - job.queued).count();
-                            v.network_ms = network_ms;
-                            gflops += v.gflops;
-                            exits.push_back(v.exit);
-                            job.done(&v, "");
-                          }
-                        });
+    infer::run_adaptive(
+        *model_.method, clips, rules, false, [&](const std::vector<int64_t>& rows, const infer::AdaptiveResult& r) {
+          const double network_ms = 1e3 * seconds_since(start);
+          for (const int64_t i : rows) {
+            const Job& job = *batch[static_cast<size_t>(i)];
+            VideoResult v;
+            v.logits = r.logits[i].cpu();
+            v.regions =
+                r.regions[static_cast<size_t>(i)].defined() ? r.regions[static_cast<size_t>(i)].cpu() : torch::Tensor();
+            v.region_frames = r.regions[static_cast<size_t>(i)].defined()
+                                  ? r.region_frames[static_cast<size_t>(i)].cpu()
+                                  : torch::Tensor();
+            v.exit = r.exits[i].item<int64_t>();
+            v.gflops = r.video_gflops.defined() ? r.video_gflops[i].item<double>()
+                                                : options_.exit_gflops.at(static_cast<size_t>(v.exit));
+            v.queue_ms = 1e3 * std::chrono::duration<double>(start - job.queued).count();
+            v.network_ms = network_ms;
+            gflops += v.gflops;
+            exits.push_back(v.exit);
+            job.done(&v, "");
+          }
+        });
     if (on_batch_) on_batch_(static_cast<int64_t>(batch.size()), gflops, seconds_since(start), exits);
   } catch (const std::exception& e) {
     for (const auto& job : batch) job->done(nullptr, e.what());  // a job already answered ignores this

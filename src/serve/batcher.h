@@ -1,7 +1,7 @@
 // Batching across requests, exit by exit. Decoded videos wait in a queue; one thread takes up to max_batch of them
-// (waiting at most max_delay after the oldest arrived, and only while more are being decoded) and runs them through the same exit-by-exit path as eval and
-// predict (infer::run_adaptive), each video with its own exit thresholds (the budget it is served at). A video's
-// answer goes out as it leaves the batch, not when the batch ends.
+// (waiting at most max_delay after the oldest arrived, and only while more are being decoded) and runs them through the
+// same exit-by-exit path as eval and predict (infer::run_adaptive), each video with its own exit thresholds (the budget
+// it is served at). A video's answer goes out as it leaves the batch, not when the batch ends.
 //
 // Choice: videos that arrive while a batch runs wait for the next batch rather than join it midway. A method's
 // steps are not alike (V3: glance and policy at exit 0, one cube per exit after), so a newcomer would need its own
@@ -29,7 +29,7 @@ namespace adafocus::serve {
 
 /// What the network gave one video.
 struct VideoResult {
-  torch::Tensor logits;                 ///< (C) at the exit it left at
+  torch::Tensor logits;                  ///< (C) at the exit it left at
   torch::Tensor regions, region_frames;  ///< (R, 4), (R, F) what it looked at (undefined: nothing)
   int64_t exit = 0;
   double gflops = 0;                    ///< what it cost
@@ -37,8 +37,8 @@ struct VideoResult {
 };
 
 struct Job {
-  data::Sample sample;                     ///< the decoded clip (test view)
-  const infer::ExitRule* rule = nullptr;   ///< its exit thresholds; null: every exit runs
+  data::Sample sample;                    ///< the decoded clip (test view)
+  const infer::ExitRule* rule = nullptr;  ///< its exit thresholds; null: every exit runs
   std::chrono::steady_clock::time_point queued;
   /// Called once, from the batching thread: the result, or an error message when the batch failed.
   std::function<void(const VideoResult* result, const std::string& error)> done;
@@ -55,8 +55,9 @@ struct BatcherOptions {
 class Batcher {
  public:
   /// `on_batch(videos, gflops, seconds, exits)` after each batch (the controller's measurement, the metrics).
-  Batcher(methods::LoadedModel& model, BatcherOptions options,
-          std::function<void(int64_t videos, double gflops, double seconds, const std::vector<int64_t>& exits)> on_batch);
+  Batcher(
+      methods::LoadedModel& model, BatcherOptions options,
+      std::function<void(int64_t videos, double gflops, double seconds, const std::vector<int64_t>& exits)> on_batch);
   ~Batcher();
   /// A video is on its way (admitted, being decoded): batches wait for it, at most max_delay. Each expect() is
   /// followed by one submit(job, true) or one unexpect() (its decoding failed).

@@ -28,6 +28,12 @@ void BudgetController::observe_batch(int64_t videos, double gflops, double secon
   }
 }
 
+void BudgetController::observe_decode(double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  decode_ = options_.decay * decode_ + seconds;
+  decode_weight_ = options_.decay * decode_weight_ + 1;
+}
+
 double BudgetController::seconds_at(size_t level) const {
   return a_ + b_ * (levels_.empty() ? 0.0 : levels_[std::min(level, levels_.size() - 1)].gflops);
 }
@@ -37,12 +43,14 @@ double BudgetController::video_seconds(size_t level) const {
   return seconds_at(level);
 }
 
-Admission BudgetController::admit(size_t asked, bool degrade, double work_ahead) {
+Admission BudgetController::admit(size_t asked, bool degrade, double work_ahead, int64_t decodes_ahead, bool decode) {
   std::lock_guard<std::mutex> lock(mutex_);
   Admission out;
   asked = std::min(asked, levels_.empty() ? 0 : levels_.size() - 1);
   const double slo = options_.slo_seconds;
-  auto predicted = [&](size_t level) { return work_ahead + seconds_at(level); };
+  const double d = decode_weight_ > 0 ? decode_ / decode_weight_ : 0.0;
+  const double decoding = d * (static_cast<double>(decodes_ahead) / std::max(1, options_.decoders) + (decode ? 1 : 0));
+  auto predicted = [&](size_t level) { return decoding + work_ahead + seconds_at(level); };
   if (slo > 0 && !levels_.empty()) {
     // The largest level that meets the SLO now: lowered to at once, raised to a level at a time with room to spare.
     size_t fits = options_.min_level;

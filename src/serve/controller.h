@@ -7,7 +7,10 @@
 //
 // The time of a video at each level is measured online: batches of n videos costing G GFLOPs in all take
 // s = a n + b G seconds, a and b fitted by exponentially weighted least squares over the batches run, so a video at
-// a level of g GFLOPs takes a + b g.
+// a level of g GFLOPs takes a + b g. Decoding an upload takes d seconds (a moving average), the same at every level;
+// with P decoding threads, a request that has k uploads to decode before its own waits k d / P for them. Its
+// predicted latency is that, plus d, plus the network time of every video admitted before it, plus its own:
+// a sum rather than a pipeline's max, as decoding and the network share the same cores.
 #pragma once
 
 #include <chrono>
@@ -24,19 +27,20 @@ struct Level {
 };
 
 struct ControllerOptions {
-  double slo_seconds = 0;      ///< 0: no latency objective (only the queue bound sheds)
-  size_t min_level = 0;        ///< the cheapest level requests may be lowered to (--min-budget)
-  double raise_margin = 0.7;   ///< raise only when the next level's prediction is under this share of the SLO
+  double slo_seconds = 0;                ///< 0: no latency objective (only the queue bound sheds)
+  size_t min_level = 0;                  ///< the cheapest level requests may be lowered to (--min-budget)
+  double raise_margin = 0.7;             ///< raise only when the next level's prediction is under this share of the SLO
   std::chrono::milliseconds hold{1000};  ///< no raise sooner than this after a change
-  double decay = 0.9;          ///< weight of the past at each batch in the cost fit
+  double decay = 0.9;                    ///< weight of the past at each batch in the cost fit (and at each decode)
+  int decoders = 1;                      ///< threads decoding uploads
 };
 
 struct Admission {
   bool accepted = false;
-  size_t level = 0;          ///< the level it is served at
-  bool degraded = false;     ///< below the level it asked for
-  double predicted = 0;      ///< predicted seconds until its answer
-  double retry_after = 0;    ///< refused: seconds after which the load is likely lower
+  size_t level = 0;        ///< the level it is served at
+  bool degraded = false;   ///< below the level it asked for
+  double predicted = 0;    ///< predicted seconds until its answer
+  double retry_after = 0;  ///< refused: seconds after which the load is likely lower
 };
 
 class BudgetController {
@@ -44,10 +48,14 @@ class BudgetController {
   BudgetController(std::vector<Level> levels, ControllerOptions options);
   /// A batch of `videos` costing `gflops` in all took `seconds`.
   void observe_batch(int64_t videos, double gflops, double seconds);
-  /// Seconds a video at `level` is predicted to take (in a batch of its kind).
+  /// Decoding an upload took `seconds`.
+  void observe_decode(double seconds);
+  /// Seconds a video at `level` is predicted to take in the network (in a batch of its kind).
   double video_seconds(size_t level) const;
-  /// A request asking for level `asked`, with `work_ahead` seconds of videos queued before it.
-  Admission admit(size_t asked, bool degrade, double work_ahead);
+  /// A request asking for level `asked`, with `work_ahead` seconds of network work admitted before it,
+  /// `decodes_ahead` uploads to decode before it, and its own to decode when `decode` (an upload, not a stream's
+  /// window).
+  Admission admit(size_t asked, bool degrade, double work_ahead, int64_t decodes_ahead = 0, bool decode = false);
   size_t level_in_force() const;
   const std::vector<Level>& levels() const { return levels_; }
 
@@ -58,7 +66,8 @@ class BudgetController {
   const ControllerOptions options_;
   mutable std::mutex mutex_;
   double snn_ = 0, sng_ = 0, sgg_ = 0, sns_ = 0, sgs_ = 0;  // weighted sums of the normal equations
-  double a_ = 0, b_ = 0;                                   // seconds per video, per GFLOP
+  double a_ = 0, b_ = 0;                                    // seconds per video, per GFLOP
+  double decode_ = 0, decode_weight_ = 0;                   // decoding: weighted sum of seconds, of weights
   size_t in_force_;
   std::chrono::steady_clock::time_point changed_;
 };

@@ -1,14 +1,13 @@
 #include "serve/http.h"
 
+#include <atomic>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-
-#include <atomic>
-#include <nlohmann/json.hpp>
 #include <cctype>
 #include <condition_variable>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
 
@@ -82,7 +81,9 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(tcp::socket socket, HttpState& server) : stream_(std::move(socket)), server_(server) {}
   ~Session() { server_.closed(); }
 
-  void start() { net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read(); }); }
+  void start() {
+    net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read(); });
+  }
 
  private:
   void read() {
@@ -108,8 +109,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_read(beast::error_code ec) {
     if (ec == http::error::body_limit)
-      return refuse(413, "the upload is larger than the server's limit of " +
-                             std::to_string(server_.options.max_body) + " bytes (--max-upload-mb)");
+      return refuse(413, "the upload is larger than the server's limit of " + std::to_string(server_.options.max_body) +
+                             " bytes (--max-upload-mb)");
     if (ec == beast::error::timeout) return close();  // too slow: the socket is already closed
     if (ec) return refuse(400, "a malformed request: " + ec.message());
     stream_.expires_never();  // now it waits for our answer, not for the client

@@ -83,7 +83,8 @@ Form parse_multipart(const std::string& body, const std::string& content_type) {
   if (at == std::string::npos) throw HttpError{400, "a multipart form without a boundary in its Content-Type"};
   std::string boundary = content_type.substr(at + 9);
   boundary = boundary.substr(0, boundary.find(';'));
-  if (boundary.size() >= 2 && boundary.front() == '"' && boundary.back() == '"') boundary = boundary.substr(1, boundary.size() - 2);
+  if (boundary.size() >= 2 && boundary.front() == '"' && boundary.back() == '"')
+    boundary = boundary.substr(1, boundary.size() - 2);
   const std::string delimiter = "--" + boundary;
   Form form;
   size_t pos = body.find(delimiter);
@@ -156,6 +157,7 @@ class App {
     ControllerOptions co;
     co.slo_seconds = options.slo_ms / 1e3;
     co.min_level = min_level_;
+    co.decoders = options.decode_threads;
     controller_ = std::make_unique<BudgetController>(levels_, co);
     BatcherOptions bo;
     bo.max_batch = options.max_batch;
@@ -163,20 +165,21 @@ class App {
     bo.device = options.device;
     bo.precision = options.precision;
     bo.exit_gflops = flops_.exits;
-    batcher_ = std::make_unique<Batcher>(model_, bo, [this](int64_t n, double g, double s, const std::vector<int64_t>& exits) {
-      controller_->observe_batch(n, g, s);
-      metrics_.observe("adafocus_batch_size", {}, static_cast<double>(n));
-      for (int64_t e : exits) metrics_.add("adafocus_exits_total", {{"exit", std::to_string(e)}});
-      metrics_.add("adafocus_gflops_total", {}, g);
-      metrics_.add("adafocus_videos_total", {}, static_cast<double>(n));
-    });
+    batcher_ =
+        std::make_unique<Batcher>(model_, bo, [this](int64_t n, double g, double s, const std::vector<int64_t>& exits) {
+          controller_->observe_batch(n, g, s);
+          metrics_.observe("adafocus_batch_size", {}, static_cast<double>(n));
+          for (int64_t e : exits) metrics_.add("adafocus_exits_total", {{"exit", std::to_string(e)}});
+          metrics_.add("adafocus_gflops_total", {}, g);
+          metrics_.add("adafocus_videos_total", {}, static_cast<double>(n));
+        });
     decoders_ = std::make_unique<Workers>(options.decode_threads);
-    streams_ = std::make_unique<Streams>(StreamsOptions{options.media_root, options.max_streams, options.max_frames,
-                                                        options.max_pixels},
-                                         [this](data::Sample sample, double budget, StreamAnswer answer) {
-                                           return submit_stream(std::move(sample), budget, std::move(answer));
-                                         },
-                                         [this](double budget) { level_for(budget, "budget"); }, data_);
+    streams_ = std::make_unique<Streams>(
+        StreamsOptions{options.media_root, options.max_streams, options.max_frames, options.max_pixels},
+        [this](data::Sample sample, double budget, StreamAnswer answer) {
+          return submit_stream(std::move(sample), budget, std::move(answer));
+        },
+        [this](double budget) { level_for(budget, "budget"); }, data_);
   }
 
   ~App() {
@@ -189,19 +192,20 @@ class App {
   void warm_up() {
     const Config& c = model_.config;
     const int64_t s = c.get_int("data.input_size"), focus = c.get_int("data.focus_segments");
-    const methods::Clips clips{torch::zeros({options_.max_batch, c.get_int("data.segments"), 3, s, s}, options_.device),
-                               focus > 0 ? torch::zeros({options_.max_batch, focus, 3, s, s}, options_.device)
-                                         : torch::Tensor()};
+    const methods::Clips clips{
+        torch::zeros({options_.max_batch, c.get_int("data.segments"), 3, s, s}, options_.device),
+        focus > 0 ? torch::zeros({options_.max_batch, focus, 3, s, s}, options_.device) : torch::Tensor()};
     infer::ExitRule first{infer::Criterion::Entropy, std::vector<double>(flops_.exits.size(), -1e30)};  // all at exit 0
     torch::NoGradGuard no_grad;
     infer::PrecisionGuard precision(options_.precision);
     for (int round = 0; round < 3; ++round)
       for (const bool cheapest : {false, true}) {
-        const std::vector<const infer::ExitRule*> rules(static_cast<size_t>(options_.max_batch), cheapest ? &first : nullptr);
+        const std::vector<const infer::ExitRule*> rules(static_cast<size_t>(options_.max_batch),
+                                                        cheapest ? &first : nullptr);
         const auto start = Clock::now();
         infer::run_adaptive(*model_.method, clips, rules, false);
-        const double gflops = static_cast<double>(options_.max_batch) *
-                              (cheapest ? flops_.exits.front() : flops_.exits.back());
+        const double gflops =
+            static_cast<double>(options_.max_batch) * (cheapest ? flops_.exits.front() : flops_.exits.back());
         if (round > 0) controller_->observe_batch(options_.max_batch, gflops, seconds_since(start));
       }
     ready_ = true;
@@ -212,8 +216,7 @@ class App {
     const std::string endpoint = endpoint_of(request);
     Respond counted = [this, respond = std::move(respond), endpoint, arrived](HttpResponse r) {
       metrics_.add("adafocus_requests_total", {{"endpoint", endpoint}, {"status", std::to_string(r.status)}});
-      if (!r.next_chunk)
-        metrics_.observe("adafocus_request_seconds", {{"endpoint", endpoint}}, seconds_since(arrived));
+      if (!r.next_chunk) metrics_.observe("adafocus_request_seconds", {{"endpoint", endpoint}}, seconds_since(arrived));
       respond(std::move(r));
     };
     try {
@@ -253,7 +256,8 @@ class App {
       // and the load moves the budget in the finest steps calibrated.
       std::vector<infer::ExitSetting> settings = table.budgets;
       settings.insert(settings.end(), table.sweep.begin(), table.sweep.end());
-      std::stable_sort(settings.begin(), settings.end(), [](const auto& a, const auto& b) { return a.gflops < b.gflops; });
+      std::stable_sort(settings.begin(), settings.end(),
+                       [](const auto& a, const auto& b) { return a.gflops < b.gflops; });
       const infer::ExitSetting first = table.for_budget(0);  // nothing costs 0: everyone at the first exit
       if (settings.front().gflops > first.gflops * (1 + 1e-9)) add_level(first, table.criterion);
       double best = -1;
@@ -282,13 +286,13 @@ class App {
     if (budget < levels_.front().gflops * (1 - 1e-9)) {
       if (!calibrated_)
         throw HttpError{400, fmt::format("{} {:.6g}: this model's cost is fixed at {:.6g} GFLOPs per video{}", field,
-                                       budget, levels_.front().gflops,
-                                       model_.method->exits() > 1 ? " (no calibrated budgets: run adafocus calibrate "
-                                                                    "--embed on the checkpoint)"
-                                                                  : "")};
+                                         budget, levels_.front().gflops,
+                                         model_.method->exits() > 1 ? " (no calibrated budgets: run adafocus calibrate "
+                                                                      "--embed on the checkpoint)"
+                                                                    : "")};
       throw HttpError{400, fmt::format("{} {:.6g} is below the cheapest budget this model is calibrated for, {:.6g} "
-                                     "GFLOPs per video (GET /v1/model lists them)",
-                                     field, budget, levels_.front().gflops)};
+                                       "GFLOPs per video (GET /v1/model lists them)",
+                                       field, budget, levels_.front().gflops)};
     }
     size_t level = 0;
     while (level + 1 < levels_.size() && levels_[level + 1].gflops <= budget * (1 + 1e-9)) ++level;
@@ -325,15 +329,17 @@ class App {
       const auto it = r.headers.find(name);
       return it == r.headers.end() ? std::string() : it->second;
     };
-    const std::string bearer = header("authorization"), given = bearer.rfind("Bearer ", 0) == 0 ? bearer.substr(7)
-                                                                                                 : header("x-api-key");
+    const std::string bearer = header("authorization"),
+                      given = bearer.rfind("Bearer ", 0) == 0 ? bearer.substr(7) : header("x-api-key");
     // The comparison takes as long whatever matches, so that timing does not tell how much of a guess is right.
     bool same = given.size() == api_key_.size();
     unsigned char diff = 0;
-    for (size_t i = 0; i < given.size(); ++i) diff |= static_cast<unsigned char>(given[i] ^ api_key_[i % api_key_.size()]);
+    for (size_t i = 0; i < given.size(); ++i)
+      diff |= static_cast<unsigned char>(given[i] ^ api_key_[i % api_key_.size()]);
     if (!same || diff != 0)
-      throw HttpError{401, "a valid API key is needed (Authorization: Bearer KEY, or X-API-Key: KEY)",
-                    {{"WWW-Authenticate", "Bearer"}}};
+      throw HttpError{401,
+                      "a valid API key is needed (Authorization: Bearer KEY, or X-API-Key: KEY)",
+                      {{"WWW-Authenticate", "Bearer"}}};
   }
 
   void route(const HttpRequest& r, const Respond& respond) {
@@ -383,25 +389,34 @@ class App {
     return in_flight_;
   }
 
-  // Admits a request at a level (or refuses it: 503 with Retry-After); returns the admission, work accounted.
-  Admission admit(size_t asked, bool degrade) {
+  // Admits a request at a level (or refuses it: 503 with Retry-After); returns the admission, work accounted. An
+  // upload is counted as decoding until decoded().
+  Admission admit(size_t asked, bool degrade, bool upload) {
     std::lock_guard<std::mutex> lock(flight_mutex_);
     if (draining_) throw HttpError{503, "the server is shutting down", {{"Retry-After", "5"}}};
     if (static_cast<int64_t>(in_flight_) >= options_.queue)
       throw HttpError{503, fmt::format("the queue is full ({} requests; --queue)", in_flight_), {{"Retry-After", "1"}}};
-    const Admission a = controller_->admit(asked, degrade, work_ahead_);
+    const Admission a = controller_->admit(asked, degrade, work_ahead_, upload ? decoding_ : 0, upload);
     if (!a.accepted)
       throw HttpError{503,
-                    degrade ? fmt::format("overloaded: even the cheapest allowed budget ({:.6g} GFLOPs) would answer in "
-                                          "{:.0f} ms, over the {:.0f} ms objective",
-                                          levels_[a.level].gflops, 1e3 * a.predicted, options_.slo_ms)
-                            : fmt::format("overloaded: budget {:.6g} would answer in {:.0f} ms, over the {:.0f} ms "
-                                          "objective, and degrade=false forbids a lower one",
-                                          levels_[a.level].gflops, 1e3 * a.predicted, options_.slo_ms),
-                    {{"Retry-After", fmt::format("{:.0f}", a.retry_after)}}};
+                      degrade
+                          ? fmt::format("overloaded: even the cheapest allowed budget ({:.6g} GFLOPs) would answer in "
+                                        "{:.0f} ms, over the {:.0f} ms objective",
+                                        levels_[a.level].gflops, 1e3 * a.predicted, options_.slo_ms)
+                          : fmt::format("overloaded: budget {:.6g} would answer in {:.0f} ms, over the {:.0f} ms "
+                                        "objective, and degrade=false forbids a lower one",
+                                        levels_[a.level].gflops, 1e3 * a.predicted, options_.slo_ms),
+                      {{"Retry-After", fmt::format("{:.0f}", a.retry_after)}}};
     ++in_flight_;
+    decoding_ += upload;
     work_ahead_ += controller_->video_seconds(a.level);
     return a;
+  }
+
+  void decoded(double seconds) {
+    if (seconds >= 0) controller_->observe_decode(seconds);
+    std::lock_guard<std::mutex> lock(flight_mutex_);
+    --decoding_;
   }
 
   void finished(size_t level) {
@@ -429,22 +444,27 @@ class App {
     } else if (type.rfind("video/", 0) == 0 || type == "application/octet-stream" || type.empty()) {
       *bytes = r.body;
     } else {
-      throw HttpError{400, "not a video upload (Content-Type " + type + "): send the video's bytes as video/* or "
-                         "application/octet-stream, or a multipart form with a file part"};
+      throw HttpError{400, "not a video upload (Content-Type " + type +
+                               "): send the video's bytes as video/* or "
+                               "application/octet-stream, or a multipart form with a file part"};
     }
     if (bytes->empty()) throw HttpError{400, "empty upload: no video in the request"};
     double budget = levels_[default_level_].gflops;
     int64_t top_k = 5;
     bool degrade = true;
     for (const auto& [key, value] : fields) {
-      if (key == "budget") budget = parse_number(key, value);
-      else if (key == "top_k") top_k = static_cast<int64_t>(parse_number(key, value));
-      else if (key == "degrade") degrade = parse_bool(key, value);
-      else throw HttpError{400, "unknown field '" + key + "' (known: budget, top_k, degrade)"};
+      if (key == "budget")
+        budget = parse_number(key, value);
+      else if (key == "top_k")
+        top_k = static_cast<int64_t>(parse_number(key, value));
+      else if (key == "degrade")
+        degrade = parse_bool(key, value);
+      else
+        throw HttpError{400, "unknown field '" + key + "' (known: budget, top_k, degrade)"};
     }
     if (top_k < 1) throw HttpError{400, "field 'top_k' must be at least 1"};
     const size_t asked = level_for(budget, "budget");
-    const Admission admitted = admit(asked, degrade);
+    const Admission admitted = admit(asked, degrade, true);
     if (admitted.degraded) metrics_.add("adafocus_degraded_total", {});
     const auto arrived = Clock::now();
     batcher_->expect();
@@ -460,21 +480,25 @@ class App {
       try {
         io::VideoReader reader(bytes, name);
         if (static_cast<int64_t>(reader.width()) * reader.height() > options_.max_pixels)
-          throw HttpError{422, fmt::format("frames of {}x{} are larger than this server takes ({} pixels; --max-pixels)",
-                                         reader.width(), reader.height(), options_.max_pixels)};
+          throw HttpError{422,
+                          fmt::format("frames of {}x{} are larger than this server takes ({} pixels; --max-pixels)",
+                                      reader.width(), reader.height(), options_.max_pixels)};
         if (reader.num_frames() > options_.max_frames)
           throw HttpError{422, fmt::format("{} frames are more than this server takes ({}; --max-frames)",
-                                         reader.num_frames(), options_.max_frames)};
+                                           reader.num_frames(), options_.max_frames)};
         Rng unused(0);  // the test view draws nothing
         job->sample = data::load_clip(reader, name, data_, unused);
       } catch (const HttpError& refused) {
+        decoded(-1);
         batcher_->unexpect();
         return answer(error_response(refused));
       } catch (const std::exception& e) {
+        decoded(-1);
         batcher_->unexpect();
         return answer(error_response({400, std::string("cannot decode the upload: ") + e.what()}));
       }
       const double decode_ms = 1e3 * seconds_since(decode_start);
+      decoded(decode_ms / 1e3);
       metrics_.observe("adafocus_stage_seconds", {{"stage", "decode"}}, decode_ms / 1e3);
       job->rule = &rules_[admitted.level];
       job->done = [this, job_ptr = job.get(), name, budget, top_k, admitted, arrived, decode_ms, answer](
@@ -504,7 +528,7 @@ class App {
   std::string submit_stream(data::Sample sample, double budget, StreamAnswer answer) {
     Admission admitted;
     try {
-      admitted = admit(budget < 0 ? default_level_ : level_for(budget, "budget"), true);
+      admitted = admit(budget < 0 ? default_level_ : level_for(budget, "budget"), true, false);
     } catch (const HttpError& refused) {
       return refused.reason;  // the window is skipped; the stream says why
     }
@@ -545,10 +569,14 @@ class App {
   mutable std::mutex flight_mutex_;
   std::condition_variable flight_done_;
   size_t in_flight_ = 0;
-  double work_ahead_ = 0;  // predicted seconds of the requests admitted and not answered
+  int64_t decoding_ = 0;   // uploads admitted and not decoded yet
+  double work_ahead_ = 0;  // predicted network seconds of the requests admitted and not answered
 };
 
-void serve(const ServeOptions& options, const std::atomic<bool>& stop, const std::function<void(int)>& ready) {
+void serve(ServeOptions options, const std::atomic<bool>& stop, const std::function<void(int)>& ready) {
+  // Decoding an upload can cost more than the network (small models): by default it may use every core.
+  if (options.decode_threads <= 0)
+    options.decode_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   App app(options);
   HttpOptions ho;
   ho.host = options.host;

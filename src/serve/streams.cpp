@@ -29,8 +29,8 @@ bool pause(double seconds, const std::atomic<bool>& stop) {
 }  // namespace
 
 json window_event(const Window& w, const infer::VideoPrediction* p, double budget_used, size_t top_k) {
-  json event{{"event", "window"}, {"window", w.index}, {"first_frame", w.first_frame}, {"last_frame", w.last_frame},
-             {"start", w.start}, {"end", w.end}};
+  json event{{"event", "window"},          {"window", w.index}, {"first_frame", w.first_frame},
+             {"last_frame", w.last_frame}, {"start", w.start},  {"end", w.end}};
   if (!p) return event;
   json top = json::array();
   for (size_t i = 0; i < std::min(p->classes.size(), top_k); ++i)
@@ -112,9 +112,8 @@ void read_windows(const std::string& source, const WindowOptions& o, const data:
   }
 }
 
-
 namespace {
-constexpr size_t kMaxEvents = 10000;   // a stream keeps at most this many events for its subscribers
+constexpr size_t kMaxEvents = 10000;  // a stream keeps at most this many events for its subscribers
 constexpr size_t kKeptFinished = 16;  // streams whose source ended, kept for their subscribers until DELETE
 }  // namespace
 
@@ -186,8 +185,9 @@ std::string Streams::checked_source(const std::string& source) const {
     const std::string scheme = source.substr(0, source.find("://"));
     for (const char* allowed : {"http", "https", "rtsp", "rtmp"})
       if (scheme == allowed) return source;
-    throw HttpError{400, "source scheme '" + scheme + "' is not served (http, https, rtsp, rtmp, or a file under "
-                         "--media-root)"};
+    throw HttpError{400, "source scheme '" + scheme +
+                             "' is not served (http, https, rtsp, rtmp, or a file under "
+                             "--media-root)"};
   }
   if (source.find(':') != std::string::npos && source.find('/') > source.find(':'))
     throw HttpError{400, "source '" + source + "' names an FFmpeg protocol, which is not served"};
@@ -235,7 +235,8 @@ void Streams::start(const HttpRequest& r, const Respond& respond, bool draining)
     } else if (key == "top_k") {
       stream->top_k = integer(value, key, 1, 1000000);
     } else if (key == "budget") {
-      if (!value.is_number() || value.get<double>() <= 0) throw HttpError{400, "field 'budget' must be a positive number"};
+      if (!value.is_number() || value.get<double>() <= 0)
+        throw HttpError{400, "field 'budget' must be a positive number"};
       stream->budget = value.get<double>();
       check_budget_(stream->budget);
     } else {
@@ -256,8 +257,8 @@ void Streams::start(const HttpRequest& r, const Respond& respond, bool draining)
         ++running;
     }
     if (running >= options_.max_streams)
-      throw HttpError{503, fmt::format("{} streams are running, the most this server takes", running),
-                      {{"Retry-After", "10"}}};
+      throw HttpError{
+          503, fmt::format("{} streams are running, the most this server takes", running), {{"Retry-After", "10"}}};
     for (size_t i = 0; i + kKeptFinished < finished.size(); ++i) {  // ids ascend with age
       ended.push_back(streams_.at(finished[i]));
       streams_.erase(finished[i]);
@@ -269,36 +270,37 @@ void Streams::start(const HttpRequest& r, const Respond& respond, bool draining)
     if (s->reader.joinable()) s->reader.join();
   stream->reader = std::thread([this, stream] {
     try {
-      read_windows(stream->source, stream->window, data_, stream->stop,
-                   [&](Window& w) {
-                     {
-                       std::lock_guard<std::mutex> lock(stream->mutex);
-                       ++stream->pending;
-                     }
-                     const Window place{w.index, w.first_frame, w.last_frame, w.start, w.end, {}};
-                     auto answer = [stream, place](const infer::VideoPrediction* p, double budget_used,
-                                                   const std::string& error) {
-                       json event = window_event(place, p, budget_used, static_cast<size_t>(stream->top_k));
-                       if (!p) event["error"] = error;
-                       stream->push(event);
-                       std::lock_guard<std::mutex> lock(stream->mutex);
-                       --stream->pending;
-                       ++stream->windows;
-                       stream->changed.notify_all();
-                     };
-                     const std::string refused = submit_(std::move(w.sample), stream->budget, answer);
-                     if (!refused.empty()) {
-                       {
-                         std::lock_guard<std::mutex> lock(stream->mutex);
-                         --stream->pending;
-                       }
-                       json event = window_event(place, nullptr, -1, 0);
-                       event["event"] = "skipped";
-                       event["reason"] = refused;
-                       stream->push(event);
-                     }
-                   },
-                   [&](const json& event) { stream->push(event); });
+      read_windows(
+          stream->source, stream->window, data_, stream->stop,
+          [&](Window& w) {
+            {
+              std::lock_guard<std::mutex> lock(stream->mutex);
+              ++stream->pending;
+            }
+            const Window place{w.index, w.first_frame, w.last_frame, w.start, w.end, {}};
+            auto answer = [stream, place](const infer::VideoPrediction* p, double budget_used,
+                                          const std::string& error) {
+              json event = window_event(place, p, budget_used, static_cast<size_t>(stream->top_k));
+              if (!p) event["error"] = error;
+              stream->push(event);
+              std::lock_guard<std::mutex> lock(stream->mutex);
+              --stream->pending;
+              ++stream->windows;
+              stream->changed.notify_all();
+            };
+            const std::string refused = submit_(std::move(w.sample), stream->budget, answer);
+            if (!refused.empty()) {
+              {
+                std::lock_guard<std::mutex> lock(stream->mutex);
+                --stream->pending;
+              }
+              json event = window_event(place, nullptr, -1, 0);
+              event["event"] = "skipped";
+              event["reason"] = refused;
+              stream->push(event);
+            }
+          },
+          [&](const json& event) { stream->push(event); });
     } catch (const std::exception& e) {
       if (!stream->stop) stream->push({{"event", "failed"}, {"error", e.what()}});  // else: interrupted, not failed
     }
@@ -311,7 +313,10 @@ void Streams::start(const HttpRequest& r, const Respond& respond, bool draining)
     stream->reading = false;
     stream->changed.notify_all();
   });
-  json out{{"id", stream->id}, {"source", source}, {"window", stream->window.window}, {"stride", stream->window.stride},
+  json out{{"id", stream->id},
+           {"source", source},
+           {"window", stream->window.window},
+           {"stride", stream->window.stride},
            {"events", "/v1/streams/" + stream->id + "/events"}};
   respond(json_response(201, out));
 }
@@ -342,9 +347,8 @@ void Streams::handle(const HttpRequest& r, const Respond& respond, bool draining
     auto cursor = std::make_shared<size_t>(0);
     out.next_chunk = [stream, cursor](std::string& chunk) {
       std::unique_lock<std::mutex> lock(stream->mutex);
-      stream->changed.wait_for(lock, std::chrono::seconds(2), [&] {
-        return *cursor < stream->dropped + stream->events.size() || stream->finished();
-      });
+      stream->changed.wait_for(lock, std::chrono::seconds(2),
+                               [&] { return *cursor < stream->dropped + stream->events.size() || stream->finished(); });
       *cursor = std::max(*cursor, stream->dropped);
       while (*cursor < stream->dropped + stream->events.size()) chunk += stream->events[(*cursor)++ - stream->dropped];
       if (!chunk.empty()) return true;

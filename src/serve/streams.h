@@ -21,10 +21,10 @@ namespace adafocus::serve {
 
 /// One window of a live source: its clip and where it lies in the source.
 struct Window {
-  int64_t index = 0;                     ///< 0, 1, ...
+  int64_t index = 0;                        ///< 0, 1, ...
   int64_t first_frame = 0, last_frame = 0;  ///< frame numbers in the source, from 0
-  double start = 0, end = 0;             ///< seconds from the source's start
-  data::Sample sample;                   ///< the clip (test view); its frames index the window's frames
+  double start = 0, end = 0;                ///< seconds from the source's start
+  data::Sample sample;                      ///< the clip (test view); its frames index the window's frames
 };
 
 struct WindowOptions {
@@ -56,7 +56,7 @@ using StreamAnswer =
 using StreamSubmit = std::function<std::string(data::Sample sample, double budget, StreamAnswer answer)>;
 
 struct StreamsOptions {
-  std::string media_root;   ///< the folder local sources must lie in ("" : none may be read)
+  std::string media_root;  ///< the folder local sources must lie in ("" : none may be read)
   int64_t max_streams = 4;
   int64_t max_frames = 108000;  ///< the largest window
   int64_t max_pixels = 3840 * 2160;

@@ -480,12 +480,12 @@ class Overload(unittest.TestCase):
             self.assertEqual(server.stop(), 0)
 
     def test_sigterm_answers_what_was_admitted_then_exits_0(self):
-        server = Server(self.dir, "--checkpoint", self.model, key=None)
+        server = Server(self.dir, "--checkpoint", self.model, "--decode-threads", "1", key=None)
         # Twelve 300-frame videos at once take a while to decode one after the other: most are admitted and not
         # answered yet when SIGTERM comes.
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             waiting = [pool.submit(lambda: (server.predict(self.long_video), time.monotonic())) for _ in range(12)]
-            time.sleep(0.3)
+            time.sleep(0.2)
             server.proc.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             answers = [w.result(timeout=60) for w in waiting]

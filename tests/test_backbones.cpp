@@ -254,7 +254,21 @@ TEST(Backbones, Bf16AutocastRunsInBf16AndRestores) {
   EXPECT_EQ(bf16.scalar_type(), torch::kBFloat16);
   EXPECT_TRUE(AllCloseRelative(bf16.to(torch::kFloat), fp32, 0.05));  // 8 bits of mantissa through 18 layers
   EXPECT_EQ(model->forward(x).scalar_type(), torch::kFloat);            // off again after the guard
-  EXPECT_THROW(infer::parse_precision("fp16"), Error);
+}
+
+TEST(Precision, Bf16FallsBackToFp32WithoutNativeBf16UnlessEmulationIsAsked) {
+  std::string note;
+  EXPECT_EQ(infer::resolve_precision("fp32", false, note), infer::Precision::Fp32);
+  EXPECT_TRUE(note.empty());
+  EXPECT_EQ(infer::resolve_precision("bf16", true, note), infer::Precision::Bf16);
+  EXPECT_TRUE(note.empty());
+  EXPECT_EQ(infer::resolve_precision("bf16", false, note), infer::Precision::Fp32);
+  EXPECT_NE(note.find("running in fp32"), std::string::npos) << note;
+  EXPECT_EQ(infer::resolve_precision("bf16-emulated", false, note), infer::Precision::Bf16);
+  EXPECT_NE(note.find("emulated"), std::string::npos) << note;
+  EXPECT_EQ(infer::resolve_precision("bf16-emulated", true, note), infer::Precision::Bf16);
+  EXPECT_TRUE(note.empty());
+  EXPECT_THROW(infer::resolve_precision("fp16", true, note), Error);
 }
 
 }  // namespace

@@ -62,8 +62,10 @@ int main(int argc, char** argv) {
   app.add_option("--threads", runtime.threads, "CPU threads for tensor operations")->check(CLI::PositiveNumber);
   app.add_option("--device", runtime.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   std::string precision = "fp32";
-  app.add_option("--precision", precision, "inference arithmetic: fp32, or bf16 (autocast; fast with AVX512-BF16/AMX)")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_option("--precision", precision,
+                 "inference arithmetic: fp32; bf16 (autocast) where the CPU has it natively (AVX512-BF16, AMX), "
+                 "else fp32; bf16-emulated: bf16 on any CPU")
+      ->check(CLI::IsMember({"fp32", "bf16", "bf16-emulated"}));
 
   cli::Commands commands;
   cli::add_demo_command(app, commands, runtime);
@@ -94,16 +96,16 @@ int main(int argc, char** argv) {
       throw Error("--device cuda: no CUDA device (or this LibTorch was built without CUDA)", "",
                   "use --device cpu");
     at::set_num_threads(runtime.threads);
-    runtime.precision = infer::parse_precision(precision);
+    std::string note;
+    runtime.precision = infer::resolve_precision(precision, infer::cpu_has_bf16(), note);
     for (const auto& command : commands) {
       if (!command.app->parsed()) continue;
-      if (runtime.precision != infer::Precision::Fp32) {
+      if (precision != "fp32") {
         const std::string name = command.app->get_name();
         if (name != "eval" && name != "predict" && name != "bench" && name != "calibrate" && name != "serve")
           throw Error("--precision " + precision + " is for inference", "",
-                      "use it with eval, predict, bench or calibrate; training runs in fp32");
-        if (!infer::cpu_has_bf16())
-          fmt::print(stderr, "note: this CPU has no native bf16 (avx512_bf16 / amx_bf16): expect bf16 to be slower\n");
+                      "use it with eval, predict, bench, calibrate or serve; training runs in fp32");
+        if (!note.empty()) fmt::print(stderr, "note: {}\n", note);
       }
       // Models run on this thread (loader workers only decode): autocast, which is per thread, is set here.
       infer::PrecisionGuard guard(runtime.precision);

@@ -400,6 +400,7 @@ int run_compare_python(const CompareOptions& args, const Resources& runtime) {
   result["inference_vs_python_same_allocator"] = inference_heap_worst;
   result["training_vs_python_same_allocator"] = training_heap_worst;
   result["bf16_vs_fp32"] = bf16_worst;
+  result["bf16_native"] = infer::cpu_has_bf16();  // without it, bf16 is emulated here (and --precision bf16 runs fp32)
   if (!args.demo.empty()) result.update(demo_bf16(args.demo, runtime));
   // AdaFocusV2 P=128 against the full-frame TSN: the measured speedup over the ratio of their GFLOPs, per batch.
   for (int64_t batch : {1, 8}) {

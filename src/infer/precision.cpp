@@ -8,10 +8,19 @@
 
 namespace adafocus::infer {
 
-Precision parse_precision(const std::string& name) {
+Precision resolve_precision(const std::string& name, bool native_bf16, std::string& note) {
+  note.clear();
   if (name == "fp32") return Precision::Fp32;
-  if (name == "bf16") return Precision::Bf16;
-  throw Error("unknown precision '" + name + "'", "", "use fp32 or bf16");
+  if (name != "bf16" && name != "bf16-emulated")
+    throw Error("unknown precision '" + name + "'", "", "use fp32, bf16 or bf16-emulated");
+  if (native_bf16) return Precision::Bf16;
+  if (name == "bf16") {
+    note = "this CPU has no native bf16 (avx512_bf16 / amx_bf16), where emulated bf16 is slower than fp32: running in "
+           "fp32 (--precision bf16-emulated runs bf16 anyway)";
+    return Precision::Fp32;
+  }
+  note = "this CPU has no native bf16 (avx512_bf16 / amx_bf16): bf16 is emulated, expect it to be slower than fp32";
+  return Precision::Bf16;
 }
 
 bool cpu_has_bf16() {

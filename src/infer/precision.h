@@ -10,8 +10,11 @@ namespace adafocus::infer {
 
 enum class Precision { Fp32, Bf16 };
 
-/// "fp32" | "bf16"; throws adafocus::Error otherwise.
-Precision parse_precision(const std::string& name);
+/// The precision `name` runs at on a CPU with or without native bf16; `note` gets what to tell the user (empty:
+/// nothing). "fp32"; "bf16": bf16 where the CPU computes it natively, otherwise fp32 with a note - oneDNN would
+/// emulate bf16 there, 2-4x slower than fp32, and bf16 is asked for its speed; "bf16-emulated": bf16 on any CPU (to
+/// see its accuracy before deploying where it is native). Throws adafocus::Error for any other name.
+Precision resolve_precision(const std::string& name, bool native_bf16, std::string& note);
 
 /// Whether this CPU has native bf16 arithmetic (the avx512_bf16 or amx_bf16 flag of /proc/cpuinfo).
 bool cpu_has_bf16();

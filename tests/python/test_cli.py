@@ -603,6 +603,30 @@ class Methods(SharedFolder):
                                  "stream=nb_read_frames", "-of", "csv=p=0", gif], capture_output=True, text=True)
         self.assertEqual(frames.stdout.strip(), "4", frames.stderr)
 
+    def test_bf16_runs_where_the_cpu_has_it_natively_or_when_emulation_is_asked(self):
+        video, ck = os.path.join(self.data, "videos", "val_00001.mp4"), os.path.join(self.run_dir, "last.pt")
+
+        def scores(*precision):
+            r = run(*precision, "predict", "--checkpoint", ck, video, "--json", "--top-k", "10")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return [t["score"] for t in json.loads(r.stdout)["top"]], r.stderr
+
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+        native = "avx512_bf16" in flags or "amx_bf16" in flags
+        fp32, _ = scores()
+        bf16, note = scores("--precision", "bf16")
+        emulated, emulated_note = scores("--precision", "bf16-emulated")
+        self.assertNotEqual(emulated, fp32)  # bf16 arithmetic did run
+        if native:
+            self.assertEqual(bf16, emulated)
+            self.assertNotIn("note:", note + emulated_note)
+        else:  # fp32 rather than a 2-4x slower emulation, and said so
+            self.assertEqual(bf16, fp32)
+            self.assertIn("no native bf16", note)
+            self.assertIn("running in fp32", note)
+            self.assertIn("emulated", emulated_note)
+
     def test_predict_raw_outputs_and_class_names(self):
         video = os.path.join(self.data, "videos", "val_00001.mp4")
         ck = os.path.join(self.run_dir, "last.pt")

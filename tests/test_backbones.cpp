@@ -60,6 +60,19 @@ TEST(Backbones, TsmMatchesOfficialShiftPlacement) {
   }
 }
 
+TEST(Backbones, MobileNetV2InChunksWithoutGradientIsOnePass) {
+  // Inference runs 16 frames at a time (TSM: whole videos); with gradient the same network runs all at once.
+  for (const int64_t segments : {0, 12}) {  // 12: chunks of 24 frames, two videos, never a video cut in two
+    torch::manual_seed(0);
+    auto model = nn::make_backbone(nn::BackboneOptions("mobilenet_v2").width_mult(0.5).tsm_segments(segments));
+    model->eval();
+    const auto x = torch::randn({36, 3, 32, 32});
+    const auto whole = model->feature_map(x).detach();  // grad mode on: one pass
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE(AllCloseRelative(model->feature_map(x), whole, 1e-5)) << "segments " << segments;
+  }
+}
+
 TEST(Backbones, TsmChangesTheOutput) {
   // Guards the test above: without the shift the same weights give another result.
   nn::Backbone model = load("tsm_resnet50.pth", nn::BackboneOptions("resnet50"));

@@ -49,7 +49,7 @@ TORCH_MODULE(InvertedResidual);
 class MobileNetV2Impl : public BackboneImpl {
  public:
   explicit MobileNetV2Impl(const BackboneOptions& options);
-  /// x: (N, 3, H, W) -> (N, 1280 * max(1, width), ceil(H/32), ceil(W/32))
+  /// x: (N, 3, H, W) -> (N, 1280 * max(1, width), ceil(H/32), ceil(W/32)); without gradient, in chunks of frames
   torch::Tensor feature_map(const torch::Tensor& x) override;
   /// pooled: (N, C) -> (N, K); dropout 0.2 then linear
   torch::Tensor classify(const torch::Tensor& pooled) override;

@@ -2,6 +2,8 @@
 #pragma once
 
 extern "C" {
+#include <libavcodec/avcodec.h>
+#include <libavformat/avformat.h>
 #include <libavutil/error.h>
 #include <libavutil/imgutils.h>
 #include <libavutil/log.h>
@@ -51,5 +53,38 @@ struct PaddedRgb {
     return out;
   }
 };
+
+/// Opens the decoder of the best video stream of `format` (its stream information read) with `threads` decoding
+/// threads, and allocates the packet and frame to decode with; returns the stream's index. fail(reason) must throw.
+template <typename Fail>
+int open_video_decoder(AVFormatContext* format, int threads, AVCodecContext*& codec, AVPacket*& packet,
+                       AVFrame*& frame, const Fail& fail) {
+  const AVCodec* decoder = nullptr;
+  const int stream = av_find_best_stream(format, AVMEDIA_TYPE_VIDEO, -1, -1, &decoder, 0);
+  if (stream < 0 || !decoder) fail("no video stream FFmpeg can decode");
+  codec = avcodec_alloc_context3(decoder);
+  packet = av_packet_alloc();
+  frame = av_frame_alloc();
+  if (!codec || !packet || !frame) fail("out of memory");
+  avcodec_parameters_to_context(codec, format->streams[stream]->codecpar);
+  codec->thread_count = threads;
+  const int ret = avcodec_open2(codec, decoder, nullptr);
+  if (ret < 0) fail("cannot open the " + std::string(decoder->name) + " decoder (" + av_error(ret) + ")");
+  return stream;
+}
+
+/// A decoded frame as RGB, scaled so that its short side is `short_side` (0: as decoded); `sws` is the cached
+/// conversion context, kept between frames. fail(reason) must throw.
+template <typename Fail>
+Image frame_to_rgb(const AVFrame& frame, int short_side, SwsContext*& sws, const Fail& fail) {
+  auto [w, h] = short_side > 0 ? short_side_size(frame.width, frame.height, short_side)
+                               : std::pair<int, int>{frame.width, frame.height};
+  sws = sws_getCachedContext(sws, frame.width, frame.height, static_cast<AVPixelFormat>(frame.format), w, h,
+                             AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr);
+  if (!sws) fail("cannot convert the frames to RGB");
+  PaddedRgb out(w, h);
+  sws_scale(sws, frame.data, frame.linesize, 0, frame.height, out.data, out.linesize);
+  return out.to_image();
+}
 
 }  // namespace adafocus::io

@@ -63,16 +63,8 @@ struct LiveReader::Impl {
     if (ret < 0) fail("cannot open the source (" + av_error(ret) + ")");
     ret = avformat_find_stream_info(format, nullptr);
     if (ret < 0) fail("cannot read the source's stream information (" + av_error(ret) + ")");
-    const AVCodec* decoder = nullptr;
-    stream = av_find_best_stream(format, AVMEDIA_TYPE_VIDEO, -1, -1, &decoder, 0);
-    if (stream < 0 || !decoder) fail("no video stream FFmpeg can decode");
-    codec = avcodec_alloc_context3(decoder);
-    packet = av_packet_alloc();
-    frame = av_frame_alloc();
-    if (!codec || !packet || !frame) fail("out of memory");
-    avcodec_parameters_to_context(codec, format->streams[stream]->codecpar);
-    ret = avcodec_open2(codec, decoder, nullptr);
-    if (ret < 0) fail("cannot open the " + std::string(decoder->name) + " decoder (" + av_error(ret) + ")");
+    stream = open_video_decoder(format, /*threads=*/1, codec, packet, frame,  // 1: frames as they arrive
+                                [this](const std::string& what) { fail(what); });
     time_base = av_q2d(format->streams[stream]->time_base);
   }
 
@@ -127,14 +119,7 @@ bool LiveReader::next(Image& image, double& seconds, int short_side) {
   if (v.realtime)  // a file plays at its own rate, as a camera would send it
     while (!v.halted() && std::chrono::steady_clock::now() < v.started + std::chrono::duration<double>(seconds))
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  auto [w, h] = short_side > 0 ? short_side_size(v.frame->width, v.frame->height, short_side)
-                               : std::pair<int, int>{v.frame->width, v.frame->height};
-  v.sws = sws_getCachedContext(v.sws, v.frame->width, v.frame->height, static_cast<AVPixelFormat>(v.frame->format), w,
-                               h, AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr);
-  if (!v.sws) v.fail("cannot convert the frames to RGB");
-  PaddedRgb out(w, h);
-  sws_scale(v.sws, v.frame->data, v.frame->linesize, 0, v.frame->height, out.data, out.linesize);
-  image = out.to_image();
+  image = frame_to_rgb(*v.frame, short_side, v.sws, [&v](const std::string& what) { v.fail(what); });
   return !v.halted();
 }
 

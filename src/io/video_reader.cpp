@@ -117,17 +117,8 @@ struct VideoReader::Impl {
     if (ret < 0) fail("not a readable video (" + av_error(ret) + "); truncated, or not a video file?");
     ret = avformat_find_stream_info(format, nullptr);
     if (ret < 0) fail("cannot read stream information (" + av_error(ret) + ")");
-    const AVCodec* decoder = nullptr;
-    stream = av_find_best_stream(format, AVMEDIA_TYPE_VIDEO, -1, -1, &decoder, 0);
-    if (stream < 0 || !decoder) fail("no video stream FFmpeg can decode");
-    codec = avcodec_alloc_context3(decoder);
-    packet = av_packet_alloc();
-    frame = av_frame_alloc();
-    if (!codec || !packet || !frame) fail("out of memory");
-    avcodec_parameters_to_context(codec, format->streams[stream]->codecpar);
-    codec->thread_count = decoder_threads;
-    ret = avcodec_open2(codec, decoder, nullptr);
-    if (ret < 0) fail("cannot open the " + std::string(decoder->name) + " decoder (" + av_error(ret) + ")");
+    stream = open_video_decoder(format, decoder_threads, codec, packet, frame,
+                                [this](const std::string& what) { fail(what); });
     build_index();
     rewind();
   }
@@ -240,14 +231,7 @@ struct VideoReader::Impl {
   }
 
   Image convert(int short_side) {
-    auto [w, h] = short_side > 0 ? short_side_size(frame->width, frame->height, short_side)
-                                 : std::pair<int, int>{frame->width, frame->height};
-    sws = sws_getCachedContext(sws, frame->width, frame->height, static_cast<AVPixelFormat>(frame->format), w, h,
-                               AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr);
-    if (!sws) fail("cannot convert the frames to RGB");
-    PaddedRgb out(w, h);
-    sws_scale(sws, frame->data, frame->linesize, 0, frame->height, out.data, out.linesize);
-    return out.to_image();
+    return frame_to_rgb(*frame, short_side, sws, [this](const std::string& what) { fail(what); });
   }
 };
 

@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
                   "use --device cpu");
     at::set_num_threads(runtime.threads);
     std::string note;
-    runtime.precision = infer::resolve_precision(precision, infer::cpu_has_bf16(), note);
+    runtime.precision = infer::resolve_precision(precision, precision != "fp32" && infer::cpu_has_bf16(), note);
     for (const auto& command : commands) {
       if (!command.app->parsed()) continue;
       if (precision != "fp32") {

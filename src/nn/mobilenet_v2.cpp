@@ -113,9 +113,9 @@ MobileNetV2Impl::MobileNetV2Impl(const BackboneOptions& options) {
 }
 
 torch::Tensor MobileNetV2Impl::feature_map(const torch::Tensor& x) {
+  if (torch::GradMode::is_enabled() || x.size(0) <= kInferenceChunk) return features->forward(x);  // (N, C, h, w)
   const int64_t segments = tsm_segments();  // TSM shifts along each video's frames: a chunk holds whole videos
   const int64_t chunk = segments > 0 ? (kInferenceChunk + segments - 1) / segments * segments : kInferenceChunk;
-  if (torch::GradMode::is_enabled() || x.size(0) <= chunk) return features->forward(x);  // (N, C, h, w)
   std::vector<torch::Tensor> maps;
   for (const auto& frames : x.split(chunk)) maps.push_back(features->forward(frames));  // (chunk, C, h, w)
   return torch::cat(maps);                                                               // (N, C, h, w)

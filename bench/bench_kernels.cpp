@@ -1,7 +1,8 @@
 // Our CPU kernels (src/nn/kernels.h) against the LibTorch operators they replace, on the demo's shapes (median of 7
 // runs, ms): training-mode BatchNorm2d forward + backward on small-channel maps (ours on channels-last against
 // LibTorch's on channels-last and on NCHW), the enlarged-patch cut of the demo's AdaFocusV2 (crop_bilinear against
-// the 3-d grid_sample it replaces and a 2-d one) and the glance's area resize (area_downsample).
+// the 3-d grid_sample it replaces and a 2-d one), the glance's area resize (area_downsample) and AdaFuse's
+// frame-by-frame gated convolution (sparse_conv2d).
 //
 //   cmake -S . -B build -DADAFOCUS_BENCH=ON && cmake --build build --target bench_kernels
 //   build/bench/bench_kernels [threads=2]
@@ -72,4 +73,35 @@ int main(int argc, char** argv) {
   const double area = median_ms([&] { nn::area_downsample(frames, 4); });
   fmt::print("256 frames 128 -> 32 px: adaptive_avg_pool2d {:.1f}, avg_pool2d {:.1f}, area_downsample {:.1f}\n", adaptive,
              pool, area);
+
+  // AdaFuse's gated conv2 at ResNet-50's shapes and the demo's ResNet-10 (8 to 64 channels), 64 frames (a batch of 8 videos), each frame reading its own random
+  // 37% of the input channels (the demo's AdaFuse-TSM keeps 19% and reuses 18%): the dense convolution of every
+  // channel (oneDNN, folded, channels-last), a convolution per frame on its channels with its weights gathered
+  // (LibTorch, the way before sparse_conv2d), and sparse_conv2d.
+  fmt::print("\nAdaFuse conv2 (3x3), 64 frames reading 37% of the channels each (median of 7, ms)\n{:<18}{:>8}{:>16}{:>16}\n",
+             "shape", "dense", "per-frame conv", "sparse_conv2d");
+  for (const auto& [channels, side] : {std::make_pair(64, 56), std::make_pair(128, 28), std::make_pair(256, 14),
+                                       std::make_pair(512, 7), std::make_pair(8, 64), std::make_pair(16, 32),
+                                       std::make_pair(32, 16), std::make_pair(64, 8)}) {
+    const auto x = torch::randn({64, channels, side, side}).contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto w = torch::randn({channels, channels, 3, 3}).contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto bias = torch::randn({channels});
+    const auto arranged = nn::arrange_for_sparse_conv(w);
+    std::vector<nn::SparseConvSample> samples(64);
+    std::vector<torch::Tensor> chosen;
+    for (auto& s : samples) {
+      s.all_inputs = false;
+      const auto pick = torch::nonzero(torch::rand({channels}) < 0.37).flatten();
+      chosen.push_back(pick);
+      s.in_channel.assign(pick.data_ptr<int64_t>(), pick.data_ptr<int64_t>() + pick.numel());
+      s.in_sample.assign(s.in_channel.size(), &s - samples.data());
+    }
+    const double dense = median_ms([&] { torch::conv2d(x, w, bias, 1, 1); });
+    const double frames = median_ms([&] {
+      for (int64_t f = 0; f < 64; ++f)
+        torch::conv2d(x.narrow(0, f, 1).index_select(1, chosen[f]), w.index_select(1, chosen[f]), bias, 1, 1);
+    });
+    const double sparse = median_ms([&] { nn::sparse_conv2d(x, arranged, bias, 3, 1, 1, false, samples); });
+    fmt::print("{:<18}{:>8.1f}{:>16.1f}{:>16.1f}\n", fmt::format("{}x{}x{}", channels, side, side), dense, frames, sparse);
+  }
 }

@@ -147,12 +147,12 @@ TEST(AdaFuse, TsmBlocksAreTheOfficialOnesDownsampleOfTheShiftedInput) {
     if (kind == "bottleneck") {
       auto k = std::make_shared<nn::BottleneckImpl>(16, 8, 2, segments, shift_div);
       b = {k->conv1.get(), k->conv2.get(), k->conv3.get(), k->bn1.get(), k->bn2.get(), k->bn3.get(),
-           k->downsample.get(), segments, shift_div, nullptr};
+           k->downsample.get(), &k->folded1, &k->folded2, &k->folded3, &k->folded_down, segments, shift_div, nullptr, {}};
       block = k;
     } else {
       auto k = std::make_shared<nn::BasicBlockImpl>(8, 8, 2, segments, shift_div);
       b = {k->conv1.get(), k->conv2.get(), nullptr, k->bn1.get(), k->bn2.get(), nullptr, k->downsample.get(),
-           segments, shift_div, nullptr};
+           &k->folded1, &k->folded2, nullptr, &k->folded_down, segments, shift_div, nullptr, {}};
       block = k;
     }
     nn::load_state_dict(*block, state, kind);

@@ -252,6 +252,63 @@ TEST(Backbones, AreaDownsampleIsAvgPool) {
   EXPECT_THROW(nn::area_downsample(torch::randn({1, 3, 10, 10}), 4), c10::Error);
 }
 
+TEST(Backbones, SparseConvolutionIsTheConvolutionOfTheChosenChannels) {
+  // Each sample against torch::conv2d on the input it names (channels gathered from other samples, zeros for -1), with
+  // the weights of those input channels, keeping the outputs it computes (the rest zero); 3x3 strided (im2col), 3x3
+  // with stride 1 (shifted windows), 1x1 (the input read as its own im2col); few output channels (planar products) and
+  // many. The FLOPs counter sees each sample's own product.
+  torch::manual_seed(6);
+  for (const int64_t co : {5, 40}) {
+    const int64_t n = 4, ci = 6;
+    const auto x = torch::randn({n, ci, 9, 7}).contiguous(torch::MemoryFormat::ChannelsLast);
+    std::vector<nn::SparseConvSample> samples(4);
+    samples[1].all_outputs = false, samples[1].out = {3, 0};
+    samples[2].all_inputs = false, samples[2].in_sample = {2, 0, -1}, samples[2].in_channel = {1, 4, 2};
+    samples[3].all_inputs = false, samples[3].all_outputs = false, samples[3].out = {4};  // reads nothing: its bias
+    for (const auto& [k, stride, padding] :
+         {std::make_tuple(3, 2, 1), std::make_tuple(3, 1, 1), std::make_tuple(1, 1, 0)})
+      for (const bool relu : {false, true}) {
+        const auto w = torch::randn({co, ci, k, k}), bias = torch::randn({co});
+        nn::FlopsReport counted;
+        torch::Tensor ours;
+        counted = nn::count_flops(torch::nn::Module(), [&] {
+          ours = nn::sparse_conv2d(x, nn::arrange_for_sparse_conv(w), bias, k, stride, padding, relu, samples);
+        });
+        EXPECT_TRUE(ours.is_contiguous(torch::MemoryFormat::ChannelsLast));
+        int64_t macs = 0;
+        for (int64_t f = 0; f < n; ++f) {
+          const nn::SparseConvSample& s = samples[static_cast<size_t>(f)];
+          torch::Tensor in = x[f], weight = w;
+          if (!s.all_inputs) {
+            std::vector<torch::Tensor> channels;
+            for (size_t j = 0; j < s.in_sample.size(); ++j)
+              channels.push_back(s.in_sample[j] < 0 ? torch::zeros({9, 7}) : x[s.in_sample[j]][s.in_channel[j]]);
+            in = channels.empty() ? torch::zeros({0, 9, 7}) : torch::stack(channels);
+            weight = w.index_select(1, torch::tensor(s.in_channel, torch::kLong));
+          }
+          const int64_t ho = (9 + 2 * padding - k) / stride + 1, wo = (7 + 2 * padding - k) / stride + 1;
+          auto expected = in.size(0) == 0  // (Co, Ho, Wo)
+                              ? bias.view({co, 1, 1}).expand({co, ho, wo}).clone()
+                              : torch::conv2d(in.unsqueeze(0), weight, bias, stride, padding)[0];
+          if (relu) expected = torch::relu(expected);
+          if (!s.all_outputs) {
+            auto only = torch::zeros_like(expected);
+            for (int64_t o : s.out) only[o] = expected[o];
+            expected = only;
+          }
+          EXPECT_TRUE(AllCloseRelative(ours[f], expected, 1e-5)) << f << " k " << k;
+          macs += expected.size(1) * expected.size(2) * k * k * in.size(0) *
+                  (s.all_outputs ? co : static_cast<int64_t>(s.out.size()));
+        }
+        EXPECT_EQ(counted.total, macs);
+      }
+  }
+  const auto x = torch::randn({4, 6, 9, 7});
+  EXPECT_THROW(nn::sparse_conv2d(x, nn::arrange_for_sparse_conv(torch::randn({5, 6, 1, 1})), torch::zeros({5}), 1, 1, 0,
+                                 false, std::vector<nn::SparseConvSample>(4)),
+               c10::Error);  // not channels-last
+}
+
 TEST(Backbones, Bf16AutocastRunsInBf16AndRestores) {
   torch::manual_seed(4);
   auto model = nn::make_backbone(nn::BackboneOptions("resnet18"));

@@ -47,5 +47,15 @@ TEST(TemporalShift, RejectsBatchesThatAreNotWholeClips) {
   EXPECT_THROW(nn::temporal_shift(torch::zeros({6, 16, 2, 2}), 4, 8), c10::Error);
 }
 
+TEST(TemporalShift, ChannelsLastStaysChannelsLastWithTheSameValues) {
+  // Shifted in its own layout (a convolution after it then converts nothing), with the values of the NCHW shift.
+  torch::manual_seed(3);
+  const auto x = torch::randn({6, 16, 5, 4});
+  const auto last = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  const auto shifted = nn::temporal_shift(last, 3, 8);
+  EXPECT_TRUE(shifted.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(shifted.equal(nn::temporal_shift(x, 3, 8)));
+}
+
 }  // namespace
 }  // namespace adafocus

@@ -7,7 +7,10 @@
 // its initial weights is timed (AdaFuse's untrained gates pick each action for about a third of the channels).
 #include <fmt/format.h>
 
+#include <ATen/record_function.h>
+
 #include <algorithm>
+#include <map>
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -33,7 +36,7 @@ struct BenchArgs {
   std::vector<std::string> overrides;
   double budget = -1;
   int64_t batch = 8, videos = 64, warmup = 2, rounds = 3;
-  bool json = false;
+  bool json = false, profile = false;
 };
 
 struct Variant {
@@ -46,6 +49,37 @@ struct Variant {
   double seconds = 0;             // all timed batches
   int64_t videos = 0;
 };
+
+// --profile: the time of each LibTorch operator called from our code (outermost calls only, so that the times add
+// up), per variant; what our own kernels and bookkeeping take is the rest of the batch's time.
+struct OpTimes {
+  std::map<std::string, std::pair<double, int64_t>> by_op;  // name -> (seconds, calls)
+  int depth = 0;
+};
+thread_local OpTimes* op_times = nullptr;
+
+struct OpStart : at::ObserverContext {
+  Clock::time_point start;
+  bool outermost = false;
+};
+
+std::unique_ptr<at::ObserverContext> op_start(const at::RecordFunction&) {
+  if (!op_times) return nullptr;
+  auto ctx = std::make_unique<OpStart>();
+  ctx->outermost = op_times->depth++ == 0;
+  ctx->start = Clock::now();
+  return ctx;
+}
+
+void op_end(const at::RecordFunction& fn, at::ObserverContext* base) {
+  auto* ctx = static_cast<OpStart*>(base);
+  if (!op_times || !ctx) return;
+  op_times->depth--;
+  if (!ctx->outermost) return;
+  auto& [seconds, calls] = op_times->by_op[fn.name()];
+  seconds += std::chrono::duration<double>(Clock::now() - ctx->start).count();
+  ++calls;
+}
 
 double percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
@@ -150,6 +184,28 @@ int run(const BenchArgs& args, const Runtime& runtime) {
 
   for (auto& v : variants)
     for (int64_t i = 0; i < args.warmup; ++i) v.run(batches[static_cast<size_t>(i) % batches.size()]);
+  if (args.profile) {  // one pass per variant with the operators timed, before (and apart from) the timed rounds
+    const auto handle = at::addThreadLocalCallback(at::RecordFunctionCallback(&op_start, &op_end));
+    for (auto& v : variants) {
+      OpTimes times;
+      op_times = &times;
+      const auto start = Clock::now();
+      for (const auto& b : batches) v.run(b);
+      const double total = std::chrono::duration<double>(Clock::now() - start).count();
+      op_times = nullptr;
+      std::vector<std::pair<double, std::string>> order;
+      double in_ops = 0;
+      for (const auto& [name, t] : times.by_op) order.emplace_back(t.first, name), in_ops += t.first;
+      std::sort(order.rbegin(), order.rend());
+      fmt::print("{}: {:.1f} ms per batch, {:.1f} in LibTorch operators; the largest:\n", v.name,
+                 1e3 * total / static_cast<double>(batches.size()), 1e3 * in_ops / static_cast<double>(batches.size()));
+      for (size_t i = 0; i < std::min<size_t>(12, order.size()); ++i)
+        fmt::print("  {:<40}{:>9.2f} ms{:>8} calls\n", order[i].second,
+                   1e3 * order[i].first / static_cast<double>(batches.size()),
+                   times.by_op[order[i].second].second / static_cast<int64_t>(batches.size()));
+    }
+    at::removeCallback(handle);
+  }
   for (int64_t r = 0; r < args.rounds; ++r)
     for (auto& v : variants)
       for (const auto& b : batches) {
@@ -213,6 +269,7 @@ void add_bench_command(CLI::App& app, Commands& commands, const Runtime& runtime
   sub->add_option("--warmup", args->warmup, "untimed batches per variant first");
   sub->add_option("--rounds", args->rounds, "timed passes over the videos per variant")->check(CLI::PositiveNumber);
   sub->add_flag("--json", args->json, "machine-readable output");
+  sub->add_flag("--profile", args->profile, "first print where each variant's time goes, by LibTorch operator");
   sub->add_option("overrides", args->overrides, "dotted key=value overrides");
   auto compare = std::make_shared<experiments::CompareOptions>();
   auto* compare_flag = sub->add_flag("--compare-python",
@@ -220,6 +277,8 @@ void add_bench_command(CLI::App& app, Commands& commands, const Runtime& runtime
                                      "PyTorch eager (bench/python_reference.py); writes --out/compare.json");
   sub->add_option("--out", compare->out, "--compare-python: folder for compare.json and its work files");
   sub->add_option("--python-script", compare->script, "--compare-python: python_reference.py to run");
+  sub->add_flag("--speed-only", compare->speed_only,
+                "--compare-python: only AdaFuse and AdaFocusV3 against our own dense networks (writes --out/speed.json)");
   sub->add_flag("--tiny", compare->tiny, "--compare-python on small shapes (a test of the comparison, not of speed)");
   sub->add_option("--demo", compare->demo,
                   "--compare-python: a finished demo folder, whose models are evaluated in fp32 and bf16");

@@ -17,6 +17,7 @@ struct CompareOptions {
   std::string demo;    ///< a finished demo folder: its models' top-1 in fp32 and bf16 (bf16_top1_change)
   int64_t warmup = 1, rounds = 3;
   bool tiny = false;   ///< small shapes (tests): checks the agreement, times nothing meaningful
+  bool speed_only = false;  ///< only the realised-speed cases (ours against our dense networks; no PyTorch)
 };
 
 /// AdaFocusV2 P=128 and the ResNet-50 TSN (inference, batch 1 and 8), AdaFocusV3 with early exit and the demo's

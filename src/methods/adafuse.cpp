@@ -3,11 +3,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <set>
 #include <tuple>
 
 #include "core/error.h"
 #include "nn/flop_counter.h"
+#include "nn/kernels.h"
 #include "nn/temporal_shift.h"
 
 namespace adafocus::methods {
@@ -48,18 +50,6 @@ double conv_macs(const torch::nn::Conv2dImpl& conv, int64_t in_channels, int64_t
   const auto& k = *conv.options.kernel_size();
   return static_cast<double>(conv.options.out_channels() * out_h * out_w * in_channels * k[0] * k[1]);
 }
-
-// Eval-mode BN folded into the convolution before it, in the standard layout that the per-frame channel gathers read
-// fastest: (weight, bias) of conv then bn.
-std::pair<torch::Tensor, torch::Tensor> fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn) {
-  const nn::FoldedConv f = nn::fold(conv, bn);
-  return {f.weight.contiguous(), f.bias};
-}
-
-// The frame-by-frame path's costs against the batched one's, in multiply-accumulates (measured here, oneDNN in
-// LibTorch 1.13, docs/adafuse.md): a convolution run on one frame at a time is up to ~2x slower per MAC than on the
-// batch (its weights gathered per frame, at 7x7 as costly as the convolution), plus ~40 us of calls per frame.
-constexpr double kFrameSlowdown = 2.0, kFrameOverhead = 2e6;
 
 // A parameter or buffer of the gates (a block's policy_net, or the shared gate_fc0s / gate_fc1s), by its name in the
 // backbone or below it.
@@ -180,11 +170,13 @@ AdaFuseImpl::AdaFuseImpl(const AdaFuseOptions& o, int64_t num_classes)
       int64_t in = 0;
       if (auto* k = module->as<nn::BottleneckImpl>()) {
         b = {k->conv1.get(), k->conv2.get(), k->conv3.get(), k->bn1.get(), k->bn2.get(), k->bn3.get(),
-             k->downsample ? k->downsample.get() : nullptr, k->tsm_segments_, k->shift_div_, nullptr};
+             k->downsample ? k->downsample.get() : nullptr, &k->folded1, &k->folded2, &k->folded3, &k->folded_down,
+             k->tsm_segments_, k->shift_div_, nullptr, {}};
         in = k->conv1->options.in_channels();
       } else if (auto* k = module->as<nn::BasicBlockImpl>()) {  // gate after conv1, before conv2 (3x3 both)
         b = {k->conv1.get(), k->conv2.get(), nullptr, k->bn1.get(), k->bn2.get(), nullptr,
-             k->downsample ? k->downsample.get() : nullptr, k->tsm_segments_, k->shift_div_, nullptr};
+             k->downsample ? k->downsample.get() : nullptr, &k->folded1, &k->folded2, nullptr, &k->folded_down,
+             k->tsm_segments_, k->shift_div_, nullptr, {}};
         in = k->conv1->options.in_channels();
       }
       if (gated) {
@@ -232,18 +224,31 @@ namespace {
 
 // The block's shortcut. As the official gated blocks (ops/batenet.py) compute it: with TSM a downsampling shortcut
 // reads the shifted input (the block shifts x itself before conv1), an identity one the unshifted input.
-torch::Tensor shortcut(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs) {
-  return b.downsample ? b.downsample->forward(xs) : x;
+torch::Tensor shortcut(const GatedBlock& b, const torch::Tensor& xs, const torch::Tensor& x) {
+  if (!b.downsample) return x;
+  return nn::conv_bn(*b.downsample->ptr(0)->as<torch::nn::Conv2dImpl>(),
+                     *b.downsample->ptr(1)->as<torch::nn::BatchNorm2dImpl>(), *b.folded_down, xs);
+}
+
+// conv2's output (N, G2, H2, W2) -> the block's output: conv3 (bottleneck), the shortcut, ReLU.
+torch::Tensor block_end(const GatedBlock& b, torch::Tensor out, const torch::Tensor& x, const torch::Tensor& xs) {
+  if (b.conv3) out = nn::conv_bn(*b.conv3, *b.bn3, *b.folded3, torch::relu(out));
+  return torch::relu(out + shortcut(b, xs, x));
 }
 
 // The masked dense block: conv1's output fused as the gates say, then the rest.
 torch::Tensor dense_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs,
                           const torch::Tensor& mask, int64_t segments) {
-  auto out = torch::relu(nn::batch_norm(*b.bn1, b.conv1->forward(xs)));  // (N, G, H1, W1)
+  // BN folded into the convolutions after optimize_for_inference (nn::conv_bn), as in the dense network.
+  auto out = torch::relu(nn::conv_bn(*b.conv1, *b.bn1, *b.folded1, xs));  // (N, G, H1, W1)
   if (mask.defined()) out = fuse_channels(out, mask, segments);
-  out = nn::batch_norm(*b.bn2, b.conv2->forward(out));                  // (N, G2, H2, W2)
-  if (b.conv3) out = nn::batch_norm(*b.bn3, b.conv3->forward(torch::relu(out)));
-  return torch::relu(out + shortcut(b, x, xs));
+  return block_end(b, nn::conv_bn(*b.conv2, *b.bn2, *b.folded2, out), x, xs);  // conv2: (N, G2, H2, W2)
+}
+
+SparseWeights sparse_weights(const GatedBlock& b) {
+  const nn::FoldedConv f1 = nn::fold(*b.conv1, *b.bn1), f2 = nn::fold(*b.conv2, *b.bn2);
+  return {f1.weight, f1.bias, f2.weight, f2.bias, nn::arrange_for_sparse_conv(f1.weight),
+          nn::arrange_for_sparse_conv(f2.weight)};
 }
 
 // What a frame's gates ask of a block: the conv1 outputs it computes (kept here or reused by the next frame) and
@@ -267,27 +272,42 @@ std::vector<FrameNeeds> frame_needs(const torch::Tensor& mask, int64_t segments)
   return needs;
 }
 
-// The same block computing only what the gates need (eval mode), BN folded into conv1 and conv2, as `how` says or,
-// for Auto, in whichever of two ways costs less here (kFrameSlowdown, kFrameOverhead): frame by frame - conv1 only
-// for the channels a frame needs, conv2 only on the channels it does not skip, exactly the official count - or the
-// whole batch at once on the channels some frame needs (conv1) or does not skip (conv2): one call per convolution,
-// but every frame pays for the union.
-torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs,
-                           const torch::Tensor& mask, int64_t segments, Inference how) {
-  const auto [w1, b1] = fold(*b.conv1, *b.bn1);  // (G, Ci, k, k), (G,)
-  const auto [w2, b2] = fold(*b.conv2, *b.bn2);  // (G2, G, k, k), (G2,)
-  const std::vector<FrameNeeds> needs = frame_needs(mask, segments);
-  const int64_t n = x.size(0), g = mask.size(1);
-  const int64_t h1 = conv_out(*b.conv1, xs.size(2), 0), v1 = conv_out(*b.conv1, xs.size(3), 1);
-  const int64_t h2 = conv_out(*b.conv2, h1, 0), v2 = conv_out(*b.conv2, v1, 1);
-  const double per_channel1 = conv_macs(*b.conv1, xs.size(1), h1, v1) / static_cast<double>(g);
-  const double per_channel2 = conv_macs(*b.conv2, g, h2, v2) / static_cast<double>(g);
+// Frame by frame (nn::sparse_conv2d): conv1 only for the channels a frame needs, conv2 only on the channels it does
+// not skip - exactly the official count. -> conv2's output (N, G2, H2, W2), bn2 included.
+torch::Tensor frames_convs(const GatedBlock& b, const SparseWeights& w, const torch::Tensor& xs,
+                           const std::vector<FrameNeeds>& needs, int64_t segments) {
+  const int64_t n = xs.size(0), g = b.conv1->options.out_channels();
+  std::vector<nn::SparseConvSample> first(static_cast<size_t>(n)), second(static_cast<size_t>(n));
+  for (int64_t f = 0; f < n; ++f) {
+    const FrameNeeds& need = needs[static_cast<size_t>(f)];
+    nn::SparseConvSample& one = first[static_cast<size_t>(f)];
+    one.all_outputs = static_cast<int64_t>(need.conv1.size()) == g;
+    if (!one.all_outputs) one.out = need.conv1;
+    // Reused channels take the previous frame's conv1 output (zeros before the first frame, as the dense forward;
+    // read all the same, as the official code counts them).
+    nn::SparseConvSample& two = second[static_cast<size_t>(f)];
+    two.all_inputs = false;
+    const int64_t before = f % segments > 0 ? f - 1 : -1;
+    for (int64_t c : need.keep) two.in_sample.push_back(f), two.in_channel.push_back(c);
+    for (int64_t c : need.reuse) two.in_sample.push_back(before), two.in_channel.push_back(c);
+  }
+  auto side = [](const torch::nn::Conv2dImpl& conv) {  // kernel, stride, padding (square)
+    return std::array<int64_t, 3>{(*conv.options.kernel_size())[0], (*conv.options.stride())[0], padding_of(conv)[0]};
+  };
+  const auto [k1, s1, p1] = side(*b.conv1);
+  const auto [k2, s2, p2] = side(*b.conv2);
+  const auto out1 = nn::sparse_conv2d(xs.contiguous(torch::MemoryFormat::ChannelsLast), w.arranged1, w.b1, k1, s1, p1,
+                                      true, first);                            // (N, G, H1, W1), ReLU'd
+  return nn::sparse_conv2d(out1, w.arranged2, w.b2, k2, s2, p2, false, second);  // (N, G2, H2, W2)
+}
+
+// The whole batch at once on the channels some frame needs (conv1) or does not skip (conv2): one call per
+// convolution, but every frame pays for the union. -> conv2's output (N, G2, H2, W2), bn2 included.
+torch::Tensor batch_convs(const GatedBlock& b, const SparseWeights& w, const torch::Tensor& xs,
+                          const torch::Tensor& mask, const std::vector<FrameNeeds>& needs, int64_t segments) {
+  const int64_t n = xs.size(0), g = mask.size(1);
   std::vector<bool> any1(static_cast<size_t>(g)), any2(static_cast<size_t>(g));
-  double framewise = 0;
   for (const FrameNeeds& f : needs) {
-    framewise += kFrameSlowdown * (per_channel1 * static_cast<double>(f.conv1.size()) +
-                                   per_channel2 * static_cast<double>(f.keep.size() + f.reuse.size())) +
-                 kFrameOverhead;
     for (int64_t c : f.conv1) any1[c] = true;
     for (int64_t c : f.keep) any2[c] = true;
     for (int64_t c : f.reuse) any2[c] = true;
@@ -297,50 +317,33 @@ torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const to
     if (any1[c]) union1.push_back(c);
     if (any2[c]) union2.push_back(c);
   }
-  const double batched = static_cast<double>(n) * (per_channel1 * static_cast<double>(union1.size()) +
-                                                   per_channel2 * static_cast<double>(union2.size()));
-  const auto device = x.device();
-  auto out1 = torch::zeros({n, g, h1, v1}, x.options());  // conv1 outputs nobody needs stay zero
-  torch::Tensor out;                                      // (N, G2, H2, W2), bn2 included
-  if (how == Inference::Batch || (how == Inference::Auto && batched <= framewise)) {
-    if (!union1.empty()) {
-      const auto idx = indices(union1, device);
-      out1.index_copy_(1, idx, torch::relu(torch::conv2d(xs, w1.index_select(0, idx), b1.index_select(0, idx),
-                                                         *b.conv1->options.stride(), padding_of(*b.conv1))));
-    }
-    const auto idx = indices(union2, device);
-    out = union2.empty() ? b2.view({1, -1, 1, 1}).expand({n, b2.size(0), h2, v2})
-                         : torch::conv2d(fuse_channels(out1, mask, segments).index_select(1, idx),
-                                         w2.index_select(1, idx), b2, *b.conv2->options.stride(), padding_of(*b.conv2));
-  } else {
-    for (int64_t f = 0; f < n; ++f) {
-      if (needs[f].conv1.empty()) continue;
-      const auto idx = indices(needs[f].conv1, device);
-      const auto y = torch::conv2d(xs.narrow(0, f, 1), w1.index_select(0, idx), b1.index_select(0, idx),
-                                   *b.conv1->options.stride(), padding_of(*b.conv1));  // (1, |need|, H1, W1)
-      out1[f].index_copy_(0, idx, torch::relu(y[0]));
-    }
-    std::vector<torch::Tensor> rows;
-    rows.reserve(static_cast<size_t>(n));
-    for (int64_t f = 0; f < n; ++f) {
-      const FrameNeeds& need = needs[f];
-      if (need.keep.empty() && need.reuse.empty()) {  // every input channel skipped: conv2 gives its bias
-        rows.push_back(b2.view({1, -1, 1, 1}).expand({1, b2.size(0), h2, v2}));
-        continue;
-      }
-      const auto ki = indices(need.keep, device), ri = indices(need.reuse, device);
-      // Reused channels take the previous frame's conv1 output (zeros before the first frame, as the dense
-      // forward; read all the same, as the official code counts them).
-      const auto before = f % segments > 0 ? out1[f - 1].index_select(0, ri)
-                                           : torch::zeros({ri.size(0), h1, v1}, x.options());
-      const auto in = torch::cat({out1[f].index_select(0, ki), before}).unsqueeze(0);  // (1, |keep|+|reuse|, H1, W1)
-      rows.push_back(torch::conv2d(in, w2.index_select(1, torch::cat({ki, ri})), b2, *b.conv2->options.stride(),
-                                   padding_of(*b.conv2)));  // (1, G2, H2, W2)
-    }
-    out = torch::cat(rows);
+  const int64_t h1 = conv_out(*b.conv1, xs.size(2), 0), v1 = conv_out(*b.conv1, xs.size(3), 1);
+  const int64_t h2 = conv_out(*b.conv2, h1, 0), v2 = conv_out(*b.conv2, v1, 1);
+  const auto device = xs.device();
+  auto out1 = torch::zeros({n, g, h1, v1}, xs.options());  // conv1 outputs nobody needs stay zero
+  if (!union1.empty()) {
+    const auto idx = indices(union1, device);
+    out1.index_copy_(1, idx, torch::relu(torch::conv2d(xs, w.w1.index_select(0, idx), w.b1.index_select(0, idx),
+                                                       *b.conv1->options.stride(), padding_of(*b.conv1))));
   }
-  if (b.conv3) out = nn::batch_norm(*b.bn3, b.conv3->forward(torch::relu(out)));
-  return torch::relu(out + shortcut(b, x, xs));
+  if (union2.empty()) return w.b2.view({1, -1, 1, 1}).expand({n, w.b2.size(0), h2, v2});
+  const auto idx = indices(union2, device);
+  return torch::conv2d(fuse_channels(out1, mask, segments).index_select(1, idx), w.w2.index_select(1, idx), w.b2,
+                       *b.conv2->options.stride(), padding_of(*b.conv2));
+}
+
+// The same block computing only what the gates need (eval mode), BN folded into conv1 and conv2, frame by frame or
+// as a whole batch as `how` says. Choice: Auto takes frame by frame wherever our kernel runs (CPU, float) - per
+// multiply-accumulate it is about as fast as the dense convolution there (bench_kernels), so its exact savings
+// beat the union's - and the batch way elsewhere (other devices, bf16), which gives the same output.
+torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs,
+                           const torch::Tensor& mask, int64_t segments, Inference how) {
+  const SparseWeights w = b.sparse.arranged1.defined() ? b.sparse : sparse_weights(b);
+  const std::vector<FrameNeeds> needs = frame_needs(mask, segments);
+  const bool kernel = x.is_cpu() && x.scalar_type() == torch::kFloat;
+  const auto out = kernel && how != Inference::Batch ? frames_convs(b, w, xs, needs, segments)
+                                                     : batch_convs(b, w, xs, mask, needs, segments);
+  return block_end(b, out, x, xs);
 }
 
 }  // namespace
@@ -378,6 +381,13 @@ torch::Tensor AdaFuseImpl::frame_logits(const torch::Tensor& frames, GateMasks& 
     x = gated_block(b, x, xs, mask, segments, how);
   }
   return tsn->new_fc(tsn->dropout(resnet.pool(x)));  // (N, C)
+}
+
+void AdaFuseImpl::optimize_for_inference() {
+  MethodImpl::optimize_for_inference();
+  torch::NoGradGuard no_grad;
+  for (GatedBlock& b : blocks)
+    if (b.policy) b.sparse = sparse_weights(b);
 }
 
 double AdaFuseImpl::base_gflops(int64_t resolution) {

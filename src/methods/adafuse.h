@@ -33,13 +33,21 @@ class GatePolicyImpl : public torch::nn::Module {
 };
 TORCH_MODULE(GatePolicy);
 
+/// conv1 and conv2 of a gated block with their BN folded in, as the skipping paths run them: (G, Ci, k, k) and
+/// (G2, G, k, k) for whole-batch convolutions, arranged for nn::sparse_conv2d for frame-by-frame ones.
+struct SparseWeights {
+  torch::Tensor w1, b1, w2, b2, arranged1, arranged2;
+};
+
 /// One residual block's parts, whichever its kind: the gate sits after conv1 (+bn1, ReLU), before conv2.
 struct GatedBlock {
   torch::nn::Conv2dImpl *conv1, *conv2, *conv3;  // conv3: null for basic blocks
   torch::nn::BatchNorm2dImpl *bn1, *bn2, *bn3;
   torch::nn::SequentialImpl* downsample;         // null when the shortcut is the identity
+  nn::FoldedConv *folded1, *folded2, *folded3, *folded_down;  // the block's BN-folded copies (empty until folded)
   int64_t tsm_segments, shift_div;
   GatePolicy policy{nullptr};                    // null: not gated (every channel kept)
+  SparseWeights sparse;                          // AdaFuseImpl::optimize_for_inference; empty: folded per call
 };
 
 /// conv1's output (N, G, H, W) fused as the gates say, mask (N, G, 3): keep -> its own value, reuse -> frame t-1's of
@@ -49,10 +57,10 @@ torch::Tensor fuse_channels(const torch::Tensor& out1, const torch::Tensor& mask
 /// How a gated block runs in eval mode (model.adafuse.inference); every way gives the masked dense output.
 enum class Inference {
   Dense,   ///< the masked dense forward (training's)
-  Frames,  ///< frame by frame: conv1 only for the channels the frame keeps or the next frame reuses, conv2 only on
-           ///< the channels it does not skip - exactly the official count
+  Frames,  ///< frame by frame (nn::sparse_conv2d, CPU; elsewhere as Batch): conv1 only for the channels the frame
+           ///< keeps or the next frame reuses, conv2 only on the channels it does not skip - the official count
   Batch,   ///< the whole batch at once on the channels some frame needs (conv1) or does not skip (conv2)
-  Auto,    ///< per block, whichever of Frames and Batch costs less (per-frame call overhead included)
+  Auto,    ///< Frames where its kernel runs (CPU, float), else Batch
 };
 /// auto | frames | batch | dense; anything else throws adafocus::Error naming `where` (the key's origin).
 Inference parse_inference(const std::string& name, const std::string& where = "");
@@ -107,7 +115,9 @@ class AdaFuseImpl : public MethodImpl {
   nn::StateDict export_official_state_dict(const nn::StateDict& state) const override;
   void load_pretrained(const Config& config) override;
   void flops_forward(const Clips& clips) override;
-  void optimize_for_inference() override {}  // the skipping paths (Inference) fold BN themselves
+  /// The backbone's BN folded (as every method) and each gated block's SparseWeights prepared; after the weights
+  /// are final, as the folded copies do not follow them.
+  void optimize_for_inference() override;
 
   /// frames (N, 3, R, R) -> per-frame logits (N, C) and the gates. Training: hard Gumbel-softmax and the dense
   /// computation; eval: gates as model.adafuse.test_gates, blocks run as `how`.

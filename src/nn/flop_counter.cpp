@@ -150,6 +150,12 @@ void on_end(const at::RecordFunction& fn, at::ObserverContext* base) {
 
 }  // namespace
 
+void count_kernel(const std::string& op, const std::vector<int64_t>& output_shape, int64_t macs) {
+  if (!active) return;
+  active->report.total += macs;
+  active->report.layers.push_back({op, op, {}, output_shape, macs});
+}
+
 FlopsReport count_flops(const torch::nn::Module& module, const std::function<void()>& forward) {
   UnfoldedGuard unfolded;  // BN counted as the papers count it, also on a model optimised for inference
   Counter counter;

@@ -33,6 +33,10 @@ struct FlopsReport {
 /// tensors that are not its parameters are named after the operator. Runs on the calling thread only.
 FlopsReport count_flops(const torch::nn::Module& module, const std::function<void()>& forward);
 
+/// Adds the `macs` of one of our own kernels (src/nn/kernels.h), which run no LibTorch operator the counter could
+/// observe, to the count under way on this thread, if any, as a layer `op` with that output shape.
+void count_kernel(const std::string& op, const std::vector<int64_t>& output_shape, int64_t macs);
+
 /// Per-frame FLOPs of `backbone` without its classifier (feature map + global pooling) on `height` x `width` frames,
 /// measured on one clip of `frames` frames (the TSM segment count, else 1) in eval mode.
 FlopsReport backbone_flops(BackboneImpl& backbone, int64_t height, int64_t width, int64_t frames = 1);

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "nn/flop_counter.h"
+
 namespace adafocus::nn {
 
 // A named namespace: the unity batches put other files' anonymous helpers beside these.
@@ -252,6 +254,190 @@ torch::Tensor area_downsample(const torch::Tensor& frames, int64_t factor) {
     }
   });
   return out;
+}
+
+}  // namespace adafocus::nn
+
+namespace adafocus::nn {
+
+torch::Tensor arrange_for_sparse_conv(const torch::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == weight.size(3),
+              "arrange_for_sparse_conv: expected (Co, Ci, k, k)");
+  return weight.permute({2, 3, 1, 0}).reshape({-1, weight.size(0)}).contiguous();  // (k*k*Ci, Co)
+}
+
+namespace sparse_conv {
+
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc);
+
+// c += a (rows x depth, row-major) x b (depth x cols, row-major), c either rows x cols row-major or, `planar`, its
+// transpose (cols x rows, row-major: the rows - pixels - as BLAS's long dimension). BLAS is column-major, a row-major
+// matrix its transpose. Single-threaded inside a parallel region (OpenBLAS built with OpenMP).
+void matmul_add(int64_t rows, int64_t cols, int64_t depth, const float* a, const float* b, float* c, bool planar) {
+  const int r = static_cast<int>(rows), n = static_cast<int>(cols), k = static_cast<int>(depth);
+  const float one = 1.0f;
+  if (planar)
+    sgemm_("T", "T", &r, &n, &k, &one, a, &k, b, &n, &one, c, &r);
+  else
+    sgemm_("N", "N", &n, &r, &k, &one, b, &n, a, &k, &one, c, &n);
+}
+
+// Below this many output channels a sample's product runs planar: OpenBLAS's float micro-kernel spans 16 of its long
+// dimension and 6 of the other (Haswell and later), so the few channels of a gated block would fill a fraction of it,
+// where the pixels fill it whole.
+constexpr int64_t kPlanarBelow = 32;
+// Below this many input channels a stride-1 convolution runs as one product per tap on a shifted window of a padded
+// copy of the input, not on an im2col: the im2col of a few channels copies a few floats per tap and pixel, which took
+// longer than the products (the demo's 8-channel layers).
+constexpr int64_t kShiftedBelow = 16;
+
+// The k x k patches of in (H, W, C) as rows (Ho*Wo, k*k*C), in (ky, kx, c) order; outside the map: zeros.
+void im2col(const float* in, int64_t h, int64_t w, int64_t c, int64_t k, int64_t stride, int64_t padding, int64_t ho,
+            int64_t wo, float* cols) {
+  for (int64_t oy = 0; oy < ho; ++oy)
+    for (int64_t ox = 0; ox < wo; ++ox) {
+      float* row = cols + (oy * wo + ox) * k * k * c;
+      for (int64_t ky = 0; ky < k; ++ky) {
+        const int64_t iy = oy * stride - padding + ky;
+        for (int64_t kx = 0; kx < k; ++kx, row += c) {
+          const int64_t ix = ox * stride - padding + kx;
+          if (iy < 0 || iy >= h || ix < 0 || ix >= w)
+            std::fill(row, row + c, 0.0f);
+          else
+            std::copy(in + (iy * w + ix) * c, in + (iy * w + ix + 1) * c, row);
+        }
+      }
+    }
+}
+
+}  // namespace sparse_conv
+
+torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arranged, const torch::Tensor& bias,
+                            int64_t kernel, int64_t stride, int64_t padding, bool relu,
+                            const std::vector<SparseConvSample>& samples) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat && x.device().is_cpu() &&
+                  x.is_contiguous(torch::MemoryFormat::ChannelsLast),
+              "sparse_conv2d: x must be (N, C, H, W) float, channels-last, on the CPU, got ", x.sizes());
+  const int64_t n = x.size(0), ci = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(arranged.dim() == 2 && arranged.size(0) == kernel * kernel * ci && arranged.is_contiguous() &&
+                  bias.dim() == 1 && bias.size(0) == arranged.size(1) && bias.is_contiguous() &&
+                  static_cast<int64_t>(samples.size()) == n,
+              "sparse_conv2d: weights ", arranged.sizes(), " and bias ", bias.sizes(), " do not fit ", ci,
+              " input channels, k ", kernel, ", or not one sample description per sample");
+  const int64_t co = arranged.size(1), taps = kernel * kernel;
+  const int64_t ho = (h + 2 * padding - kernel) / stride + 1, wo = (w + 2 * padding - kernel) / stride + 1;
+  const int64_t hw = h * w, hwo = ho * wo;
+  for (const SparseConvSample& s : samples) {
+    TORCH_CHECK(s.all_inputs || s.in_sample.size() == s.in_channel.size(),
+                "sparse_conv2d: in_sample and in_channel differ in length");
+    for (size_t j = 0; !s.all_inputs && j < s.in_sample.size(); ++j)
+      TORCH_CHECK(s.in_sample[j] >= -1 && s.in_sample[j] < n && s.in_channel[j] >= 0 && s.in_channel[j] < ci,
+                  "sparse_conv2d: input (", s.in_sample[j], ", ", s.in_channel[j], ") outside ", n, " x ", ci);
+    for (int64_t o : s.out)
+      TORCH_CHECK(s.all_outputs || (o >= 0 && o < co), "sparse_conv2d: output ", o, " outside ", co);
+  }
+  int64_t macs = 0;  // for the FLOPs counter: each sample's own product
+  for (const SparseConvSample& s : samples)
+    macs += hwo * taps * (s.all_inputs ? ci : static_cast<int64_t>(s.in_channel.size())) *
+            (s.all_outputs ? co : static_cast<int64_t>(s.out.size()));
+  count_kernel("sparse_conv2d", {n, co, ho, wo}, macs);
+  auto y = torch::empty({n, co, ho, wo}, x.options().memory_format(torch::MemoryFormat::ChannelsLast));
+  const float *xp = x.data_ptr<float>(), *wp = arranged.data_ptr<float>(), *bp = bias.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const bool direct = kernel == 1 && stride == 1 && padding == 0;  // the input is its own im2col
+  at::parallel_for(0, n, 1, [&](int64_t first, int64_t last) {
+    std::vector<float> gathered, padded, cols, weights,
+        acc;  // reused across this thread's samples
+    for (int64_t f = first; f < last; ++f) {
+      const SparseConvSample& s = samples[static_cast<size_t>(f)];
+      const int64_t cin = s.all_inputs ? ci : static_cast<int64_t>(s.in_channel.size());
+      const int64_t cout = s.all_outputs ? co : static_cast<int64_t>(s.out.size());
+      float* yf = yp + f * hwo * co;
+      if (cout == 0) {
+        std::fill(yf, yf + hwo * co, 0.0f);
+        continue;
+      }
+      // The input it reads, (H*W, cin).
+      const float* in = xp + f * hw * ci;
+      if (!s.all_inputs) {
+        gathered.resize(static_cast<size_t>(hw * cin));
+        for (int64_t j = 0; j < cin; ++j) {
+          const int64_t from = s.in_sample[static_cast<size_t>(j)];
+          if (from < 0) {
+            for (int64_t p = 0; p < hw; ++p) gathered[static_cast<size_t>(p * cin + j)] = 0.0f;
+            continue;
+          }
+          const float* src = xp + from * hw * ci + s.in_channel[static_cast<size_t>(j)];
+          for (int64_t p = 0; p < hw; ++p) gathered[static_cast<size_t>(p * cin + j)] = src[p * ci];
+        }
+        in = gathered.data();
+      }
+      // Its weights, (depth, cout): the rows of the channels it reads, the columns of those it computes.
+      const int64_t depth = taps * cin;
+      const float* b = wp;
+      if (!s.all_inputs || !s.all_outputs) {
+        weights.resize(static_cast<size_t>(depth * cout));
+        for (int64_t t = 0; t < taps; ++t)
+          for (int64_t j = 0; j < cin; ++j) {
+            const float* row = wp + (t * ci + (s.all_inputs ? j : s.in_channel[static_cast<size_t>(j)])) * co;
+            float* dst = weights.data() + (t * cin + j) * cout;
+            if (s.all_outputs)
+              std::copy(row, row + co, dst);
+            else
+              for (int64_t o = 0; o < cout; ++o) dst[o] = row[s.out[static_cast<size_t>(o)]];
+          }
+        b = weights.data();
+      }
+      // The product, on a grid of rows of `grid_w` pixels whose first wo are the outputs: columns x weights.
+      const bool planar = cout < sparse_conv::kPlanarBelow;
+      int64_t grid_w = wo;
+      if (stride == 1 && kernel > 1 && cin > 0 && cin < sparse_conv::kShiftedBelow) {
+        // Tap (ky, kx) of output (oy, ox) reads padded pixel (oy + ky, ox + kx): with rows of the padded width pw, the
+        // window of every output is one contiguous block at offset ky * pw + kx (a row's last k - 1 are not outputs; k
+        // more zero pixels at the end keep the last window inside).
+        const int64_t pw = w + 2 * padding;
+        padded.assign(static_cast<size_t>(((h + 2 * padding) * pw + kernel) * cin), 0.0f);
+        for (int64_t y0 = 0; y0 < h; ++y0)
+          std::copy(in + y0 * w * cin, in + (y0 + 1) * w * cin, padded.data() + ((y0 + padding) * pw + padding) * cin);
+        grid_w = pw;
+        acc.assign(static_cast<size_t>(ho * grid_w * cout), 0.0f);
+        for (int64_t t = 0; t < taps; ++t)
+          sparse_conv::matmul_add(ho * grid_w, cout, cin, padded.data() + ((t / kernel) * pw + t % kernel) * cin,
+                                  b + t * cin * cout, acc.data(), planar);
+      } else {
+        const float* a = in;
+        if (!direct) {
+          cols.resize(static_cast<size_t>(hwo * depth));
+          sparse_conv::im2col(in, h, w, cin, kernel, stride, padding, ho, wo, cols.data());
+          a = cols.data();
+        }
+        acc.assign(static_cast<size_t>(hwo * cout), 0.0f);
+        if (depth > 0) sparse_conv::matmul_add(hwo, cout, depth, a, b, acc.data(), planar);
+      }
+      // + bias, ReLU if asked, into its output channels (the others zero); each layout read in its own order.
+      if (!s.all_outputs) std::fill(yf, yf + hwo * co, 0.0f);
+      auto channel = [&](int64_t o) { return s.all_outputs ? o : s.out[static_cast<size_t>(o)]; };
+      auto put = [&](float* to, float v) { *to = relu ? std::max(v, 0.0f) : v; };
+      for (int64_t oy = 0; oy < ho; ++oy)
+        for (int64_t ox = 0; ox < wo; ++ox) {
+          const int64_t g = oy * grid_w + ox;
+          float* to = yf + (oy * wo + ox) * co;
+          if (!planar)
+            for (int64_t o = 0; o < cout; ++o)
+              put(to + channel(o), acc[static_cast<size_t>(g * cout + o)] + bp[channel(o)]);
+        }
+      if (planar)
+        for (int64_t o = 0; o < cout; ++o) {
+          const float* from = acc.data() + o * ho * grid_w;
+          for (int64_t oy = 0; oy < ho; ++oy)
+            for (int64_t ox = 0; ox < wo; ++ox)
+              put(yf + (oy * wo + ox) * co + channel(o), from[oy * grid_w + ox] + bp[channel(o)]);
+        }
+    }
+  });
+  return y;
 }
 
 }  // namespace adafocus::nn

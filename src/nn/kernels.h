@@ -11,6 +11,8 @@
 // channels-last: a gradient in another layout would send the ReLU and addition behind it onto slow mixed-stride paths.
 #include <torch/nn/modules/batchnorm.h>
 
+#include <vector>
+
 namespace adafocus::nn {
 
 /// Whether channels_last_batch_norm takes x through bn: training mode, tracked running statistics, float,
@@ -35,5 +37,28 @@ torch::Tensor crop_bilinear(const torch::Tensor& frames, const torch::Tensor& in
 /// not vectorised in LibTorch 1.13 (a demo batch: 14 ms, this 5). Float, CPU, no gradient; H and W multiples of
 /// factor.
 torch::Tensor area_downsample(const torch::Tensor& frames, int64_t factor);
+
+/// What one sample of sparse_conv2d reads and computes.
+struct SparseConvSample {
+  bool all_inputs = true;                     ///< read every channel of its own sample (in_* unused)
+  std::vector<int64_t> in_sample, in_channel; ///< else input j is channel in_channel[j] of sample in_sample[j]
+                                              ///< (in_sample -1: zeros), multiplied by that channel's weights
+  bool all_outputs = true;                    ///< compute every output channel (out unused)
+  std::vector<int64_t> out;                   ///< else only these output channels; the others are zero
+};
+
+/// A convolution's weight (Co, Ci, k, k) arranged for sparse_conv2d: (k * k * Ci, Co), rows in the order (ky, kx,
+/// ci) of its im2col columns.
+torch::Tensor arrange_for_sparse_conv(const torch::Tensor& weight);
+
+/// A k x k convolution (stride, zero padding) of float, channels-last x (N, Ci, H, W) in which every sample reads
+/// and computes only the channels `samples` names: per sample an im2col of the channels it reads (gathered from any
+/// sample) and one matrix product with the rows and columns of `arranged` (arrange_for_sparse_conv) it needs, so
+/// that its cost is its own channels' - AdaFuse's gated blocks, where each frame keeps other channels. bias (Co,),
+/// ReLU on the computed outputs if asked -> (N, Co, Ho, Wo) channels-last, uncomputed outputs zero. Samples run in
+/// parallel, each product on one thread. CPU.
+torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arranged, const torch::Tensor& bias,
+                            int64_t kernel, int64_t stride, int64_t padding, bool relu,
+                            const std::vector<SparseConvSample>& samples);
 
 }  // namespace adafocus::nn

@@ -9,15 +9,19 @@ torch::Tensor temporal_shift(const torch::Tensor& x, int64_t segments, int64_t s
   TORCH_CHECK(shift_div >= 2, "temporal_shift: shift_div must be >= 2, got ", shift_div);
   const int64_t n = x.size(0) / segments, c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t fold = c / shift_div;
-  auto v = x.view({n, segments, c, h, w});  // (N, T, C, H, W)
-  using torch::indexing::Slice;
-  auto pad = [&](int64_t channels) { return torch::zeros({n, 1, channels, h, w}, x.options()); };
+  // A channels-last x is shifted in its own layout, as (N, T, H, W, C), so that the result stays channels-last: a
+  // convolution would otherwise convert it back, a copy of the whole map.
+  const bool last = x.is_contiguous(torch::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+  const int64_t dim = last ? 4 : 2;  // the channels
+  const auto v = last ? x.permute({0, 2, 3, 1}).view({n, segments, h, w, c}) : x.view({n, segments, c, h, w});
+  const auto pad = torch::zeros(last ? std::vector<int64_t>{n, 1, h, w, fold} : std::vector<int64_t>{n, 1, fold, h, w},
+                                x.options());
   // frame t <- frame t+1 (the last frame gets zeros)
-  auto from_next = torch::cat({v.index({Slice(), Slice(1), Slice(0, fold)}), pad(fold)}, 1);
+  const auto from_next = torch::cat({v.slice(1, 1).slice(dim, 0, fold), pad}, 1);
   // frame t <- frame t-1 (the first frame gets zeros)
-  auto from_prev = torch::cat({pad(fold), v.index({Slice(), Slice(0, -1), Slice(fold, 2 * fold)})}, 1);
-  auto rest = v.index({Slice(), Slice(), Slice(2 * fold)});
-  return torch::cat({from_next, from_prev, rest}, 2).view({n * segments, c, h, w});
+  const auto from_prev = torch::cat({pad, v.slice(1, 0, segments - 1).slice(dim, fold, 2 * fold)}, 1);
+  const auto out = torch::cat({from_next, from_prev, v.slice(dim, 2 * fold)}, dim);
+  return last ? out.view({n * segments, h, w, c}).permute({0, 3, 1, 2}) : out.view({n * segments, c, h, w});
 }
 
 }  // namespace adafocus::nn

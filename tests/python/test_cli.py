@@ -1129,6 +1129,19 @@ class Speed(BinaryTest):
                             out["cases"]["v3_exit_b8_top25"]["counted_gflops_per_video"])
             for name, case in out["cases"].items():
                 self.assertLessEqual(case["max_abs_difference"], 1e-3, name)
+            # Our realised speed against our dense networks: AdaFuse's gates save GFLOPs, V3's forced exits put the
+            # 16 videos where the budgets say, the quarter below the half.
+            for key in ["adafuse_speedup_over_gflops_ratio_b1", "adafuse_speedup_over_gflops_ratio_b8",
+                        "v3_speedup_over_gflops_ratio_b1", "v3_speedup_over_gflops_ratio_b8"]:
+                self.assertGreater(out[key], 0, key)
+            speed = out["speed_cases"]
+            for name in ["adafuse_tsn_r50_b1", "adafuse_tsm_r50_b8"]:
+                self.assertLess(speed[name]["gflops"], speed[name]["dense_gflops"], name)
+            for batch in [1, 8]:
+                half, quarter = speed["v3_budget_half_b%d" % batch], speed["v3_budget_quarter_b%d" % batch]
+                self.assertEqual(sum(half["videos_per_exit"]), 16)
+                self.assertLessEqual(half["gflops"], 0.5 * half["no_exit_gflops"] + 1e-9)
+                self.assertLess(quarter["gflops"], half["gflops"])
             # A model that computes something else shows: a wrong weight file gives a large difference.
             work = os.path.join(d, "compare")
             broken = os.path.join(work, "v2_p128_b1.pth")

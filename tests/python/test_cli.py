@@ -1142,6 +1142,12 @@ class Speed(BinaryTest):
                 self.assertEqual(sum(half["videos_per_exit"]), 16)
                 self.assertLessEqual(half["gflops"], 0.5 * half["no_exit_gflops"] + 1e-9)
                 self.assertLess(quarter["gflops"], half["gflops"])
+            # --speed-only runs that part alone, without PyTorch, into speed.json.
+            self.ok("bench", "--compare-python", "--speed-only", "--tiny", "--out", d, "--rounds", "1", "--warmup", "1")
+            with open(os.path.join(d, "speed.json")) as f:
+                alone = json.load(f)
+            self.assertEqual(set(alone["speed_cases"]), set(speed))
+            self.assertNotIn("cases", alone)
             # A model that computes something else shows: a wrong weight file gives a large difference.
             work = os.path.join(d, "compare")
             broken = os.path.join(work, "v2_p128_b1.pth")

@@ -348,8 +348,7 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
   float* yp = y.data_ptr<float>();
   const bool direct = kernel == 1 && stride == 1 && padding == 0;  // the input is its own im2col
   at::parallel_for(0, n, 1, [&](int64_t first, int64_t last) {
-    std::vector<float> gathered, padded, cols, weights,
-        acc;  // reused across this thread's samples
+    std::vector<float> gathered, padded, cols, weights, acc;  // reused across this thread's samples
     for (int64_t f = first; f < last; ++f) {
       const SparseConvSample& s = samples[static_cast<size_t>(f)];
       const int64_t cin = s.all_inputs ? ci : static_cast<int64_t>(s.in_channel.size());
@@ -420,21 +419,20 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
       if (!s.all_outputs) std::fill(yf, yf + hwo * co, 0.0f);
       auto channel = [&](int64_t o) { return s.all_outputs ? o : s.out[static_cast<size_t>(o)]; };
       auto put = [&](float* to, float v) { *to = relu ? std::max(v, 0.0f) : v; };
-      for (int64_t oy = 0; oy < ho; ++oy)
-        for (int64_t ox = 0; ox < wo; ++ox) {
-          const int64_t g = oy * grid_w + ox;
-          float* to = yf + (oy * wo + ox) * co;
-          if (!planar)
-            for (int64_t o = 0; o < cout; ++o)
-              put(to + channel(o), acc[static_cast<size_t>(g * cout + o)] + bp[channel(o)]);
-        }
-      if (planar)
+      if (planar) {  // acc (cout, ho * grid_w)
         for (int64_t o = 0; o < cout; ++o) {
           const float* from = acc.data() + o * ho * grid_w;
           for (int64_t oy = 0; oy < ho; ++oy)
             for (int64_t ox = 0; ox < wo; ++ox)
               put(yf + (oy * wo + ox) * co + channel(o), from[oy * grid_w + ox] + bp[channel(o)]);
         }
+      } else {  // acc (ho * grid_w, cout)
+        for (int64_t oy = 0; oy < ho; ++oy)
+          for (int64_t ox = 0; ox < wo; ++ox) {
+            const float* from = acc.data() + (oy * grid_w + ox) * cout;
+            for (int64_t o = 0; o < cout; ++o) put(yf + (oy * wo + ox) * co + channel(o), from[o] + bp[channel(o)]);
+          }
+      }
     }
   });
   return y;

@@ -10,8 +10,8 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
-#include <map>
 #include <chrono>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -185,8 +185,16 @@ int run(const BenchArgs& args, const Runtime& runtime) {
   for (auto& v : variants)
     for (int64_t i = 0; i < args.warmup; ++i) v.run(batches[static_cast<size_t>(i) % batches.size()]);
   if (args.profile) {  // one pass per variant with the operators timed, before (and apart from) the timed rounds
-    const auto handle = at::addThreadLocalCallback(at::RecordFunctionCallback(&op_start, &op_end));
-    for (auto& v : variants) {
+    struct Profiling {  // the callback and the thread's tally removed however the pass ends
+      Profiling() : handle(at::addThreadLocalCallback(at::RecordFunctionCallback(&op_start, &op_end))) {}
+      ~Profiling() {
+        op_times = nullptr;
+        at::removeCallback(handle);
+      }
+      at::CallbackHandle handle;
+    } profiling;
+    const double n = static_cast<double>(batches.size());
+    for (auto& v : variants) {  // on stderr: --json keeps stdout for its document
       OpTimes times;
       op_times = &times;
       const auto start = Clock::now();
@@ -197,14 +205,12 @@ int run(const BenchArgs& args, const Runtime& runtime) {
       double in_ops = 0;
       for (const auto& [name, t] : times.by_op) order.emplace_back(t.first, name), in_ops += t.first;
       std::sort(order.rbegin(), order.rend());
-      fmt::print("{}: {:.1f} ms per batch, {:.1f} in LibTorch operators; the largest:\n", v.name,
-                 1e3 * total / static_cast<double>(batches.size()), 1e3 * in_ops / static_cast<double>(batches.size()));
+      fmt::print(stderr, "{}: {:.1f} ms per batch, {:.1f} ms in LibTorch operators; the largest:\n", v.name,
+                 1e3 * total / n, 1e3 * in_ops / n);
       for (size_t i = 0; i < std::min<size_t>(12, order.size()); ++i)
-        fmt::print("  {:<40}{:>9.2f} ms{:>8} calls\n", order[i].second,
-                   1e3 * order[i].first / static_cast<double>(batches.size()),
-                   times.by_op[order[i].second].second / static_cast<int64_t>(batches.size()));
+        fmt::print(stderr, "  {:<40}{:>9.2f} ms{:>9.1f} calls\n", order[i].second, 1e3 * order[i].first / n,
+                   static_cast<double>(times.by_op[order[i].second].second) / n);
     }
-    at::removeCallback(handle);
   }
   for (int64_t r = 0; r < args.rounds; ++r)
     for (auto& v : variants)

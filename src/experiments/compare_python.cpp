@@ -196,6 +196,7 @@ json realised_speed(const CompareOptions& args) {
                   size = c.get_int("data.input_size");
     methods::Method model = methods::make_method(c, classes);
     for (auto& b : dynamic_cast<methods::AdaFuseImpl&>(*model).blocks) {  // logits log(p): sampled, they draw p
+      if (!b.policy) continue;  // an ungated stage
       b.policy->gate_fc1->weight.zero_();
       const auto bias = b.policy->gate_fc1->bias.view({-1, 3});  // (G, 3) [skip, reuse, keep]
       bias.select(1, 0).fill_(std::log(k.skip));

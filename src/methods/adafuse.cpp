@@ -225,9 +225,7 @@ namespace {
 // The block's shortcut. As the official gated blocks (ops/batenet.py) compute it: with TSM a downsampling shortcut
 // reads the shifted input (the block shifts x itself before conv1), an identity one the unshifted input.
 torch::Tensor shortcut(const GatedBlock& b, const torch::Tensor& xs, const torch::Tensor& x) {
-  if (!b.downsample) return x;
-  return nn::conv_bn(*b.downsample->ptr(0)->as<torch::nn::Conv2dImpl>(),
-                     *b.downsample->ptr(1)->as<torch::nn::BatchNorm2dImpl>(), *b.folded_down, xs);
+  return b.downsample ? nn::downsample_shortcut(*b.downsample, *b.folded_down, xs) : x;
 }
 
 // conv2's output (N, G2, H2, W2) -> the block's output: conv3 (bottleneck), the shortcut, ReLU.
@@ -246,7 +244,9 @@ torch::Tensor dense_block(const GatedBlock& b, const torch::Tensor& x, const tor
 }
 
 SparseWeights sparse_weights(const GatedBlock& b) {
-  const nn::FoldedConv f1 = nn::fold(*b.conv1, *b.bn1), f2 = nn::fold(*b.conv2, *b.bn2);
+  // The backbone's folded copies where optimize_for_inference made them, else folded now.
+  const nn::FoldedConv f1 = b.folded1->weight.defined() ? *b.folded1 : nn::fold(*b.conv1, *b.bn1);
+  const nn::FoldedConv f2 = b.folded2->weight.defined() ? *b.folded2 : nn::fold(*b.conv2, *b.bn2);
   return {f1.weight, f1.bias, f2.weight, f2.bias, nn::arrange_for_sparse_conv(f1.weight),
           nn::arrange_for_sparse_conv(f2.weight)};
 }
@@ -291,8 +291,13 @@ torch::Tensor frames_convs(const GatedBlock& b, const SparseWeights& w, const to
     for (int64_t c : need.keep) two.in_sample.push_back(f), two.in_channel.push_back(c);
     for (int64_t c : need.reuse) two.in_sample.push_back(before), two.in_channel.push_back(c);
   }
-  auto side = [](const torch::nn::Conv2dImpl& conv) {  // kernel, stride, padding (square)
-    return std::array<int64_t, 3>{(*conv.options.kernel_size())[0], (*conv.options.stride())[0], padding_of(conv)[0]};
+  auto side = [](const torch::nn::Conv2dImpl& conv) {  // kernel, stride, padding: square, as ResNet's
+    const auto &k = *conv.options.kernel_size(), &s = *conv.options.stride();
+    const auto p = padding_of(conv);
+    TORCH_CHECK(k[0] == k[1] && s[0] == s[1] && p[0] == p[1] && (*conv.options.dilation())[0] == 1 &&
+                    (*conv.options.dilation())[1] == 1 && conv.options.groups() == 1,
+                "adafuse: frame-by-frame inference takes square, undilated, ungrouped convolutions");
+    return std::array<int64_t, 3>{k[0], s[0], p[0]};
   };
   const auto [k1, s1, p1] = side(*b.conv1);
   const auto [k2, s2, p2] = side(*b.conv2);
@@ -333,14 +338,16 @@ torch::Tensor batch_convs(const GatedBlock& b, const SparseWeights& w, const tor
 }
 
 // The same block computing only what the gates need (eval mode), BN folded into conv1 and conv2, frame by frame or
-// as a whole batch as `how` says. Choice: Auto takes frame by frame wherever our kernel runs (CPU, float) - per
-// multiply-accumulate it is about as fast as the dense convolution there (bench_kernels), so its exact savings
-// beat the union's - and the batch way elsewhere (other devices, bf16), which gives the same output.
+// as a whole batch as `how` says. Choice: Auto (and Frames) take frame by frame wherever our kernel runs (CPU,
+// float, no gradient) - per multiply-accumulate it is about as fast as the dense convolution there (bench_kernels),
+// so its exact savings beat the union's - and the batch way elsewhere (other devices, bf16), the same output.
 torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs,
                            const torch::Tensor& mask, int64_t segments, Inference how) {
-  const SparseWeights w = b.sparse.arranged1.defined() ? b.sparse : sparse_weights(b);
+  const bool prepared = b.sparse.arranged1.defined() && b.sparse.arranged1.device() == x.device();
+  const SparseWeights w = prepared ? b.sparse : sparse_weights(b);
   const std::vector<FrameNeeds> needs = frame_needs(mask, segments);
-  const bool kernel = x.is_cpu() && x.scalar_type() == torch::kFloat;
+  // The kernel has no gradient: with one asked for, the batch way (LibTorch's convolutions) runs.
+  const bool kernel = x.is_cpu() && x.scalar_type() == torch::kFloat && !torch::GradMode::is_enabled();
   const auto out = kernel && how != Inference::Batch ? frames_convs(b, w, xs, needs, segments)
                                                      : batch_convs(b, w, xs, mask, needs, segments);
   return block_end(b, out, x, xs);

@@ -326,6 +326,8 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
                   static_cast<int64_t>(samples.size()) == n,
               "sparse_conv2d: weights ", arranged.sizes(), " and bias ", bias.sizes(), " do not fit ", ci,
               " input channels, k ", kernel, ", or not one sample description per sample");
+  TORCH_CHECK(kernel >= 1 && stride >= 1 && padding >= 0, "sparse_conv2d: kernel ", kernel, ", stride ", stride,
+              ", padding ", padding);
   const int64_t co = arranged.size(1), taps = kernel * kernel;
   const int64_t ho = (h + 2 * padding - kernel) / stride + 1, wo = (w + 2 * padding - kernel) / stride + 1;
   const int64_t hw = h * w, hwo = ho * wo;
@@ -394,10 +396,10 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
       int64_t grid_w = wo;
       if (stride == 1 && kernel > 1 && cin > 0 && cin < sparse_conv::kShiftedBelow) {
         // Tap (ky, kx) of output (oy, ox) reads padded pixel (oy + ky, ox + kx): with rows of the padded width pw, the
-        // window of every output is one contiguous block at offset ky * pw + kx (a row's last k - 1 are not outputs; k
-        // more zero pixels at the end keep the last window inside).
+        // window of every output is one contiguous block at offset ky * pw + kx (a row's last k - 1 are not outputs;
+        // k - 1 more zero pixels at the end keep the last window inside).
         const int64_t pw = w + 2 * padding;
-        padded.assign(static_cast<size_t>(((h + 2 * padding) * pw + kernel) * cin), 0.0f);
+        padded.assign(static_cast<size_t>(((h + 2 * padding) * pw + kernel - 1) * cin), 0.0f);
         for (int64_t y0 = 0; y0 < h; ++y0)
           std::copy(in + y0 * w * cin, in + (y0 + 1) * w * cin, padded.data() + ((y0 + padding) * pw + padding) * cin);
         grid_w = pw;

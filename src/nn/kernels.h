@@ -51,12 +51,13 @@ struct SparseConvSample {
 /// ci) of its im2col columns.
 torch::Tensor arrange_for_sparse_conv(const torch::Tensor& weight);
 
-/// A k x k convolution (stride, zero padding) of float, channels-last x (N, Ci, H, W) in which every sample reads
-/// and computes only the channels `samples` names: per sample an im2col of the channels it reads (gathered from any
-/// sample) and one matrix product with the rows and columns of `arranged` (arrange_for_sparse_conv) it needs, so
-/// that its cost is its own channels' - AdaFuse's gated blocks, where each frame keeps other channels. bias (Co,),
-/// ReLU on the computed outputs if asked -> (N, Co, Ho, Wo) channels-last, uncomputed outputs zero. Samples run in
-/// parallel, each product on one thread. CPU.
+/// A k x k convolution (stride >= 1, zero padding) of float, channels-last x (N, Ci, H, W) in which every sample
+/// reads and computes only the channels `samples` names: per sample the channels it reads (gathered from any sample)
+/// and one matrix product (BLAS) with the rows and columns of `arranged` (arrange_for_sparse_conv) it needs, over an
+/// im2col or, for stride 1 on few channels, over shifted windows of a padded copy - so that its cost is its own
+/// channels' (AdaFuse's gated blocks, where each frame keeps other channels). bias (Co,), ReLU on the computed
+/// outputs if asked -> (N, Co, Ho, Wo) channels-last, uncomputed outputs zero. Samples run in parallel (each
+/// product on one thread with OpenMP's OpenBLAS, scripts/install-deps.sh). CPU, no gradient.
 torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arranged, const torch::Tensor& bias,
                             int64_t kernel, int64_t stride, int64_t padding, bool relu,
                             const std::vector<SparseConvSample>& samples);

@@ -19,10 +19,15 @@ torch::nn::Sequential make_downsample(int64_t in, int64_t out, int64_t stride) {
 }
 
 // The downsample's conv and BN (its "0" and "1").
-torch::nn::Conv2dImpl& down_conv(const torch::nn::Sequential& down) { return *down->ptr(0)->as<torch::nn::Conv2d>(); }
-torch::nn::BatchNorm2dImpl& down_bn(const torch::nn::Sequential& down) { return *down->ptr(1)->as<torch::nn::BatchNorm2d>(); }
+torch::nn::Conv2dImpl& down_conv(const torch::nn::SequentialImpl& down) { return *down.ptr(0)->as<torch::nn::Conv2d>(); }
+torch::nn::BatchNorm2dImpl& down_bn(const torch::nn::SequentialImpl& down) {
+  return *down.ptr(1)->as<torch::nn::BatchNorm2d>();
+}
 
-torch::Tensor shortcut(const torch::nn::Sequential& down, const FoldedConv& folded, const torch::Tensor& x) {
+FoldedConv fold_downsample(const torch::nn::Sequential& down) { return fold(down_conv(*down), down_bn(*down)); }
+}  // namespace
+
+torch::Tensor downsample_shortcut(const torch::nn::SequentialImpl& down, const FoldedConv& folded, const torch::Tensor& x) {
   auto& conv = down_conv(down);
   // oneDNN 2.6 (LibTorch 1.13) writes past its workspace in the weight gradient of a strided 1x1 convolution on
   // channels-last input with fewer input channels than its channel block (16 with AVX-512; oneDNN issue 6035): the
@@ -36,9 +41,6 @@ torch::Tensor shortcut(const torch::nn::Sequential& down, const FoldedConv& fold
   }
   return conv_bn(conv, down_bn(down), folded, x);
 }
-
-FoldedConv fold_downsample(const torch::nn::Sequential& down) { return fold(down_conv(down), down_bn(down)); }
-}  // namespace
 
 BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t planes, int64_t stride, int64_t tsm_segments, int64_t shift_div)
     : tsm_segments_(tsm_segments), shift_div_(shift_div) {
@@ -54,7 +56,7 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   auto in = tsm_segments_ > 0 ? temporal_shift(x, tsm_segments_, shift_div_) : x;
   auto out = torch::relu(conv_bn(*conv1, *bn1, folded1, in));
   out = conv_bn(*conv2, *bn2, folded2, out);
-  return torch::relu(out + (downsample ? shortcut(downsample, folded_down, x) : x));
+  return torch::relu(out + (downsample ? downsample_shortcut(*downsample, folded_down, x) : x));
 }
 
 void BasicBlockImpl::fold() {
@@ -80,7 +82,7 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
   auto out = torch::relu(conv_bn(*conv1, *bn1, folded1, in));
   out = torch::relu(conv_bn(*conv2, *bn2, folded2, out));
   out = conv_bn(*conv3, *bn3, folded3, out);
-  return torch::relu(out + (downsample ? shortcut(downsample, folded_down, x) : x));
+  return torch::relu(out + (downsample ? downsample_shortcut(*downsample, folded_down, x) : x));
 }
 
 void BottleneckImpl::fold() {

@@ -41,6 +41,10 @@ class BottleneckImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Bottleneck);
 
+/// A block's downsampling shortcut on x: its 1x1 convolution ("downsample.0") and BN ("downsample.1"), one folded
+/// convolution when `folded` is set (conv_bn).
+torch::Tensor downsample_shortcut(const torch::nn::SequentialImpl& down, const FoldedConv& folded, const torch::Tensor& x);
+
 class ResNetImpl : public BackboneImpl {
  public:
   explicit ResNetImpl(const BackboneOptions& options);

@@ -155,6 +155,12 @@ json demo_bf16(const std::string& demo, const Resources& runtime) {
   return out;
 }
 
+// --tiny: the same comparisons on small shapes, for the tests: 4 frames of 64 px, patches of 32.
+const std::vector<std::string> kTinyShapes{"data.segments=4",           "data.input_size=64",
+                                           "model.glance.resolution=64", "model.patch_size=32",
+                                           "model.local.arch=resnet18",  "model.backbone.arch=resnet18",
+                                           "model.policy_hidden=64",     "model.classifier_hidden=128"};
+
 // Alternating runs of `a` and `b` (the machine's speed drifts; neighbours in time see the same machine) -> the
 // median seconds of each.
 std::pair<double, double> timed_pair(const std::function<void()>& a, const std::function<void()>& b, int64_t warmup,
@@ -194,7 +200,7 @@ json realised_speed(const CompareOptions& args) {
     const Config c = case_config(k.preset, overrides);
     const int64_t classes = c.get_int("model.num_classes"), frames = c.get_int("data.segments"),
                   size = c.get_int("data.input_size");
-    methods::Method model = methods::make_method(c, classes);
+    methods::Method model = prepared(c, classes);
     for (auto& b : dynamic_cast<methods::AdaFuseImpl&>(*model).blocks) {  // logits log(p): sampled, they draw p
       if (!b.policy) continue;  // an ungated stage
       b.policy->gate_fc1->weight.zero_();
@@ -203,8 +209,6 @@ json realised_speed(const CompareOptions& args) {
       bias.select(1, 1).fill_(std::log(k.reuse));
       bias.select(1, 2).fill_(std::log(k.keep));
     }
-    model->eval();
-    model->optimize_for_inference();
     methods::Method dense = prepared(methods::method_info("adafuse").dense_baseline(c), classes);
     const double dense_gflops = infer::method_flops(*dense, frames, 0, size).report.gflops();
     for (int64_t batch : {1, 8}) {
@@ -227,10 +231,10 @@ json realised_speed(const CompareOptions& args) {
   // cost is the largest within each budget - forced by a rule per video (thresholds +inf before its exit, -inf at
   // it), so that the proportions do not hang on the scores of random weights; batch 1 (16 runs) and 8 (2 runs).
   std::vector<std::string> v3_overrides{"model.from_scratch=true"};
-  if (args.tiny)
-    for (const char* o : {"data.segments=4", "model.cubes=4", "data.input_size=64", "model.glance.resolution=64",
-                          "model.patch_size=32", "model.local.arch=resnet18", "model.classifier_hidden=128"})
-      v3_overrides.push_back(o);
+  if (args.tiny) {
+    v3_overrides.insert(v3_overrides.end(), kTinyShapes.begin(), kTinyShapes.end());
+    v3_overrides.push_back("model.cubes=4");  // one per frame
+  }
   const Config c = case_config("activitynet_v3", v3_overrides);
   const int64_t frames = c.get_int("data.segments"), size = c.get_int("data.input_size"), videos = 16;
   methods::Method v3 = prepared(c, 200);
@@ -275,9 +279,14 @@ json realised_speed(const CompareOptions& args) {
       int64_t macs = 0;
       for (const auto& [b, r] : batches) macs += infer::run_adaptive(*v3, b, r, true).macs;
       const double gflops = static_cast<double>(macs) * 1e-9 / videos;
-      const auto [ours, dense] = timed_pair([&] { for (const auto& [b, r] : batches) infer::run_adaptive(*v3, b, r, false); },
-                                            [&] { for (const auto& [b, r] : batches) full->predict(b); }, args.warmup,
-                                            args.rounds);
+      const auto [ours, dense] = timed_pair(
+          [&] {
+            for (const auto& [b, r] : batches) infer::run_adaptive(*v3, b, r, false);
+          },
+          [&] {
+            for (const auto& [b, r] : batches) full->predict(b);
+          },
+          args.warmup, args.rounds);
       const double speedup = dense / ours, ratio = full_gflops / gflops;
       const std::string name = fmt::format("v3_budget_{}_b{}", part == 0.5 ? "half" : "quarter", batch);
       out["speed_cases"][name] = {{"ms", 1e3 * ours}, {"full_frame_ms", 1e3 * dense}, {"gflops", gflops},
@@ -303,16 +312,17 @@ int run_compare_python(const CompareOptions& args, const Resources& runtime) {
   // took most of the run (over 14 minutes for the TSN at batch 8 on an AMD EPYC Zen 3), so it is left out there, as
   // --precision bf16 leaves it out. --tiny keeps it: the test of the comparison covers the bf16 path on every CPU.
   const bool time_bf16 = infer::cpu_has_bf16() || args.tiny;
-  const std::string work = args.out + "/compare";
-  std::filesystem::create_directories(work);
   torch::manual_seed(0);
   if (args.speed_only) {
+    std::filesystem::create_directories(args.out);
     json result{{"threads", runtime.threads}};
     result.update(realised_speed(args));
     write_file_atomic(args.out + "/speed.json", result.dump(2) + "\n", false);
     fmt::print("{}/speed.json\n", args.out);
     return 0;
   }
+  const std::string work = args.out + "/compare";
+  std::filesystem::create_directories(work);
 
   std::vector<Case> cases;
   // (i) AdaFocusV2 P=128 (MobileNetV2 glance at 224, ResNet-50 on the patches, 16 frames) against the full-frame
@@ -320,12 +330,8 @@ int run_compare_python(const CompareOptions& args, const Resources& runtime) {
   std::vector<std::string> v2{"model.from_scratch=true"};
   std::vector<std::string> tsn{"model.method=full_frame", "model.backbone.arch=resnet50", "data.segments=16",
                                "data.input_size=224", "model.num_classes=200", "model.from_scratch=true"};
-  if (args.tiny)  // the same comparison on small shapes, for the tests: 4 frames of 64 px, patches of 32
-    for (auto* overrides : {&v2, &tsn})
-      for (const char* o : {"data.segments=4", "data.input_size=64", "model.glance.resolution=64", "model.patch_size=32",
-                            "model.local.arch=resnet18", "model.backbone.arch=resnet18", "model.policy_hidden=64",
-                            "model.classifier_hidden=128"})
-        overrides->push_back(o);
+  if (args.tiny)
+    for (auto* overrides : {&v2, &tsn}) overrides->insert(overrides->end(), kTinyShapes.begin(), kTinyShapes.end());
   for (int64_t batch : {1, 8}) {
     cases.emplace_back(fmt::format("v2_p128_b{}", batch), case_config("activitynet_v2", v2), batch, false);
     cases.emplace_back(fmt::format("tsn_r50_224_b{}", batch), case_config("", tsn), batch, false);

@@ -57,10 +57,10 @@ torch::Tensor fuse_channels(const torch::Tensor& out1, const torch::Tensor& mask
 /// How a gated block runs in eval mode (model.adafuse.inference); every way gives the masked dense output.
 enum class Inference {
   Dense,   ///< the masked dense forward (training's)
-  Frames,  ///< frame by frame (nn::sparse_conv2d, CPU; elsewhere as Batch): conv1 only for the channels the frame
+  Frames,  ///< frame by frame (nn::sparse_conv2d where it runs, else as Batch): conv1 only for the channels the frame
            ///< keeps or the next frame reuses, conv2 only on the channels it does not skip - the official count
   Batch,   ///< the whole batch at once on the channels some frame needs (conv1) or does not skip (conv2)
-  Auto,    ///< Frames where its kernel runs (CPU, float), else Batch
+  Auto,    ///< Frames where its kernel runs (CPU, float, no gradient), else Batch
 };
 /// auto | frames | batch | dense; anything else throws adafocus::Error naming `where` (the key's origin).
 Inference parse_inference(const std::string& name, const std::string& where = "");

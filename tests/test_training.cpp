@@ -10,6 +10,7 @@
 #include "infer/metrics.h"
 #include "methods/checkpoint.h"
 #include "train/optimizer.h"
+#include "train/pretrain.h"
 #include "train/trainer.h"
 #include "test_util.h"
 
@@ -226,6 +227,32 @@ TEST(Trainer, ResumingWithoutACheckpointIsAClearError) {
   auto o = run.options();
   o.resume = true;
   EXPECT_NE(test::error_of([&] { train::train(run.config, o); }).find("nothing to resume"), std::string::npos);
+}
+
+TEST(Pretraining, EachNetworkSeesItemsAtTheScaleOfItsInput) {
+  auto preset = [](const std::string& name) {
+    Config c = Config::defaults();
+    c.merge_file("benchmark/" + name);
+    return c;
+  };
+  const Config v2 = preset("adafocus_v2");
+  // The benchmark draws items of 32-40 px on 128 px frames; the patch (40 px) is cut from the frame as it is.
+  ASSERT_EQ(v2.get_int("data.input_size"), 128);
+  const train::PretrainInput local = train::pretrain_input(v2, "model.local");
+  EXPECT_EQ(local.side, 40);
+  EXPECT_EQ(local.items.size, 128);
+  // The glance sees the whole frame at 32 px: items 4x smaller (8-10 px), on a canvas of its whole view.
+  const train::PretrainInput glance = train::pretrain_input(v2, "model.glance");
+  EXPECT_EQ(glance.side, 32);
+  EXPECT_EQ(glance.items.size, 32);
+  // The low-resolution baseline sees the frame at 54 px; its canvas is at most the patch's.
+  const train::PretrainInput low = train::pretrain_input(preset("full_frame_low_res"), "model.backbone");
+  EXPECT_EQ(low.side, 40);
+  EXPECT_EQ(low.items.size, 54);
+  // The full-resolution baseline has the patch network's architecture and sees items as large: the same weights.
+  EXPECT_EQ(train::pretrain_input(preset("full_frame_full_res"), "model.backbone").name, local.name);
+  EXPECT_NE(low.name, local.name);
+  EXPECT_NE(glance.name, local.name);
 }
 
 }  // namespace

@@ -17,7 +17,8 @@ void add_demo_command(CLI::App& app, Commands& commands, const Runtime& runtime)
   sub->add_option("--val-videos", args->val_videos, "benchmark videos to evaluate on")->check(CLI::PositiveNumber);
   sub->add_option("--epochs", args->epochs, "> 0: override every method's epochs (a quick look)");
   sub->add_option("--full-res-epochs", args->full_res_epochs, "> 0: override the full-resolution baseline's epochs");
-  sub->add_option("--pretrain-images", args->pretrain_images, "single items the patch network is pretrained on")
+  sub->add_option("--pretrain-images", args->pretrain_images,
+                  "single items each network (patch, glance, full frame) is pretrained on")
       ->check(CLI::PositiveNumber);
   sub->add_option("--calibration-videos", args->calibration_videos,
                   "held-out videos (calib.txt) the early-exit thresholds are fitted on; 0: no early-exit curves")

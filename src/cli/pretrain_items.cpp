@@ -23,15 +23,13 @@ int run(const PretrainArgs& args) {
   if (args.out.empty()) throw Error("--out FILE.pth is required");
   const std::string section = "model." + args.section;
   train::PretrainOptions o = args.options;
-  // The canvas is what the network will see: the patch for the local network, the resized frame otherwise.
-  o.side = static_cast<int>(args.section == "local" ? config.get_int("model.patch_size")
-                                                    : config.get_int(section + ".resolution"));
+  const train::PretrainInput in = train::pretrain_input(config, section);
+  o.side = in.side;
   o.seed = static_cast<uint64_t>(config.get_int("seed"));
-  const train::Pretrained p = train::pretrain_on_items(methods::backbone_options(config, section, 10, 1),
-                                                      data::SyntheticOptions::from_config(config), o);
+  const train::Pretrained p = train::pretrain_on_items(methods::backbone_options(config, section, 10, 1), in.items, o);
   io::write_state_dict(args.out, nn::state_dict(*p.backbone));
-  fmt::print("{}: {} ({}) pretrained on {} items of {} px, held-out accuracy {:.1f}%\n", args.out, section,
-             config.get_string(section + ".arch"), o.images, o.side, p.accuracy);
+  fmt::print("{}: {} ({}) pretrained on {} items at a {} px frame's scale on {} px canvases, held-out accuracy {:.1f}%\n",
+             args.out, section, in.name, o.images, in.items.size, o.side, p.accuracy);
   return 0;
 }
 

@@ -19,7 +19,8 @@ void add_sweep_command(CLI::App& app, Commands& commands, const Runtime& runtime
   sub->add_option("--train-videos", args->train_videos, "training videos per cell")->check(CLI::PositiveNumber);
   sub->add_option("--val-videos", args->val_videos, "val videos per cell")->check(CLI::PositiveNumber);
   sub->add_option("--epochs", args->epochs, "> 0: override every method's epochs (a quick look)");
-  sub->add_option("--pretrain-images", args->pretrain_images, "single items the patch network is pretrained on")
+  sub->add_option("--pretrain-images", args->pretrain_images,
+                  "single items each network (patch, glance, full frame) is pretrained on")
       ->check(CLI::PositiveNumber);
   sub->add_option("--jobs", args->jobs, "cells run at once as child processes, sharing --threads (default: one per "
                                        "thread; 1: one after the other in this process)")

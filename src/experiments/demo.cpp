@@ -229,21 +229,26 @@ std::string generate_benchmark(const DemoOptions& args, const Resources& resourc
   return dir;
 }
 
-// 2. The benchmark's stand-in for ImageNet weights: the patch network pretrained on single items (OUT/pretrained_local.pth).
-std::string pretrain_patch_network(const DemoOptions& args, const Config& base) {
-  const std::string pretrained = args.out + "/pretrained_local.pth";
-  if (!fs::exists(pretrained)) {
-    train::PretrainOptions po;
-    po.side = static_cast<int>(base.get_int("model.patch_size"));
-    po.seed = static_cast<uint64_t>(base.get_int("seed"));
-    po.images = args.pretrain_images;
-    const train::Pretrained p = train::pretrain_on_items(methods::backbone_options(base, "model.local", 10, 1),
-                                                        data::SyntheticOptions::from_config(base), po);
-    io::write_state_dict(pretrained, nn::state_dict(*p.backbone));
-    write_file_atomic(args.out + "/pretrained_local.json", nlohmann::json{{"items_top1", p.accuracy}}.dump() + "\n");
-    fmt::print(stderr, "  items held out: {:.1f}% correct\n", p.accuracy);
-  }
-  return pretrained;
+// 2. The benchmark's stand-in for ImageNet weights: the network `section` of a preset trained on single items at the
+//    scale at which it will see them (train::pretrain_input), once per network and input: OUT/pretrained/<name>.pth,
+//    its held-out accuracy in <name>.json. Returns the weights' path and that accuracy.
+std::pair<std::string, double> pretrained_weights(const DemoOptions& args, const Config& config, const std::string& section) {
+  const train::PretrainInput in = train::pretrain_input(config, "model." + section);
+  const std::string stem = args.out + "/pretrained/" + in.name, path = stem + ".pth";
+  if (fs::exists(path)) return {path, read_json(stem + ".json").at("items_top1").get<double>()};
+  fs::create_directories(args.out + "/pretrained");
+  train::PretrainOptions po;
+  po.side = in.side;
+  po.seed = static_cast<uint64_t>(config.get_int("seed"));
+  po.images = args.pretrain_images;
+  fmt::print(stderr, "pretraining model.{} ({}): items at a {} px frame's scale on {} px canvases\n", section, in.name,
+             in.items.size, in.side);
+  const train::Pretrained p = train::pretrain_on_items(methods::backbone_options(config, "model." + section, 10, 1), in.items, po);
+  // The accuracy first: the weights' file marks the step as done.
+  write_file_atomic(stem + ".json", nlohmann::json{{"items_top1", p.accuracy}}.dump() + "\n");
+  io::write_state_dict(path, nn::state_dict(*p.backbone));
+  fmt::print(stderr, "  items held out: {:.1f}% correct\n", p.accuracy);
+  return {path, p.accuracy};
 }
 
 // One row of the demo: a preset of configs/benchmark/ and where its run and final model go.
@@ -253,20 +258,24 @@ struct DemoMethod {
   std::string run_dir, model;     // OUT/runs/<preset>, OUT/<name>.pt
   std::vector<std::string> folders;  // the run folders whose training time the row counts (every stage up to it)
   bool budgeted = false;          // stops early: calibrated and evaluated at budgets
+  std::map<std::string, double> items_top1;  // per pretrained network (section): its accuracy on held-out items
 };
 
-DemoMethod demo_method(const DemoOptions& args, const Resources& resources, const std::string& method,
-                       const std::string& pretrained) {
+DemoMethod demo_method(const DemoOptions& args, const Resources& resources, const std::string& method) {
   // adafocus_v1_stage1 is AdaFocus V1's own stage-1 model (random patches), from the adafocus_v1 run.
   const bool v1_stage1 = method == "adafocus_v1_stage1";
   const std::string preset = v1_stage1 ? "adafocus_v1" : method;
-  DemoMethod d{method, Config::defaults(), args.out + "/runs/" + preset, args.out + "/" + method + ".pt", {}, false};
+  DemoMethod d{method, Config::defaults(), args.out + "/runs/" + preset, args.out + "/" + method + ".pt", {}, false, {}};
   Config& config = d.config;
   config.merge_file("benchmark/" + preset);
   for (const auto& o : args.overrides) config.set(o);
   config.set("data.root", generate_benchmark(args, resources, config), "demo");
-  config.set("model.local.weights", pretrained, "demo");
-  config.set("model.backbone.weights", pretrained, "demo");
+  // Every network the official code starts from ImageNet weights starts pretrained (the glance too).
+  for (const std::string& section : methods::method_info(config.get_string("model.method")).pretrained) {
+    const auto [weights, accuracy] = pretrained_weights(args, config, section);
+    config.set("model." + section + ".weights", weights, "demo");
+    d.items_top1[section] = accuracy;
+  }
   config.set("train.eval_every", "0", "demo");  // the demo evaluates the final models itself
   config.set("train.eval_last", "0", "demo");
   // --epochs and --full-res-epochs are exact counts: not scaled to the training-set size.
@@ -338,6 +347,7 @@ std::vector<Row> evaluate_method(const DemoMethod& d, const Resources& resources
   Row row = row_of(d.name, e, e.gflops());
   row.train_s = training_seconds(d.folders);
   row.statistics = e.statistics;
+  for (const auto& [section, accuracy] : d.items_top1) row.statistics["items_top1_" + section] = accuracy;
   if (kind == "adafuse")
     row.speedup = dense_speedup(*m.method, m.config, static_cast<int64_t>(m.classes.size()), resources.torch_device());
   set_exits(row, kind, e);
@@ -568,6 +578,14 @@ void draw_focus(const DemoOptions& args, const Resources& resources) {
 
 }  // namespace
 
+nlohmann::json read_json(const std::string& path) {
+  try {
+    return nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("not valid JSON: ") + e.what(), path, "delete it to redo the step that wrote it");
+  }
+}
+
 int run_demo(const DemoOptions& args, const Resources& resources) {
   const auto start = std::chrono::steady_clock::now();
   fs::create_directories(args.out);
@@ -575,12 +593,11 @@ int run_demo(const DemoOptions& args, const Resources& resources) {
   base.merge_file("benchmark/adafocus_v2");
   for (const auto& o : args.overrides) base.set(o);
   generate_benchmark(args, resources, base);
-  const std::string pretrained = pretrain_patch_network(args, base);
   std::vector<Row> rows;
   std::vector<std::pair<std::string, double>> timings;
   for (const std::string& name : split_commas(args.methods)) {
     const auto method_start = std::chrono::steady_clock::now();
-    const DemoMethod d = demo_method(args, resources, name, pretrained);
+    const DemoMethod d = demo_method(args, resources, name);
     train_and_calibrate(d, resources);
     for (Row& r : evaluate_method(d, resources)) rows.push_back(std::move(r));
     timings.emplace_back(name, seconds_since(method_start));

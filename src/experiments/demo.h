@@ -9,6 +9,7 @@
 // OUT/focus.gif and OUT/focus_v3.gif. Finished steps are not redone when the demo is run again.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -22,7 +23,7 @@ struct DemoOptions {
   std::string methods = "adafocus_v2,adafocus_v3,random_patch,full_frame_low_res,full_frame_full_res";
   int64_t train_videos = 2000, val_videos = 500;
   int64_t epochs = 0, full_res_epochs = 0;  ///< > 0: exact epoch counts instead of the presets'
-  int64_t pretrain_images = 20000;          ///< single items the patch network is pretrained on
+  int64_t pretrain_images = 20000;          ///< single items each pretrained network is trained on
   int64_t calibration_videos = 500;         ///< held-out videos the early exits are fitted on; 0: no budget curves
   std::vector<std::string> overrides;       ///< key=value applied to every method and to the generator
 };
@@ -30,5 +31,8 @@ struct DemoOptions {
 /// Generates the benchmark, trains and evaluates the methods into options.out (steps already done are skipped),
 /// prints the table and the claims, and writes results.json; returns the exit status.
 int run_demo(const DemoOptions& options, const Resources& resources);
+
+/// A JSON file a demo or sweep step wrote; adafocus::Error if it is not valid JSON.
+nlohmann::json read_json(const std::string& path);
 
 }  // namespace adafocus::experiments

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "core/progress.h"
@@ -9,6 +11,23 @@
 #include "train/optimizer.h"
 
 namespace adafocus::train {
+
+PretrainInput pretrain_input(const Config& c, const std::string& section) {
+  const int64_t patch = c.get_int("model.patch_size"), input = c.get_int("data.input_size");
+  const bool local = section == "model.local";  // the patch: cut from the frame as it is
+  const int64_t resolution = local ? 0 : c.get_int(section + ".resolution");
+  const int64_t seen = resolution > 0 ? resolution : input;  // the frame's side as the network sees it
+  PretrainInput p;
+  p.items = data::SyntheticOptions::from_config(c);
+  p.items.size = static_cast<int>(std::lround(static_cast<double>(p.items.size) * static_cast<double>(seen) / input));
+  // Choice: a canvas no larger than the patch. Items at a network's scale are what it must learn; a whole 128 px
+  // frame as canvas would cost 10x the time and memory of the patch's for the same features.
+  p.side = static_cast<int>(std::min(local ? patch : seen, patch));
+  p.name = fmt::format("{}_w{}{}_{}_{}px_items{}", c.get_string(section + ".arch"), c.get_int(section + ".base_width"),
+                       c.get_float(section + ".width_mult") == 1.0 ? "" : fmt::format("x{}", c.get_float(section + ".width_mult")),
+                       c.get_string(section + ".stem"), p.side, p.items.size);
+  return p;
+}
 
 Pretrained pretrain_on_items(const nn::BackboneOptions& network, const data::SyntheticOptions& items,
                              const PretrainOptions& o) {

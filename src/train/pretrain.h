@@ -1,6 +1,7 @@
 // Pretraining a backbone on single benchmark items, the built-in benchmark's stand-in for ImageNet weights.
 #pragma once
 
+#include "core/config.h"
 #include "data/synthetic.h"
 #include "nn/backbone.h"
 
@@ -20,6 +21,17 @@ struct Pretrained {
   nn::Backbone backbone;
   double accuracy = 0;  ///< % correct on 2000 held-out items
 };
+
+/// What the network `section` of a preset (model.local, model.glance, model.backbone) sees of the benchmark, so that it
+/// is pretrained at that scale as ImageNet networks are at theirs: items as large as its input shows them (the patch
+/// is cut from the frame at full resolution; the glance and the full-frame networks see the frame resized to their
+/// resolution) on a canvas of its input side, at most the patch's.
+struct PretrainInput {
+  int side = 40;
+  data::SyntheticOptions items;  ///< items.size: the frame's side at the network's scale
+  std::string name;              ///< the network and its input: of one seed and setting, equal names give equal weights
+};
+PretrainInput pretrain_input(const Config& config, const std::string& section);
 
 /// Builds a backbone (`network`, with 10 classes) and trains it as an item classifier. The seed fixes the
 /// initialisation too, so the same options give the same weights.

@@ -857,10 +857,12 @@ class Methods(SharedFolder):
         self.assertEqual([c["name"] for c in sweep["cells"]], ["default_seed0", "hard_seed0"])
         rows = {(row["setting"], row["method"]): row for row in sweep["rows"]}
         for setting in ["default", "hard"]:
-            for m in ["adafocus_v2", "random_patch", "full_frame_low_res"]:
+            for m in ["adafocus_v2", "adafocus_v3", "v3_pixel_gradient", "random_patch", "full_frame_low_res"]:
                 row = rows[(setting, m)]
                 self.assertTrue(0 <= row["top1"] <= 100 and row["gflops"] > 0, row)
-                self.assertTrue(0 < row["items_top1"] <= 100, row)
+                # Every network starts pretrained on items: the patch methods' glance too, the baseline's frame network.
+                for network in (["backbone"] if m == "full_frame_low_res" else ["local", "glance"]):
+                    self.assertTrue(0 < row["items_top1_" + network] <= 100, row)
             v2 = rows[(setting, "adafocus_v2")]
             # The training log of the policy's epoch: where it looked and how much gradient reached it.
             self.assertTrue(0 <= v2["train_iou"] <= v2["train_hits"] <= 1, v2)
@@ -873,7 +875,18 @@ class Methods(SharedFolder):
                 return [max(box[2], box[3]) for line in f for box in json.loads(line)["boxes"]]
         self.assertLessEqual(max(item_sides("hard_seed0")), 32.5)
         self.assertGreaterEqual(min(item_sides("default_seed0")), 31.5)
-        self.assertIn("AdaFocusV2 per cell", r.stdout)
+        # The claims per cell, recomputed from the rows.
+        for c in sweep["cells"]:
+            row = lambda m: rows[(c["setting"], m)]
+            random = row("random_patch")
+            for m in ["adafocus_v2", "adafocus_v3"]:
+                self.assertEqual(c["claims"][m], row(m)["top1"] - random["top1"] >= 5 and
+                                 row(m)["iou"] >= 2 * random["iou"], (c, m))
+            self.assertEqual(c["claims"]["above_low_res"], max(row("adafocus_v2")["top1"], row("adafocus_v3")["top1"])
+                             >= row("full_frame_low_res")["top1"])
+            exits = lambda m: sum(row(m)["top1_per_exit"][1:5]) / 4
+            self.assertEqual(c["claims"]["feature_gradient"], exits("adafocus_v3") >= exits("v3_pixel_gradient"))
+        self.assertIn("Claims per cell", r.stdout)
         # Two threads here: the two cells ran side by side as child processes, each writing its own log.
         self.assertEqual(sweep["jobs"], 2)
         for cell in ["default_seed0", "hard_seed0"]:
@@ -885,7 +898,7 @@ class Methods(SharedFolder):
                     "--set", "train.policy_from_epoch=1")
         self.assertEqual(again.returncode, 0, again.stderr)
         def table(out):  # the sweep's table (in-process, each cell's demo prints its own before it)
-            return out[out.rindex("\nsetting "):out.index("AdaFocusV2 per cell")]
+            return out[out.rindex("\nsetting "):out.index("Claims per cell")]
         self.assertEqual(table(again.stdout), table(r.stdout))
         self.assertIn("unknown setting 'nope'", run("sweep", "--settings", "nope", "--out", out_dir).stderr)
         # A failing cell names itself and shows its error; the sweep exits non-zero.

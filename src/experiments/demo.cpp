@@ -589,10 +589,6 @@ nlohmann::json read_json(const std::string& path) {
 int run_demo(const DemoOptions& args, const Resources& resources) {
   const auto start = std::chrono::steady_clock::now();
   fs::create_directories(args.out);
-  Config base = Config::defaults();
-  base.merge_file("benchmark/adafocus_v2");
-  for (const auto& o : args.overrides) base.set(o);
-  generate_benchmark(args, resources, base);
   std::vector<Row> rows;
   std::vector<std::pair<std::string, double>> timings;
   for (const std::string& name : split_commas(args.methods)) {

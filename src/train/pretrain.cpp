@@ -33,7 +33,9 @@ Pretrained pretrain_on_items(const nn::BackboneOptions& network, const data::Syn
                              const PretrainOptions& o) {
   // Before the backbone is built: LibTorch seeds its default generator at random in every process.
   torch::manual_seed(o.seed);
-  nn::Backbone backbone = nn::make_backbone(network);
+  // Single images have no time axis: the temporal shift (which has no weights of its own) stays off, as it would
+  // zero a quarter of the channels of a one-frame clip. The weights load into the shifted network all the same.
+  nn::Backbone backbone = nn::make_backbone(nn::BackboneOptions(network).tsm_segments(0));
   auto [images, labels] = data::item_images(items, o.side, o.images, o.seed);
   auto [test_images, test_labels] = data::item_images(items, o.side, 2000, o.seed + 1);
   std::vector<methods::ParamGroup> groups{{"backbone", {}, 1.0}};

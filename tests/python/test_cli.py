@@ -729,6 +729,14 @@ class Methods(SharedFolder):
         self.assertEqual(a.keys(), b.keys())
         for k in a:
             self.assertTrue(torch.equal(a[k], b[k]), k)
+        # Items are single images: a TSM network pretrains without its shift, as its plain twin does (same weights).
+        frames = [os.path.join(self.dir, f"frame_{p}.pth") for p in ["full_frame_full_res", "full_frame_tsm"]]
+        for p, preset in zip(frames, ["full_frame_full_res", "full_frame_tsm"]):
+            self.ok("pretrain-items", "-c", "benchmark/" + preset, "--section", "backbone", "--images", "256",
+                    "--epochs", "1", "--out", p)
+        plain, shifted = (torch.load(p) for p in frames)
+        for k in plain:
+            self.assertTrue(torch.equal(plain[k], shifted[k]), k)
 
     def test_adafocus_v1_trains_in_stages(self):
         preset = os.path.join(self.dir, "tiny_v1.yaml")

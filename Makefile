@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: build test demo bench deps clean
+.PHONY: build test demo bench deps clean install
 
 deps:
 	./scripts/install-deps.sh
@@ -14,6 +14,10 @@ build: deps
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+
+# The adafocus binary and the Python package (import adafocus) into /usr/local.
+install: build
+	cmake --install $(BUILD_DIR)
 
 demo: build
 	$(BUILD_DIR)/adafocus demo

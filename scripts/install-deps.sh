@@ -16,10 +16,13 @@ packages=(
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev ffmpeg libturbojpeg0-dev zlib1g-dev
   # real images for the built-in benchmark (Cluttered Moving Fashion-MNIST)
   dataset-fashion-mnist
+  # the Python package (import adafocus, on python3-torch below): bindings, and its tests
+  pybind11-dev python3-dev python3-pytest
   # tests and micro-benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
-  # test oracle only (parity with torchvision and Pillow, .pth files written by PyTorch); never needed at run time
-  python3-torch python3-torchvision python3-pil
+  # test oracle (parity with torchvision, Pillow and PyAV, .pth files written by PyTorch); the CLI never needs them,
+  # the Python package runs on python3-torch
+  python3-torch python3-torchvision python3-pil python3-av
 )
 
 missing=()

@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "data/dataset.h"
 #include "infer/adaptive.h"
+#include "infer/predictor.h"
 #include "nn/flop_counter.h"
 #include "methods/checkpoint.h"
 #include "methods/registry.h"
@@ -129,7 +130,7 @@ int run(const BenchArgs& args, const Runtime& runtime) {
 
   std::optional<infer::ExitRule> rule;
   if (m.method->exits() > 1 && (args.budget >= 0 || !args.thresholds.empty() || !m.exits_json.empty())) {
-    const infer::ExitTable table = exit_table(m, args.thresholds, args.checkpoint);
+    const infer::ExitTable table = infer::exit_table(m, args.thresholds, args.checkpoint);
     const infer::ExitSetting s = table.for_budget(args.budget >= 0 ? args.budget : table.exit_gflops.back());
     rule = infer::ExitRule{table.criterion, s.thresholds};
   }

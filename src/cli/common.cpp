@@ -3,8 +3,6 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
-#include "core/files.h"
-#include "io/list_file.h"
 #include "methods/method.h"
 
 namespace adafocus::cli {
@@ -31,21 +29,6 @@ bool ConfigArgs::print_if_asked(const Config& config) const {
 nn::BackboneOptions single_backbone_options(const Config& config) {
   return methods::backbone_options(config, "model.backbone", config.get_int("model.num_classes"),
                                    config.get_int("data.segments"));
-}
-
-infer::ExitTable exit_table(const methods::LoadedModel& model, const std::string& file, const std::string& checkpoint) {
-  if (!file.empty()) return infer::ExitTable::from_json(read_file(file), file);
-  if (!model.exits_json.empty()) return infer::ExitTable::from_json(model.exits_json, checkpoint + " (its thresholds)");
-  throw Error("no early-exit thresholds: the checkpoint carries none and no --thresholds file was given", checkpoint,
-              "run adafocus calibrate --checkpoint " + checkpoint + " --embed (or --out F.json, then --thresholds F.json)");
-}
-
-void set_class_names(methods::LoadedModel& model, const std::string& class_index) {
-  std::vector<std::string> names = io::read_class_index(class_index);
-  if (names.size() != model.classes.size())
-    throw Error(fmt::format("{} class names for a model of {} classes", names.size(), model.classes.size()),
-                class_index, "the classInd.txt of the data the model was trained on");
-  model.classes = std::move(names);
 }
 
 }  // namespace adafocus::cli

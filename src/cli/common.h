@@ -51,9 +51,6 @@ void add_make_synthetic_command(CLI::App& app, Commands& commands, const Runtime
 void add_export_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 void add_serve_command(CLI::App& app, Commands& commands, const Runtime& runtime);
 
-/// Replaces the model's class names by those of a classInd.txt (official checkpoints have none); the count must fit.
-void set_class_names(methods::LoadedModel& model, const std::string& class_index);
-
 /// `-c/--config FILE`, trailing `key=value` overrides and `--print-config` on a subcommand.
 struct ConfigArgs {
   std::string file;
@@ -70,9 +67,5 @@ struct ConfigArgs {
 /// The backbone model.backbone describes, for the single-network commands (flops, features, convert-weights);
 /// clips of data.segments frames when it has the temporal shift.
 nn::BackboneOptions single_backbone_options(const Config& config);
-
-/// The early-exit thresholds for `model`: from `file` when given, else those its checkpoint carries; throws with a
-/// hint when there are none.
-infer::ExitTable exit_table(const methods::LoadedModel& model, const std::string& file, const std::string& checkpoint);
 
 }  // namespace adafocus::cli

@@ -7,6 +7,7 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "infer/evaluate.h"
+#include "infer/predictor.h"
 #include "methods/checkpoint.h"
 
 namespace adafocus::cli {
@@ -49,7 +50,7 @@ int run(const EvalArgs& args, const Runtime& runtime) {
   if (!args.data.empty()) overrides.push_back("data.root=" + args.data);
   if (!args.list.empty()) overrides.push_back("data.val_list=" + args.list);
   methods::LoadedModel m = methods::load_model(args.checkpoint, args.preset, overrides, runtime.torch_device());
-  if (!args.classes.empty()) set_class_names(m, args.classes);
+  if (!args.classes.empty()) infer::set_class_names(m, args.classes);
   infer::EvalOptions o;
   o.policy = args.policy;
   o.device = runtime.torch_device();
@@ -57,7 +58,7 @@ int run(const EvalArgs& args, const Runtime& runtime) {
   if (!args.policy.empty()) out["policy"] = args.policy;
 
   if (!args.thresholds.empty() || args.budget >= 0) {
-    const infer::ExitTable table = exit_table(m, args.thresholds, args.checkpoint);
+    const infer::ExitTable table = infer::exit_table(m, args.thresholds, args.checkpoint);
     if (static_cast<int64_t>(table.exit_gflops.size()) != m.method->exits())
       throw Error(fmt::format("thresholds for {} exits, the model has {}", table.exit_gflops.size(), m.method->exits()),
                   args.thresholds.empty() ? args.checkpoint : args.thresholds, "calibrate this model");

@@ -18,31 +18,13 @@ namespace adafocus::cli {
 namespace {
 
 struct PredictArgs {
-  std::string checkpoint, preset, video, visualize, thresholds, classes, input_tensor, output, stream;
+  std::vector<std::string> videos;
+  std::string checkpoint, preset, visualize, thresholds, classes, input_tensor, output, stream;
   std::vector<std::string> overrides;
   int64_t top_k = 5, window = 64, stride = 32;
   double budget = -1;
   bool json = false, raw = false, realtime = false;
 };
-
-nlohmann::json to_json(const torch::Tensor& t) {
-  const torch::Tensor d = t.to(torch::kDouble).contiguous();
-  if (d.dim() == 0) return d.item<double>();
-  nlohmann::json out = nlohmann::json::array();
-  for (int64_t i = 0; i < d.size(0); ++i) out.push_back(to_json(d[i]));
-  return out;
-}
-
-// Everything the model computed, in its own terms (network-input pixels, clip positions), for checks against Python.
-nlohmann::json raw_json(const methods::Prediction& p) {
-  nlohmann::json out{{"logits", to_json(p.logits[0])}};  // (K, C): every exit, the last one final
-  if (p.regions.defined()) {
-    out["regions_input"] = to_json(p.regions[0]);  // (R, 4) x, y, w, h in input pixels
-    out["region_frames"] = to_json(p.region_frames[0]);  // (R, F) positions in the (focus) clip
-  }
-  for (const auto& [name, t] : p.outputs) out[name] = to_json(t[0]);  // the method's own (V2: auxiliary heads, actions)
-  return out;
-}
 
 // A whole model on a prepared clip: X.pt holds a (T, 3, S, S) or (B, T, 3, S, S) tensor, or a dict with 'clip' and
 // 'focus' (V2-TSM); Y.pt gets a dict of what the model computed.
@@ -104,41 +86,24 @@ int run_on_stream(const PredictArgs& args, methods::LoadedModel& model, torch::D
   return 0;
 }
 
-int run(const PredictArgs& args, const Runtime& runtime) {
-  methods::LoadedModel model = methods::load_model(args.checkpoint, args.preset, args.overrides, runtime.torch_device());
-  if (!args.classes.empty()) set_class_names(model, args.classes);
-  if (!args.input_tensor.empty()) return run_on_tensor(args, model, runtime.torch_device());
-  if (args.video.empty() == args.stream.empty())
-    throw Error("a video or --stream SOURCE (or --input-tensor) is required");
-  if (args.raw && (args.budget >= 0 || !args.thresholds.empty()))
-    throw Error("--raw shows every exit's output: run it without --budget / --thresholds");
-  std::optional<infer::ExitRule> rule;
-  double expected = 0, budget_used = -1;
-  if (args.budget >= 0 || !args.thresholds.empty()) {
-    const infer::ExitTable table = exit_table(model, args.thresholds, args.checkpoint);
-    const infer::ExitSetting s = table.for_budget(args.budget >= 0 ? args.budget : table.exit_gflops.back());
-    rule = infer::ExitRule{table.criterion, s.thresholds};
-    expected = s.gflops;
-    budget_used = s.gflops;
-  }
-  if (!args.stream.empty())
-    return run_on_stream(args, model, runtime.torch_device(), rule ? &*rule : nullptr, budget_used);
-  const infer::VideoPrediction p =
-      infer::predict_video(model, args.video, runtime.torch_device(), rule ? &*rule : nullptr);
-  if (!args.visualize.empty()) viz::visualize(args.video, model, p, args.visualize);
+// One video's answer: predict --json's (--raw's) document, or the plain-text lines.
+void print_prediction(const PredictArgs& args, methods::LoadedModel& model, const std::string& video,
+                      torch::Device device, const infer::ExitRule* rule, double expected) {
+  const infer::VideoPrediction p = infer::predict_video(model, video, device, rule);
+  if (!args.visualize.empty()) viz::visualize(video, model, p, args.visualize);
   const size_t k = std::min(static_cast<size_t>(std::max<int64_t>(1, args.top_k)), p.classes.size());
   if (args.json || args.raw) {
-    nlohmann::json out = infer::prediction_json(p, args.video, model.config.get_string("model.method"), k);
+    nlohmann::json out = infer::prediction_json(p, video, model.config.get_string("model.method"), k);
     if (rule) {
       out["budget"] = args.budget;
       out["expected_gflops"] = expected;
     }
     if (!args.visualize.empty()) out["visualization"] = args.visualize;
-    if (args.raw) out["raw"] = raw_json(p.outputs);
-    fmt::print("{}\n", out.dump(2));
-    return 0;
+    if (args.raw) out["raw"] = infer::raw_prediction_json(p.outputs);
+    fmt::print("{}\n", args.videos.size() > 1 ? out.dump() : out.dump(2));  // several: JSON Lines
+    return;
   }
-  fmt::print("{} ({:.4f} GFLOPs)\n", args.video, p.gflops);
+  fmt::print("{} ({:.4f} GFLOPs)\n", video, p.gflops);
   if (rule)
     fmt::print("  stopped after exit {} of {} (0 = the first): {:.4f} GFLOPs of {:.4f} without early exit\n", p.exit,
                p.exits - 1, p.gflops, p.full_gflops);
@@ -147,6 +112,31 @@ int run(const PredictArgs& args, const Runtime& runtime) {
     fmt::print("  frame {:4}: looked at x {:.0f} y {:.0f} w {:.0f} h {:.0f}\n", r.frame, r.box[0], r.box[1], r.box[2],
                r.box[3]);
   if (!args.visualize.empty()) fmt::print("{}: the frames read, with the regions looked at\n", args.visualize);
+}
+
+int run(const PredictArgs& args, const Runtime& runtime) {
+  methods::LoadedModel model = methods::load_model(args.checkpoint, args.preset, args.overrides, runtime.torch_device());
+  if (!args.classes.empty()) infer::set_class_names(model, args.classes);
+  if (!args.input_tensor.empty()) return run_on_tensor(args, model, runtime.torch_device());
+  if (args.videos.empty() == args.stream.empty())
+    throw Error("a video or --stream SOURCE (or --input-tensor) is required");
+  if (args.raw && (args.budget >= 0 || !args.thresholds.empty()))
+    throw Error("--raw shows every exit's output: run it without --budget / --thresholds");
+  std::optional<infer::ExitRule> rule;
+  double expected = 0, budget_used = -1;
+  if (args.budget >= 0 || !args.thresholds.empty()) {
+    const infer::ExitTable table = infer::exit_table(model, args.thresholds, args.checkpoint);
+    const infer::ExitSetting s = table.for_budget(args.budget >= 0 ? args.budget : table.exit_gflops.back());
+    rule = infer::ExitRule{table.criterion, s.thresholds};
+    expected = s.gflops;
+    budget_used = s.gflops;
+  }
+  if (!args.stream.empty())
+    return run_on_stream(args, model, runtime.torch_device(), rule ? &*rule : nullptr, budget_used);
+  if (args.videos.size() > 1 && !args.visualize.empty())
+    throw Error("--visualize draws one video: give one video with it");
+  for (const std::string& video : args.videos)
+    print_prediction(args, model, video, runtime.torch_device(), rule ? &*rule : nullptr, expected);
   return 0;
 }
 
@@ -155,7 +145,7 @@ int run(const PredictArgs& args, const Runtime& runtime) {
 void add_predict_command(CLI::App& app, Commands& commands, const Runtime& runtime) {
   auto args = std::make_shared<PredictArgs>();
   CLI::App* sub = app.add_subcommand("predict", "classify a video file or frame folder with a trained model");
-  sub->add_option("video", args->video, "video file or frame folder");
+  sub->add_option("videos", args->videos, "video files or frame folders (several: --json prints a line per video)");
   sub->add_option("--checkpoint", args->checkpoint, "best.pt / last.pt of a run, or an official .pth.tar")->required();
   sub->add_option("-c,--config", args->preset, "preset for checkpoints without a configuration (official ones)");
   sub->add_option("--top-k", args->top_k, "classes to list");
@@ -173,7 +163,7 @@ void add_predict_command(CLI::App& app, Commands& commands, const Runtime& runti
   sub->add_option("--visualize", args->visualize, "write the frames read with the focus boxes to OUT.gif or OUT.mp4");
   sub->add_option("--stream", args->stream,
                   "classify a live source (http, https, rtsp, rtmp URL, or a file) window by window: a line per window")
-      ->excludes(sub->get_option("video"));
+      ->excludes(sub->get_option("videos"));
   sub->add_option("--window", args->window, "with --stream: frames per window");
   sub->add_option("--stride", args->stride, "with --stream: frames from one window's start to the next");
   sub->add_flag("--realtime", args->realtime, "with --stream: read a file at its own frame rate, as a live source");

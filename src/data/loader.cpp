@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/interrupt.h"
 
 namespace adafocus::data {
 
@@ -108,6 +109,7 @@ void Loader::start_epoch(int64_t epoch, int64_t first_batch) {
 }
 
 std::optional<Batch> Loader::next() {
+  check_interrupt();  // a host's Ctrl-C (the Python package) stops here, between batches
   if (next_batch_ >= end_batch_) return std::nullopt;
   if (options_.workers == 0) return load_batch(next_batch_++);
   std::unique_lock<std::mutex> lock(mutex_);

@@ -1,5 +1,10 @@
 #include "infer/predictor.h"
 
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "io/list_file.h"
 #include "nn/flop_counter.h"
 
 namespace adafocus::infer {
@@ -81,6 +86,42 @@ nlohmann::json prediction_json(const VideoPrediction& p, const std::string& vide
   for (const auto& r : p.regions)
     out["regions"].push_back({{"frame", r.frame}, {"x", r.box[0]}, {"y", r.box[1]}, {"w", r.box[2]}, {"h", r.box[3]}});
   return out;
+}
+
+namespace {
+nlohmann::json to_json(const torch::Tensor& t) {
+  const torch::Tensor d = t.to(torch::kDouble).contiguous();
+  if (d.dim() == 0) return d.item<double>();
+  nlohmann::json out = nlohmann::json::array();
+  for (int64_t i = 0; i < d.size(0); ++i) out.push_back(to_json(d[i]));
+  return out;
+}
+}  // namespace
+
+// Everything the model computed, in its own terms (network-input pixels, clip positions), for checks against Python.
+nlohmann::json raw_prediction_json(const methods::Prediction& p) {
+  nlohmann::json out{{"logits", to_json(p.logits[0])}};  // (K, C): every exit, the last one final
+  if (p.regions.defined()) {
+    out["regions_input"] = to_json(p.regions[0]);  // (R, 4) x, y, w, h in input pixels
+    out["region_frames"] = to_json(p.region_frames[0]);  // (R, F) positions in the (focus) clip
+  }
+  for (const auto& [name, t] : p.outputs) out[name] = to_json(t[0]);  // the method's own (V2: auxiliary heads, actions)
+  return out;
+}
+
+ExitTable exit_table(const methods::LoadedModel& model, const std::string& file, const std::string& checkpoint) {
+  if (!file.empty()) return ExitTable::from_json(read_file(file), file);
+  if (!model.exits_json.empty()) return ExitTable::from_json(model.exits_json, checkpoint + " (its thresholds)");
+  throw Error("no early-exit thresholds: the checkpoint carries none and no --thresholds file was given", checkpoint,
+              "run adafocus calibrate --checkpoint " + checkpoint + " --embed (or --out F.json, then --thresholds F.json)");
+}
+
+void set_class_names(methods::LoadedModel& model, const std::string& class_index) {
+  std::vector<std::string> names = io::read_class_index(class_index);
+  if (names.size() != model.classes.size())
+    throw Error(fmt::format("{} class names for a model of {} classes", names.size(), model.classes.size()),
+                class_index, "the classInd.txt of the data the model was trained on");
+  model.classes = std::move(names);
 }
 
 }  // namespace adafocus::infer

@@ -9,6 +9,7 @@
 
 #include "data/dataset.h"
 #include "infer/adaptive.h"
+#include "infer/early_exit.h"
 #include "methods/checkpoint.h"
 
 namespace adafocus::infer {
@@ -45,5 +46,16 @@ VideoPrediction video_prediction(const methods::LoadedModel& model, const data::
 /// exits the exit taken.
 nlohmann::json prediction_json(const VideoPrediction& p, const std::string& video, const std::string& method,
                                size_t top_k);
+
+/// predict --raw's "raw": everything the model computed for the first video of `p`, in its own terms (network-input
+/// pixels, clip positions): logits of every exit, regions_input, region_frames and the method's own outputs.
+nlohmann::json raw_prediction_json(const methods::Prediction& p);
+
+/// The early-exit thresholds for `model`: from `file` when given, else those its checkpoint carries; throws with a
+/// hint when there are none.
+ExitTable exit_table(const methods::LoadedModel& model, const std::string& file, const std::string& checkpoint);
+
+/// Replaces the model's class names by those of a classInd.txt (official checkpoints have none); the count must fit.
+void set_class_names(methods::LoadedModel& model, const std::string& class_index);
 
 }  // namespace adafocus::infer

@@ -452,6 +452,7 @@ class Run {
       for (const auto& l : metrics_) text += l + "\n";
       write_file_atomic(metrics_path_, text);  // before last.pt: a crash in between redoes this epoch's line
       save(last_path_, epoch + 1, 0, std::vector<double>(sums_size_, 0.0));
+      if (o_.on_epoch) o_.on_epoch(line);
     }
   }
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "core/config.h"
@@ -36,6 +37,8 @@ struct TrainOptions {
   /// folder and writes to it (config, metrics, checkpoints, progress): it need not be on a shared filesystem.
   dist::Group* group = nullptr;
   double bucket_mb = 25;  ///< gradient bucket size (dist::GradientReducer)
+  /// Told each epoch's line of metrics.jsonl once it and last.pt are written (rank 0 only), e.g. a progress display.
+  std::function<void(const nlohmann::json& line)> on_epoch;
 };
 
 struct TrainSummary {

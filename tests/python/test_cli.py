@@ -18,6 +18,7 @@ import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference  # noqa: E402  the official model definitions re-implemented for the tests
+from presets import TINY_V2  # noqa: E402
 
 BINARY, REF = sys.argv[1], sys.argv[2]
 
@@ -333,20 +334,6 @@ class Data(SharedFolder):
                 "data.input_size=112", "data.test_resize=128")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(tuple(torch.load(out).shape), (8, 512))
-
-
-TINY_V2 = """model:
-  method: adafocus_v2
-  glance: {arch: resnet10, base_width: 4, stem: small, resolution: 16}
-  local: {arch: resnet10, base_width: 4, stem: small_s2}
-  patch_size: 24
-  policy_channels: 8
-  policy_hidden: 16
-  classifier_hidden: 32
-  resize: area
-data: {segments: 4, input_size: 64, test_resize: 64, scales: [1.0], batch_size: 4, workers: 1}
-train: {epochs: 2, optimizer: adam, lr: 0.003, schedule: onecycle, eval_every: 1, metric: top1, checkpoint_every: 1}
-"""
 
 
 TINY_V3 = TINY_V2.replace("method: adafocus_v2", "method: adafocus_v3").replace("epochs: 2,", "epochs: 2, policy_from_epoch: 1,")

@@ -30,6 +30,14 @@ def _overrides(overrides):
     return [str(o) for o in (overrides or ())]
 
 
+def _set_threads(threads):
+    """None: every core this process may use, as the CLI (PyTorch alone may take one); 0: leave PyTorch's setting."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0))
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
 def load(checkpoint, preset=None, device="cpu", threads=None, classes=None, overrides=()):
     """Loads a trained model for inference, as `adafocus predict` does: our checkpoints (best.pt / last.pt of a run)
     and official ones (.pth.tar, with `preset` naming their configuration), strictly.
@@ -38,12 +46,12 @@ def load(checkpoint, preset=None, device="cpu", threads=None, classes=None, over
     preset: a preset file or built-in name (e.g. "activitynet_v2"); needed for official checkpoints, else it
         overrides keys of the checkpoint's own configuration.
     device: "cpu" or "cuda".
-    threads: intra-op threads for this process (torch.set_num_threads); None leaves PyTorch's setting.
+    threads: intra-op threads for this process (torch.set_num_threads); None: every core it may use, as the CLI;
+        0: leave PyTorch's setting.
     classes: a classInd.txt naming the classes (official checkpoints have none).
     overrides: {key: value} or ["key=value"] configuration overrides.
     """
-    if threads is not None:
-        torch.set_num_threads(int(threads))
+    _set_threads(threads)
     return Model(_core.load(os.fspath(checkpoint), preset or "", str(device), _overrides(overrides),
                             os.fspath(classes) if classes else ""))
 
@@ -184,15 +192,17 @@ class VideoDataset(torch.utils.data.Dataset):
         self._core.epoch = state["epoch"]
 
 
-def train(preset, data, out, overrides=(), progress=None, resume=False, init=None, device="cpu", quiet=False):
+def train(preset, data, out, overrides=(), progress=None, resume=False, init=None, device="cpu", threads=None,
+          quiet=False):
     """Trains a method into the run folder `out` exactly as `adafocus train -c PRESET --data DATA --out OUT
     key=value...` does (config.yaml, metrics.jsonl, last.pt, best.pt; the same weights and metrics).
 
     preset: a preset file or built-in name; data: the dataset folder (data.root); overrides: {key: value} or
     ["key=value"]; progress: called with each epoch's metrics.jsonl line (a dict) as it is written; resume=True
     continues the run in `out` from its last.pt (no preset, data or overrides then); init: a checkpoint to start from;
-    quiet: no progress bars on stderr. Returns a summary: epochs, seconds, metric, best_metric, best_epoch (0-based),
+    threads: as in load(); quiet: no progress bars on stderr. Returns a summary: epochs, seconds, metric, best_metric, best_epoch (0-based),
     last (top1, map, gflops), failures (samples replaced)."""
+    _set_threads(threads)
     callback = None if progress is None else (lambda line: progress(json.loads(line)))
     text = _core.train(preset or "", os.fspath(data) if data else "", os.fspath(out), _overrides(overrides),
                        bool(resume), os.fspath(init) if init else "", str(device), callback, bool(quiet))

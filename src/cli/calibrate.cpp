@@ -26,9 +26,6 @@ int run(const CalibrateArgs& args, const Runtime& runtime) {
   std::vector<std::string> overrides = args.overrides;
   if (!args.data.empty()) overrides.push_back("data.root=" + args.data);
   methods::LoadedModel m = methods::load_model(args.checkpoint, args.preset, overrides, runtime.torch_device());
-  if (m.method->exits() < 2)
-    throw Error(m.config.get_string("model.method") + " has a single exit: there is nothing to stop early",
-                args.checkpoint, "calibrate a model that predicts after every frame or cube (AdaFocusV2+, V3, V1)");
   infer::EvalOptions o;
   o.device = runtime.torch_device();
   o.list_key = "data.train_list";  // official: thresholds fitted on training videos

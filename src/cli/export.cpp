@@ -5,7 +5,6 @@
 
 #include "cli/common.h"
 #include "core/error.h"
-#include "io/pth.h"
 
 namespace adafocus::cli {
 
@@ -21,18 +20,9 @@ int run(const ExportArgs& args) {
     throw Error("--format must be official, not '" + args.format + "'", "",
                 "our own checkpoints are torch.save dicts already: torch.load(path)['state_dict']");
   methods::LoadedModel model = methods::load_model(args.checkpoint, args.preset, args.overrides, torch::kCPU);
-  const methods::OfficialCheckpoint official =
-      model.method->export_official_checkpoint(nn::state_dict(*model.method));
-  c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
   std::vector<std::string> entries;
-  for (const auto& [name, entry] : official.state_dicts) {
-    c10::Dict<std::string, torch::Tensor> tensors;
-    for (const auto& item : entry) tensors.insert(item.key(), item.value().detach().cpu().contiguous());
-    root.insert(name, tensors);
-    entries.push_back(fmt::format("'{}': {} tensors", name, tensors.size()));
-  }
-  for (const auto& [name, value] : official.values) root.insert(name, value);
-  io::write_pth(args.out, root);
+  for (const auto& [name, size] : methods::save_official_checkpoint(*model.method, args.out))
+    entries.push_back(fmt::format("'{}': {} tensors", name, size));
   fmt::print("{}: the official {} checkpoint ({}); class names are not part of it: {} classes\n", args.out,
              model.config.get_string("model.method"), fmt::join(entries, ", "), model.classes.size());
   return 0;

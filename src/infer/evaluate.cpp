@@ -187,6 +187,9 @@ Evaluation evaluate(methods::MethodImpl& method, const Config& config, const Eva
 
 ExitTable calibrate(methods::MethodImpl& method, const Config& config, EvalOptions options, Criterion criterion,
                     const std::vector<double>& budgets) {
+  if (method.exits() < 2)
+    throw Error(config.get_string("model.method") + " has a single exit: there is nothing to stop early", "model.method",
+                "calibrate a model that predicts after every frame or cube (AdaFocusV2+, V3, V1)");
   options.exit_rule = ExitRule{criterion, {}};  // every exit runs
   const Evaluation e = evaluate(method, config, options);
   ExitTable table = fit_exit_table(e.logits, e.labels, criterion, e.flops.exits, budgets.empty() ? e.flops.exits : budgets);

@@ -118,4 +118,19 @@ LoadedModel load_model(const std::string& path, const std::string& preset, const
   return m;
 }
 
+std::vector<std::pair<std::string, size_t>> save_official_checkpoint(const MethodImpl& method, const std::string& path) {
+  const OfficialCheckpoint official = method.export_official_checkpoint(nn::state_dict(method));
+  c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
+  std::vector<std::pair<std::string, size_t>> entries;
+  for (const auto& [name, entry] : official.state_dicts) {
+    c10::Dict<std::string, torch::Tensor> tensors;
+    for (const auto& item : entry) tensors.insert(item.key(), item.value().detach().cpu().contiguous());
+    root.insert(name, tensors);
+    entries.emplace_back(name, tensors.size());
+  }
+  for (const auto& [name, value] : official.values) root.insert(name, value);
+  io::write_pth(path, root);
+  return entries;
+}
+
 }  // namespace adafocus::methods

@@ -36,6 +36,10 @@ Checkpoint load_checkpoint(const std::string& path);
 /// "module." prefixes (official names translated, ours unchanged).
 nn::StateDict model_state(const MethodImpl& method, const Checkpoint& checkpoint);
 
+/// Writes `method` as the official code's checkpoint file (MethodImpl::export_official_checkpoint: the official
+/// scripts load it with load_state_dict(strict=True)); returns the names of its state dicts and their sizes.
+std::vector<std::pair<std::string, size_t>> save_official_checkpoint(const MethodImpl& method, const std::string& path);
+
 /// A trained model ready for inference.
 struct LoadedModel {
   Config config;

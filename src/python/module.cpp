@@ -15,14 +15,12 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "core/files.h"
 #include "core/interrupt.h"
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "infer/evaluate.h"
 #include "infer/predictor.h"
 #include "io/frame_source.h"
-#include "io/pth.h"
 #include "methods/checkpoint.h"
 #include "methods/method.h"
 #include "train/trainer.h"
@@ -155,9 +153,6 @@ std::string flops(Model& m) {
 std::string calibrate(Model& m, const std::string& list, const std::string& root, const std::vector<double>& budgets,
                       const std::string& criterion, int64_t videos) {
   py::gil_scoped_release release;
-  if (m.loaded.method->exits() < 2)
-    throw Error(m.loaded.config.get_string("model.method") + " has a single exit: there is nothing to stop early",
-                m.checkpoint, "calibrate a model that predicts after every frame or cube (AdaFocusV2+, V3, V1)");
   Config config = m.loaded.config;
   if (!root.empty()) config.set("data.root", root, "calibrate(root=)");
   config.set("data.train_list", list, "calibrate(list)");
@@ -177,16 +172,7 @@ void export_official(Model& m, const std::string& path, const std::string& forma
     throw Error("format must be 'official', not '" + format + "'", "",
                 "our own checkpoints are torch.save dicts already: torch.load(path)['state_dict']");
   py::gil_scoped_release release;
-  const methods::OfficialCheckpoint official =
-      m.loaded.method->export_official_checkpoint(nn::state_dict(*m.loaded.method));
-  c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
-  for (const auto& [name, entry] : official.state_dicts) {
-    c10::Dict<std::string, torch::Tensor> tensors;
-    for (const auto& item : entry) tensors.insert(item.key(), item.value().detach().cpu().contiguous());
-    root.insert(name, tensors);
-  }
-  for (const auto& [name, value] : official.values) root.insert(name, value);
-  io::write_pth(path, root);
+  methods::save_official_checkpoint(*m.loaded.method, path);
 }
 
 // Frames of a video file or frame folder as (T, H, W, 3) uint8 RGB, as torchvision.io.read_video gives them.

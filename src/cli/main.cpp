@@ -1,7 +1,6 @@
 // adafocus: one binary, one subcommand per task. Each subcommand lives in its own file and stays thin: parse,
 // call the library, print.
 #include <fmt/format.h>
-#include <malloc.h>
 #include <sched.h>
 #include <unistd.h>
 
@@ -12,6 +11,7 @@
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "core/host.h"
 #include "distributed/dist.h"
 #include "infer/precision.h"
 
@@ -39,11 +39,7 @@ void wait_passively(char** argv) {
 int main(int argc, char** argv) {
   using namespace adafocus;
   wait_passively(argv);
-  // Training allocates and frees the same large activation buffers every step. glibc serves large blocks with
-  // mmap and returns freed memory to the system, so each step pays page faults and zeroing for them again: keeping
-  // them in the heap made a small-network training step 2.2x faster here (sys time 6 s -> 0.8 s per 10 steps).
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  keep_freed_memory();
   CLI::App app{"adafocus: efficient video recognition by adaptive spatial-temporal computation"};
   app.option_defaults()->always_capture_default();
   app.require_subcommand(1);

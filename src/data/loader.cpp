@@ -4,7 +4,7 @@
 #include <numeric>
 
 #include "core/error.h"
-#include "core/interrupt.h"
+#include "core/host.h"
 
 namespace adafocus::data {
 

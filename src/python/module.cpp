@@ -2,7 +2,7 @@
 // tensors pass both ways without a copy (torch/extension.h's caster shares the storage). The public API, its
 // docstrings and the conversions of JSON answers to dicts are python/adafocus/__init__.py; this file only binds.
 // Every call that computes releases the GIL; a pending Ctrl-C stops long loops at their next batch
-// (core/interrupt.h); adafocus::Error arrives as FileNotFoundError (a file named in it does not exist) or ValueError.
+// (core/host.h); adafocus::Error arrives as FileNotFoundError (it says a file it names is missing) or ValueError.
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 #include <sys/stat.h>
@@ -15,7 +15,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "core/interrupt.h"
+#include "core/host.h"
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "infer/evaluate.h"
@@ -342,6 +342,11 @@ bool exists(const std::string& path) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "adafocus's C++ core; use the adafocus package, not this module";
+
+  // As the CLI (core/host.h): the same speed for the same work. Choice: a process-wide allocator setting made by an
+  // import, documented (docs/python.md); ADAFOCUS_MALLOC=system leaves glibc's defaults.
+  const char* malloc_choice = std::getenv("ADAFOCUS_MALLOC");
+  if (!malloc_choice || std::string(malloc_choice) != "system") keep_freed_memory();
 
   // Ctrl-C while C++ runs: Python only notes the signal; long loops ask here between batches.
   set_interrupt_check([] {

@@ -1,4 +1,6 @@
-#include "core/interrupt.h"
+#include "core/host.h"
+
+#include <malloc.h>
 
 namespace adafocus {
 
@@ -8,6 +10,11 @@ std::function<bool()>& installed() {
   return check;
 }
 }  // namespace
+
+void keep_freed_memory() {
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
 
 void set_interrupt_check(std::function<bool()> check) { installed() = std::move(check); }
 

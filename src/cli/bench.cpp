@@ -131,7 +131,7 @@ int run(const BenchArgs& args, const Runtime& runtime) {
   std::optional<infer::ExitRule> rule;
   if (m.method->exits() > 1 && (args.budget >= 0 || !args.thresholds.empty() || !m.exits_json.empty())) {
     const infer::ExitTable table = infer::exit_table(m, args.thresholds, args.checkpoint);
-    const infer::ExitSetting s = table.for_budget(args.budget >= 0 ? args.budget : table.exit_gflops.back());
+    const infer::ExitSetting s = table.for_budget_or_all(args.budget);
     rule = infer::ExitRule{table.criterion, s.thresholds};
   }
 

@@ -126,7 +126,7 @@ int run(const PredictArgs& args, const Runtime& runtime) {
   double expected = 0, budget_used = -1;
   if (args.budget >= 0 || !args.thresholds.empty()) {
     const infer::ExitTable table = infer::exit_table(model, args.thresholds, args.checkpoint);
-    const infer::ExitSetting s = table.for_budget(args.budget >= 0 ? args.budget : table.exit_gflops.back());
+    const infer::ExitSetting s = table.for_budget_or_all(args.budget);
     rule = infer::ExitRule{table.criterion, s.thresholds};
     expected = s.gflops;
     budget_used = s.gflops;

@@ -78,6 +78,9 @@ struct ExitTable {
   /// The most accurate setting (of both lists) expected to cost at most `budget`; when none is that cheap,
   /// everyone leaves at the first exit.
   ExitSetting for_budget(double budget) const;
+  /// for_budget(budget), or with a negative budget (none asked) the setting for the cost of every exit - the most
+  /// accurate: what predict, bench and the Python package run with thresholds but no budget.
+  ExitSetting for_budget_or_all(double budget) const { return for_budget(budget >= 0 ? budget : exit_gflops.back()); }
   std::string to_json() const;
   /// Throws adafocus::Error naming `source` when the text is not an exit table.
   static ExitTable from_json(const std::string& text, const std::string& source);

@@ -52,7 +52,7 @@ std::optional<std::pair<infer::ExitRule, double>> exit_rule(const Model& m, doub
   const infer::ExitTable table = !thresholds.empty() && thresholds[0] == '{'
                                      ? infer::ExitTable::from_json(thresholds, "thresholds")
                                      : infer::exit_table(m.loaded, thresholds, m.checkpoint);
-  const infer::ExitSetting s = table.for_budget(budget >= 0 ? budget : table.exit_gflops.back());
+  const infer::ExitSetting s = table.for_budget_or_all(budget);
   return std::make_pair(infer::ExitRule{table.criterion, s.thresholds}, s.gflops);
 }
 

@@ -3,7 +3,11 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: build test demo bench deps clean install
+SANITIZE_DIR ?= build-sanitize
+SANITIZE_TESTS ?= unit|fuzz|python
+FUZZ_SECONDS ?= 60
+
+.PHONY: build test demo bench deps clean install sanitize-build test-sanitize fuzz
 
 deps:
 	./scripts/install-deps.sh
@@ -18,6 +22,25 @@ test: build
 # The adafocus binary and the Python package (import adafocus) into /usr/local.
 install: build
 	cmake --install $(BUILD_DIR)
+
+# The reliability builds (docs/reliability.md): clang with AddressSanitizer and UndefinedBehaviorSanitizer, and
+# libFuzzer's coverage; one build serves both. The CLI and the Python package only when the Python-driven tests run.
+sanitize-build: deps
+	cmake -S . -B $(SANITIZE_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++-14 \
+	  -DADAFOCUS_SANITIZE=address,undefined -DADAFOCUS_FUZZ=ON $(CMAKE_FLAGS)
+	cmake --build $(SANITIZE_DIR) -j $(JOBS) --target adafocus_tests fuzz_replay \
+	  fuzz_list fuzz_config fuzz_pth fuzz_thresholds fuzz_video fuzz_http \
+	  $(if $(findstring python,$(SANITIZE_TESTS)),adafocus adafocus_python)
+
+# Sanitized: the unit tests, the fuzz targets' saved inputs, and the Python package's and the lost-data tests
+# (SANITIZE_TESTS: ctest labels).
+test-sanitize: sanitize-build
+	cd $(SANITIZE_DIR) && UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --output-on-failure -j $(JOBS) -L "$(SANITIZE_TESTS)"
+
+# Every fuzz target for FUZZ_SECONDS from its seeds (FUZZ_TARGETS="pth http" for some).
+fuzz: sanitize-build
+	./scripts/fuzz.sh $(SANITIZE_DIR) $(FUZZ_SECONDS)
 
 demo: build
 	$(BUILD_DIR)/adafocus demo

@@ -20,6 +20,8 @@ packages=(
   pybind11-dev python3-dev python3-pytest
   # tests and micro-benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
+  # the reliability builds (make test-sanitize, make fuzz): clang with its sanitizer and libFuzzer runtimes
+  clang-14 libclang-rt-14-dev
   # test oracle (parity with torchvision, Pillow and PyAV, .pth files written by PyTorch); the CLI never needs them,
   # the Python package runs on python3-torch
   python3-torch python3-torchvision python3-pil python3-av

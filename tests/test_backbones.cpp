@@ -265,9 +265,10 @@ TEST(Backbones, SparseConvolutionIsTheConvolutionOfTheChosenChannels) {
     samples[1].all_outputs = false, samples[1].out = {3, 0};
     samples[2].all_inputs = false, samples[2].in_sample = {2, 0, -1}, samples[2].in_channel = {1, 4, 2};
     samples[3].all_inputs = false, samples[3].all_outputs = false, samples[3].out = {4};  // reads nothing: its bias
-    for (const auto& [k, stride, padding] :
+    for (const auto& [k_, stride_, padding_] :
          {std::make_tuple(3, 2, 1), std::make_tuple(3, 1, 1), std::make_tuple(1, 1, 0)})
       for (const bool relu : {false, true}) {
+        const int k = k_, stride = stride_, padding = padding_;  // (clang: no lambda captures bindings before C++20)
         const auto w = torch::randn({co, ci, k, k}), bias = torch::randn({co});
         nn::FlopsReport counted;
         torch::Tensor ours;

@@ -1,5 +1,8 @@
 // List files of the official formats, detected automatically, and class index files.
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
 
 #include "core/files.h"
 #include "io/list_file.h"
@@ -85,6 +88,26 @@ TEST(ClassIndex, PlainAndIndexedNames) {
   EXPECT_EQ(io::read_class_index(dir.path("b.txt")), (std::vector<std::string>{"ApplyEyeMakeup", "ApplyLipstick"}));
   test::write_bytes(dir.path("c.txt"), "1 A\n1 B\n");
   EXPECT_NE(test::error_of([&] { io::read_class_index(dir.path("c.txt")); }).find("appears twice"), std::string::npos);
+}
+
+TEST(Files, AFolderLockKeepsOutEveryOtherHolder) {
+  test::TempDir dir;
+  const std::string run = dir.path("run");
+  {
+    FolderLock held(run, "use another folder");
+    // flock locks belong to open files: a second holder in this same process is refused as another process is.
+    const std::string e = test::error_of([&] { FolderLock again(run, "use another folder"); });
+    EXPECT_NE(e.find("in use by another process (pid " + std::to_string(::getpid()) + ")"), std::string::npos) << e;
+    EXPECT_NE(e.find("use another folder"), std::string::npos) << e;
+  }
+  // Released; the folder it created held nothing else, so it is gone again.
+  EXPECT_FALSE(std::filesystem::exists(run));
+  {
+    FolderLock held(run, "");
+    write_file_atomic(run + "/kept.txt", "x");
+  }
+  EXPECT_TRUE(std::filesystem::exists(run + "/kept.txt"));
+  FolderLock again(run, "");  // free again
 }
 
 }  // namespace

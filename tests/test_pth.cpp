@@ -1,4 +1,5 @@
 // Reading and writing torch.save files, against files written by PyTorch and read back by PyTorch.
+#include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -109,6 +110,57 @@ TEST(Pth, MissingEmptyAndForeignFilesAreClearErrors) {
 
   e = error_of([&] { io::read_tensor(reference("resnet18.pth")); });
   EXPECT_NE(e.find("expected a tensor, found dict"), std::string::npos) << e;
+}
+
+// A zip torch.save file whose data.pkl is `pickle` (LibTorch's writer, as torch.save writes them).
+std::string zip_with_pickle(const test::TempDir& dir, const std::string& pickle) {
+  const std::string path = dir.path("archive.pth");
+  caffe2::serialize::PyTorchStreamWriter writer(path);
+  writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+  writer.writeEndOfFile();
+  return path;
+}
+
+std::string short_unicode(const std::string& s) { return "X" + std::string("\0\0\0\0", 4).replace(0, 1, 1, char(s.size())) + s; }
+
+TEST(Pth, InputsBoundTheWorkAndMemoryTheyCause) {
+  using namespace std::string_literals;  // pickles hold NUL bytes
+  test::TempDir dir;
+  // A pickle nesting a million tuples (a few bytes each): refused at the depth limit, not a stack overflow.
+  std::string e = error_of([&] { io::read_pth(zip_with_pickle(dir, "\x80\x02)" + std::string(1000000, '\x85') + ".")); });
+  EXPECT_NE(e.find("nested deeper than 1000 levels"), std::string::npos) << e;
+
+  // A storage of 2^38 floats (1 TiB) in a file of a few hundred bytes: refused before any allocation.
+  const std::string huge = std::string("\x8a\x06", 2) + std::string("\0\0\0\0\x40\0", 6);  // LONG1 2^38
+  e = error_of([&] {
+    io::read_pth(zip_with_pickle(dir, "\x80\x02(" + short_unicode("storage") + "ctorch\nFloatStorage\n" +
+                                          short_unicode("0") + short_unicode("cpu") + huge + "tQ."));
+  });
+  EXPECT_NE(e.find("claims 274877906944 elements"), std::string::npos) << e;
+
+  // A zip directory claiming a 2 GiB data.pkl: refused before LibTorch's reader allocates it.
+  std::string bytes = read_file(zip_with_pickle(dir, "\x80\x02N."));
+  const size_t cd = bytes.rfind(std::string("PK\x01\x02", 4));
+  ASSERT_NE(cd, std::string::npos);
+  bytes.replace(cd + 24, 4, std::string("\xff\xff\xff\x7f", 4));  // uncompressed size
+  test::write_bytes(dir.path("claims.pth"), bytes);
+  e = error_of([&] { io::read_pth(dir.path("claims.pth")); });
+  EXPECT_NE(e.find("claims 2147483647 bytes"), std::string::npos) << e;
+
+  // Cycles would never be freed: a list appended to itself, and a list changed after it went into another.
+  e = error_of([&] { io::read_pth(zip_with_pickle(dir, "\x80\x02]q\x00h\x00" "a."s)); });
+  EXPECT_NE(e.find("contains itself"), std::string::npos) << e;
+  e = error_of([&] { io::read_pth(zip_with_pickle(dir, "\x80\x02]q\x00]q\x01h\x00" "a0h\x01" "a."s)); });
+  EXPECT_NE(e.find("changed after it was put into another"), std::string::npos) << e;
+
+  // A tensor whose size and stride overflow int64 when multiplied.
+  const std::string big = std::string("\x8a\x08", 2) + std::string("\0\0\0\0\0\0\0\x40", 8);  // 2^62
+  e = error_of([&] {
+    io::read_pth(zip_with_pickle(dir, "\x80\x02" "ctorch._utils\n_rebuild_tensor_v2\n(" "(" + short_unicode("storage") +
+                                          "ctorch\nFloatStorage\n" + short_unicode("0") + short_unicode("cpu") +
+                                          "K\x04tQK\x00("s + big + "K\x02t" + "(" + big + "K\x01t" + "\x89)tR."));
+  });
+  EXPECT_NE(e.find("size and stride out of range"), std::string::npos) << e;
 }
 
 TEST(Pth, TruncatedFilesAreErrorsAtEveryCut) {

@@ -556,7 +556,8 @@ int run_compare_python(const CompareOptions& args, const Resources& runtime) {
     for (const auto& [name, net, side] : {std::make_tuple("glance", v2.global_CNN, g), std::make_tuple("local", v2.local_CNN, p)}) {
       const auto x = torch::randn({n, 3, side, side});
       const double gmacs = nn::backbone_flops(*net, side, side).gflops() * static_cast<double>(n);
-      const double seconds = median(timed([&] { net->feature_map(x); }, args.warmup, args.rounds));
+      const auto& network = net;  // (a lambda may not capture a structured binding before C++20: clang refuses it)
+      const double seconds = median(timed([&] { network->feature_map(x); }, args.warmup, args.rounds));
       result["v2_b8_parts"][name] = {{"ms", 1e3 * seconds}, {"gflops", gmacs}, {"gflops_per_s", 2.0 * gmacs / seconds}};
       fmt::print("V2 batch 8, {}: {:.0f} ms for {:.1f} GFLOPs ({:.0f} GFLOP/s)\n", name, 1e3 * seconds, gmacs,
                  2.0 * gmacs / seconds);

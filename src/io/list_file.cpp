@@ -15,10 +15,13 @@ namespace adafocus::io {
 
 namespace {
 
+// Every kind of white space that `in >> field` skips (a form feed too): a line trimmed empty has no fields.
+constexpr const char* kSpace = " \t\r\n\f\v";
+
 std::string trim(const std::string& s) {
-  const size_t a = s.find_first_not_of(" \t\r\n");
+  const size_t a = s.find_first_not_of(kSpace);
   if (a == std::string::npos) return "";
-  return s.substr(a, s.find_last_not_of(" \t\r\n") - a + 1);
+  return s.substr(a, s.find_last_not_of(kSpace) - a + 1);
 }
 
 bool parse_int(const std::string& s, int64_t& out) {
@@ -50,7 +53,7 @@ std::vector<std::string> split_fields(const std::string& line) {
 std::string path_before(const std::string& line, size_t count) {
   std::string rest = trim(line);
   for (size_t i = 0; i < count; ++i) {
-    const size_t space = rest.find_last_of(" \t");
+    const size_t space = rest.find_last_of(kSpace);
     if (space == std::string::npos) return "";
     rest = trim(rest.substr(0, space));
   }
@@ -185,7 +188,7 @@ std::vector<std::string> read_class_index(const std::string& path) {
     ++line_number;
     const std::string line = trim(raw);
     if (line.empty()) continue;
-    const size_t space = line.find_first_of(" \t");
+    const size_t space = line.find_first_of(kSpace);
     int64_t index;
     if (space != std::string::npos && parse_int(line.substr(0, space), index)) {
       if (!indexed.emplace(index, trim(line.substr(space))).second)

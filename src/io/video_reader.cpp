@@ -76,7 +76,7 @@ struct VideoReader::Impl {
     const auto size = static_cast<int64_t>(v.bytes->size());
     if (whence & AVSEEK_SIZE) return size;
     const int64_t base = (whence & 3) == SEEK_CUR ? v.offset : (whence & 3) == SEEK_END ? size : 0;
-    if (base + position < 0 || base + position > size) return AVERROR(EINVAL);
+    if (position < -base || position > size - base) return AVERROR(EINVAL);  // (base + position could overflow)
     return v.offset = base + position;
   }
 

@@ -46,6 +46,21 @@ namespace {
 
 const size_t kHeaderLimit = 16 * 1024;
 
+// Every request is parsed under these limits: a connection's, and parse_request's.
+void limit(http::request_parser<http::string_body>& parser, size_t max_body) {
+  parser.header_limit(kHeaderLimit);
+  parser.body_limit(max_body);
+}
+
+// What a request the parser refused gets.
+HttpError refusal(beast::error_code ec, size_t max_body) {
+  if (ec == http::error::header_limit) return {431, "the request's headers are too large"};
+  if (ec == http::error::body_limit)
+    return {413, "the upload is larger than the server's limit of " + std::to_string(max_body) +
+                     " bytes (--max-upload-mb)"};
+  return {400, "a malformed request: " + ec.message()};
+}
+
 HttpRequest to_request(const http::request<http::string_body>& r) {
   HttpRequest out;
   out.method = std::string(r.method_string());
@@ -88,8 +103,7 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   void read() {
     parser_.emplace();
-    parser_->header_limit(kHeaderLimit);
-    parser_->body_limit(server_.options.max_body);
+    limit(*parser_, server_.options.max_body);
     stream_.expires_after(server_.options.read_timeout);  // the whole request, however slowly it trickles in
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
@@ -97,22 +111,15 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_header(beast::error_code ec) {
     if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == net::error::eof) return close();
-    if (ec == http::error::header_limit) return refuse(431, "the request's headers are too large");
-    // A declared length over the limit: refused on the headers (the parser checks it there), the body never read.
-    if (ec == http::error::body_limit)
-      return refuse(413, "the upload is larger than the server's limit of " + std::to_string(server_.options.max_body) +
-                             " bytes (--max-upload-mb)");
-    if (ec) return refuse(400, "a malformed request: " + ec.message());
+    // A declared length over the limit is refused on the headers (the parser checks it there), the body never read.
+    if (ec) return refuse(refusal(ec, server_.options.max_body));
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code e, size_t) { self->on_read(e); });
   }
 
   void on_read(beast::error_code ec) {
-    if (ec == http::error::body_limit)
-      return refuse(413, "the upload is larger than the server's limit of " + std::to_string(server_.options.max_body) +
-                             " bytes (--max-upload-mb)");
     if (ec == beast::error::timeout) return close();  // too slow: the socket is already closed
-    if (ec) return refuse(400, "a malformed request: " + ec.message());
+    if (ec) return refuse(refusal(ec, server_.options.max_body));
     stream_.expires_never();  // now it waits for our answer, not for the client
     const http::request<http::string_body> request = parser_->release();
     keep_alive_ = request.keep_alive();
@@ -182,12 +189,12 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // An error answered before the request was read in full: the connection closes after it, and what the client
   // still sends is read and dropped for a moment, so that it sees the answer rather than a reset.
-  void refuse(int status, const std::string& reason) {
-    auto response = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), 11);
+  void refuse(const HttpError& error) {
+    auto response = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(error.status), 11);
     response->set(http::field::server, "adafocus");
     response->set(http::field::content_type, "application/json");
     response->keep_alive(false);
-    response->body() = nlohmann::json{{"error", reason}}.dump();
+    response->body() = error_response(error).body;
     response->prepare_payload();
     stream_.expires_after(server_.options.write_timeout);
     http::async_write(stream_, *response, [self = shared_from_this(), response](beast::error_code ec, size_t) {
@@ -294,7 +301,8 @@ size_t HttpServer::open_connections() const { return impl_->connections.load(); 
 HttpResponse json_response(int status, const nlohmann::json& body) {
   HttpResponse r;
   r.status = status;
-  r.body = body.dump(2) + "\n";
+  // Reasons and names quote what clients sent, which need not be UTF-8: replaced (U+FFFD), as JSON must be.
+  r.body = body.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   return r;
 }
 
@@ -302,6 +310,21 @@ HttpResponse error_response(const HttpError& error) {
   HttpResponse r = json_response(error.status, nlohmann::json{{"error", error.reason}});
   r.headers = error.headers;
   return r;
+}
+
+HttpRequest parse_request(const std::string& raw, size_t max_body) {
+  http::request_parser<http::string_body> parser;
+  limit(parser, max_body);
+  parser.eager(true);
+  size_t used = 0;
+  while (!parser.is_done()) {
+    beast::error_code ec;
+    const size_t n = parser.put(net::buffer(raw.data() + used, raw.size() - used), ec);
+    used += n;
+    if (ec && ec != http::error::need_more) throw refusal(ec, max_body);
+    if (n == 0) throw HttpError{400, "an incomplete request"};  // it takes nothing more: the rest is missing
+  }
+  return to_request(parser.release());
 }
 
 std::string url_decode(const std::string& s) {

@@ -89,6 +89,10 @@ class HttpServer {
   std::unique_ptr<HttpState> impl_;
 };
 
+/// One whole request in `raw`, parsed as a connection parses it (the same parser, limits and refusals: HttpError 400,
+/// 413, 431); bytes after it are ignored. The fuzz target's way in.
+HttpRequest parse_request(const std::string& raw, size_t max_body);
+
 /// "a%20b" -> "a b" ('+' is a space too); invalid escapes are kept as they are.
 std::string url_decode(const std::string& s);
 

@@ -136,7 +136,7 @@ struct Streams::Stream {
     event["stream"] = id;
     {
       std::lock_guard<std::mutex> lock(mutex);
-      events.push_back(event.dump() + "\n");
+      events.push_back(event.dump(-1, ' ', false, json::error_handler_t::replace) + "\n");  // names need not be UTF-8
       if (events.size() > kMaxEvents) {
         events.pop_front();
         ++dropped;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include <unistd.h>
@@ -213,6 +214,7 @@ class Run {
         quiet_(o.quiet || !writer_),
         config_(given),  // train() has read RUN/config.yaml when resuming
         last_path_(o.run_dir + "/last.pt"),
+        previous_path_(o.run_dir + "/previous.pt"),
         best_path_(o.run_dir + "/best.pt"),
         metrics_path_(o.run_dir + "/metrics.jsonl") {
     start_or_resume();
@@ -244,9 +246,9 @@ class Run {
   // The run folder: last.pt to resume from, or a new run (its config.yaml written, its initial weights checked).
   void start_or_resume() {
     if (o_.resume) {
-      if (writer_ && !fs::exists(last_path_))
+      if (writer_ && !fs::exists(last_path_) && !fs::exists(previous_path_))
         throw Error("nothing to resume: no last.pt", o_.run_dir, "start the run without --resume");
-      state_ = read_checkpoint(last_path_, group_);
+      state_ = resume_state();
     } else {
       const int64_t stage = config_.get_int("stage");
       if (stage > 0 && o_.init.empty())
@@ -261,6 +263,32 @@ class Run {
     classes_ = o_.resume ? state_.classes : class_names(config_);
     if (classes_.empty())
       throw Error("no classes: the training list has no labels", under_root(config_, "data.train_list"));
+  }
+
+  // last.pt, or when it cannot be read (truncated, damaged) previous.pt, the checkpoint before it. Rank 0 decides.
+  methods::Checkpoint resume_state() {
+    std::string path = last_path_;
+    if (writer_) {
+      try {
+        methods::Checkpoint c = methods::load_checkpoint(last_path_);
+        if (!group_) return c;
+      } catch (const Error& e) {
+        if (!fs::exists(previous_path_)) throw;
+        try {
+          methods::load_checkpoint(previous_path_);
+        } catch (const Error&) {
+          throw e;  // neither: the error of last.pt
+        }
+        // Set aside (not deleted, and not to become previous.pt at the next epoch's end).
+        const std::string damaged = o_.run_dir + "/last.damaged.pt";
+        std::error_code ec;
+        if (fs::exists(last_path_)) fs::rename(last_path_, damaged, ec);
+        fmt::print(stderr, "warning: {}: {}\n  resuming from {}, the checkpoint before it{}\n", e.where(), e.message(),
+                   previous_path_, ec || !fs::exists(damaged) ? "" : " (the damaged one kept as " + damaged + ")");
+        path = previous_path_;
+      }
+    }
+    return read_checkpoint(group_ ? group_->share(path) : path, group_);
   }
 
   // The model as the run starts it (initialised, from --init, from ImageNet weights, or as last.pt left it), its
@@ -456,6 +484,22 @@ class Run {
     }
   }
 
+  // previous.pt: the checkpoint last.pt is about to replace, for a resume to fall back on if last.pt is damaged
+  // later. A hard link (no copy), made under a temporary name and renamed, so that previous.pt is always whole.
+  // Choice: one copy back - the disk holds two checkpoints, not more.
+  void keep_previous() {
+    if (!fs::exists(last_path_)) return;
+    const std::string tmp = previous_path_ + ".tmp";
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    fs::create_hard_link(last_path_, tmp, ec);
+    if (!ec) fs::rename(tmp, previous_path_, ec);
+    if (ec) {  // e.g. a file system without hard links: the run goes on without the fallback
+      if (!quiet_) fmt::print(stderr, "warning: cannot keep {}: {}\n", previous_path_, ec.message());
+      fs::remove(tmp, ec);
+    }
+  }
+
   // A checkpoint of everything a resumed run needs: at `epoch`, `batch` steps into it, with the epoch's sums so far.
   void save(const std::string& path, int64_t epoch, int64_t batch, const std::vector<double>& sums) {
     state_.config_yaml = config_.to_yaml();
@@ -465,6 +509,7 @@ class Run {
     state_.epoch = epoch;
     state_.batch = batch;
     state_.epoch_sums = sums;
+    if (path == last_path_) keep_previous();
     methods::save_checkpoint(path, state_);
   }
 
@@ -481,7 +526,7 @@ class Run {
   dist::Group* const group_;
   const bool writer_, quiet_;
   Config config_;
-  const std::string last_path_, best_path_, metrics_path_;
+  const std::string last_path_, previous_path_, best_path_, metrics_path_;
   methods::Checkpoint state_;
   std::vector<std::string> classes_, metrics_;
   uint64_t seed_ = 0;
@@ -511,6 +556,9 @@ TrainSummary train_one(const Config& config, const TrainOptions& o) { return Run
 TrainSummary train(const Config& given, const TrainOptions& o) {
   Config config = given;
   const bool writer = !o.group || o.group->rank() == 0;
+  // Two runs writing one folder would overwrite each other's checkpoints: the first one holds it.
+  std::optional<FolderLock> lock;
+  if (writer) lock.emplace(o.run_dir, "wait for that run to end, or train into another folder");
   if (o.resume) {
     const std::string path = o.run_dir + "/config.yaml";
     if (writer && !fs::exists(path))

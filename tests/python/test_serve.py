@@ -243,6 +243,10 @@ class Serve(unittest.TestCase):
                             401, "API key")
         self.assert_refused(*self.server.request("GET", "/v1/predict")[::2], 405, "POST")
         self.assert_refused(*self.server.request("GET", "/nowhere")[::2], 404, "/nowhere")
+        # A reason quoting bytes that are not UTF-8 (found by the fuzz target: the JSON writer threw, and the server
+        # died): replaced, the answer still JSON.
+        self.assert_refused(*self.server.request("GET", "/where%ff")[::2], 404, "/where\ufffd")
+        self.assert_refused(*post(video, "?top_k=1e300")[::2], 400, "top_k")
 
     def test_an_upload_over_the_limit_is_refused_before_its_body_is_sent(self):
         with socket.create_connection(("127.0.0.1", self.server.port), timeout=10) as s:

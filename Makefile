@@ -4,10 +4,11 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
 SANITIZE_DIR ?= build-sanitize
+TSAN_DIR ?= build-tsan
 SANITIZE_TESTS ?= unit|fuzz|python
 FUZZ_SECONDS ?= 60
 
-.PHONY: build test demo bench deps clean install sanitize-build test-sanitize fuzz
+.PHONY: build test demo bench deps clean install sanitize-build test-sanitize test-tsan fuzz
 
 deps:
 	./scripts/install-deps.sh
@@ -37,6 +38,14 @@ sanitize-build: deps
 test-sanitize: sanitize-build
 	cd $(SANITIZE_DIR) && UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest --output-on-failure -j $(JOBS) -L "$(SANITIZE_TESTS)"
+
+# ThreadSanitizer on the tests of our own threads: the loader and its frame cache, the server's HTTP, controller and
+# metrics (docs/reliability.md says why not more).
+test-tsan: deps
+	cmake -S . -B $(TSAN_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++-14 \
+	  -DADAFOCUS_SANITIZE=thread -DADAFOCUS_PYTHON=OFF $(CMAKE_FLAGS)
+	cmake --build $(TSAN_DIR) -j $(JOBS) --target adafocus_tests
+	cd $(TSAN_DIR) && ctest --output-on-failure -j $(JOBS) -R "LoaderTest|BudgetController|Http\.|Metrics\."
 
 # Every fuzz target for FUZZ_SECONDS from its seeds (FUZZ_TARGETS="pth http" for some).
 fuzz: sanitize-build

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 
 namespace adafocus::fuzz {
@@ -16,8 +17,11 @@ using Target = void (*)(const uint8_t* data, size_t size);
 
 /// Makes `target` known to fuzz_replay under `name`.
 bool register_target(const char* name, Target target);
+/// The targets registered, by name.
+std::map<std::string, Target>& targets();
 
-/// The bytes written to a file of this process (rewritten for every input), for the parsers that read paths.
+/// The bytes written to a file of this process (rewritten for every input, removed at exit), for the parsers that
+/// read paths.
 std::string as_file(const uint8_t* data, size_t size, const std::string& suffix);
 
 }  // namespace adafocus::fuzz

@@ -1,5 +1,6 @@
 // fuzz_replay TARGET FILE|DIR...: every file given (and every file in a folder given) through the target, in name
 // order. Exit status 0 when each returned; a finding crashes it (or the sanitizers stop it) naming the file.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -9,10 +10,6 @@
 #include <vector>
 
 #include "fuzz.h"
-
-namespace adafocus::fuzz {
-std::map<std::string, Target>& targets();
-}
 
 int main(int argc, char** argv) {
   namespace fs = std::filesystem;

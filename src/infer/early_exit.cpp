@@ -54,8 +54,9 @@ nlohmann::json setting_json(const ExitSetting& s) {
   return j;
 }
 
-// An integer field (a JSON float past int64's range would be undefined behaviour to convert).
-int64_t integer_field(const nlohmann::json& j, const char* key) {
+// An integer field, `absent` when missing (a JSON float past int64's range would be undefined behaviour to convert).
+int64_t integer_field(const nlohmann::json& j, const char* key, int64_t absent) {
+  if (!j.contains(key)) return absent;
   const auto& v = j.at(key);
   if (!v.is_number_integer()) throw nlohmann::json::type_error::create(302, std::string(key) + " must be an integer", &v);
   return v.get<int64_t>();
@@ -65,7 +66,7 @@ ExitSetting setting_from(const nlohmann::json& j) {
   ExitSetting s;
   s.budget = j.value("budget", -1.0);
   s.q = j.at("q");
-  s.first = j.contains("first") ? integer_field(j, "first") : 0;
+  s.first = integer_field(j, "first", 0);
   s.thresholds = j.at("thresholds").get<std::vector<double>>();
   s.proportions = j.at("proportions").get<std::vector<double>>();
   s.gflops = j.at("gflops");
@@ -239,7 +240,7 @@ ExitTable ExitTable::from_json(const std::string& text, const std::string& sourc
     ExitTable t;
     t.criterion = parse_criterion(j.at("criterion"));
     t.calibration = j.value("calibration", "");
-    t.videos = j.contains("videos") ? integer_field(j, "videos") : 0;
+    t.videos = integer_field(j, "videos", 0);
     t.exit_gflops = j.at("exit_gflops").get<std::vector<double>>();
     if (t.exit_gflops.empty()) throw Error("an exit table without exits", source, "write the table again with adafocus calibrate");
     t.exit_top1 = j.value("exit_top1", std::vector<double>{});

@@ -274,8 +274,9 @@ class Run {
         if (!group_) return c;
       } catch (const Error& e) {
         if (!fs::exists(previous_path_)) throw;
+        methods::Checkpoint previous;
         try {
-          methods::load_checkpoint(previous_path_);
+          previous = methods::load_checkpoint(previous_path_);
         } catch (const Error&) {
           throw e;  // neither: the error of last.pt
         }
@@ -285,6 +286,7 @@ class Run {
         if (fs::exists(last_path_)) fs::rename(last_path_, damaged, ec);
         fmt::print(stderr, "warning: {}: {}\n  resuming from {}, the checkpoint before it{}\n", e.where(), e.message(),
                    previous_path_, ec || !fs::exists(damaged) ? "" : " (the damaged one kept as " + damaged + ")");
+        if (!group_) return previous;
         path = previous_path_;
       }
     }

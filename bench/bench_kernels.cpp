@@ -2,7 +2,8 @@
 // runs, ms): training-mode BatchNorm2d forward + backward on small-channel maps (ours on channels-last against
 // LibTorch's on channels-last and on NCHW), the enlarged-patch cut of the demo's AdaFocusV2 (crop_bilinear against
 // the 3-d grid_sample it replaces and a 2-d one), the glance's area resize (area_downsample) and AdaFuse's
-// frame-by-frame gated convolution (sparse_conv2d).
+// frame-by-frame gated convolution (sparse_conv2d), and few-row linear layers (small_batch_linear) with the GRU
+// built on them (gru_forward) at AdaFocusV2's policy size.
 //
 //   cmake -S . -B build -DADAFOCUS_BENCH=ON && cmake --build build --target bench_kernels
 //   build/bench/bench_kernels [threads=2]
@@ -103,5 +104,23 @@ int main(int argc, char** argv) {
     });
     const double sparse = median_ms([&] { nn::sparse_conv2d(x, arranged, bias, 3, 1, 1, false, samples); });
     fmt::print("{:<18}{:>8.1f}{:>16.1f}{:>16.1f}\n", fmt::format("{}x{}x{}", channels, side, side), dense, frames, sparse);
+  }
+
+  // AdaFocusV2's policy GRU (2048 units) over 16 frames of 1 and 8 videos, and one step's hidden product (2048 ->
+  // 6144) at 1, 8 and 16 rows: torch::linear / the GRU's own forward against small_batch_linear / gru_forward.
+  fmt::print("\nLinear 2048 -> 6144 (median of 7, ms)\n{:<8}{:>14}{:>20}\n", "rows", "torch::linear",
+             "small_batch_linear");
+  const auto w = torch::randn({6144, 2048}), b = torch::randn({6144});
+  for (const int64_t rows : {1, 8, 16}) {
+    const auto x = torch::randn({rows, 2048});
+    fmt::print("{:<8}{:>14.2f}{:>20.2f}\n", rows, median_ms([&] { torch::linear(x, w, b); }),
+               median_ms([&] { nn::small_batch_linear(x, w, b); }));
+  }
+  torch::nn::GRU gru(torch::nn::GRUOptions(2048, 2048).batch_first(true));
+  fmt::print("GRU 2048 units, 16 steps (median of 7, ms)\n{:<8}{:>14}{:>20}\n", "videos", "GRU forward", "gru_forward");
+  for (const int64_t videos : {1, 8}) {
+    const auto x = torch::randn({videos, 16, 2048});
+    fmt::print("{:<8}{:>14.1f}{:>20.1f}\n", videos, median_ms([&] { gru->forward(x); }),
+               median_ms([&] { nn::gru_forward(*gru, x, {}); }));
   }
 }

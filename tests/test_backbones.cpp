@@ -310,6 +310,68 @@ TEST(Backbones, SparseConvolutionIsTheConvolutionOfTheChosenChannels) {
                c10::Error);  // not channels-last
 }
 
+TEST(Backbones, SmallBatchLinearIsLinear) {
+  // Against torch::linear: 1 to 16 rows (whole and partial groups of four), inner sizes with and without a tail past
+  // the last 8 floats, an odd number of outputs (a last single weight row), with and without bias. Rows past 16 and
+  // inputs that ask for a gradient go to torch::linear itself. The FLOPs counter sees the product.
+  torch::manual_seed(8);
+  torch::NoGradGuard no_grad;
+  for (const int64_t m : {1, 3, 4, 7, 16, 17})
+    for (const int64_t k : {5, 64, 203})
+      for (const bool with_bias : {true, false}) {
+        const int64_t n = 37;
+        const auto x = torch::randn({m, k}), w = torch::randn({n, k});
+        const auto bias = with_bias ? torch::randn({n}) : torch::Tensor();
+        torch::Tensor ours;
+        const nn::FlopsReport counted =
+            nn::count_flops(torch::nn::Module(), [&] { ours = nn::small_batch_linear(x, w, bias); });
+        EXPECT_TRUE(AllCloseRelative(ours, torch::linear(x, w, bias), 1e-5)) << m << " " << k;
+        EXPECT_EQ(counted.total, m * n * k);
+      }
+  EXPECT_FALSE(nn::use_small_batch_linear(torch::randn({17, 8}), torch::randn({4, 8})));
+  EXPECT_FALSE(nn::use_small_batch_linear(torch::randn({2, 4}), torch::randn({4, 4}).t()));  // weight not contiguous
+  const auto w8 = torch::randn({8, 8}), x8 = torch::randn({8, 3});  // x not contiguous: its rows copied
+  EXPECT_TRUE(AllCloseRelative(nn::small_batch_linear(x8.t(), w8, {}), torch::linear(x8.t(), w8), 1e-5));
+  torch::AutoGradMode gradient(true);
+  const auto w = torch::randn({4, 8}).requires_grad_();
+  EXPECT_FALSE(nn::use_small_batch_linear(torch::randn({2, 8}), w));
+  const auto y = nn::small_batch_linear(torch::randn({2, 8}), w, torch::Tensor());
+  EXPECT_TRUE(y.requires_grad());  // torch::linear's, with its gradient
+}
+
+TEST(Backbones, GruInferenceIsTheGrusForward) {
+  // Against torch::nn::GRU's own forward: batch first or not, from zeros or a given state, with and without biases,
+  // batch 1 and 5 (the hidden products through small_batch_linear, the path of gru_forward without gradient) and 20 (through torch::linear); the FLOPs counted
+  // are the GRU's.
+  torch::manual_seed(9);
+  torch::NoGradGuard no_grad;
+  for (const bool batch_first : {true, false})
+    for (const bool bias : {true, false})
+      for (const int64_t batch : {1, 5, 20}) {
+        torch::nn::GRU gru(torch::nn::GRUOptions(12, 19).batch_first(batch_first).bias(bias));
+        const int64_t steps = 6;
+        const auto x = batch_first ? torch::randn({batch, steps, 12}) : torch::randn({steps, batch, 12});
+        ASSERT_TRUE(nn::use_gru_inference(*gru, x));
+        for (const bool given : {false, true}) {
+          const auto h0 = given ? torch::randn({1, batch, 19}) : torch::Tensor();
+          auto [out, last] = gru->forward(x, h0);
+          torch::Tensor ours, ours_last;
+          const nn::FlopsReport counted =
+              nn::count_flops(*gru, [&] { std::tie(ours, ours_last) = nn::gru_forward(*gru, x, h0); });
+          const nn::FlopsReport theirs = nn::count_flops(*gru, [&] { gru->forward(x, h0); });
+          EXPECT_TRUE(AllCloseRelative(ours, out, 1e-5)) << batch_first << bias << batch << given;
+          EXPECT_TRUE(AllCloseRelative(ours_last, last, 1e-5));
+          EXPECT_EQ(counted.total, theirs.total);
+        }
+      }
+  torch::nn::GRU two_layers(torch::nn::GRUOptions(4, 4).num_layers(2));
+  EXPECT_FALSE(nn::use_gru_inference(*two_layers, torch::randn({3, 2, 4})));
+  torch::AutoGradMode gradient(true);
+  torch::nn::GRU trained(torch::nn::GRUOptions(4, 4));
+  EXPECT_FALSE(nn::use_gru_inference(*trained, torch::randn({3, 2, 4})));  // its weights ask for a gradient
+  EXPECT_TRUE(std::get<0>(nn::gru_forward(*trained, torch::randn({3, 2, 4}), {})).requires_grad());  // GRU's own
+}
+
 TEST(Backbones, Bf16AutocastRunsInBf16AndRestores) {
   torch::manual_seed(4);
   auto model = nn::make_backbone(nn::BackboneOptions("resnet18"));

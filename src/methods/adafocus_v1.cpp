@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "methods/baselines.h"
+#include "nn/kernels.h"
 
 namespace adafocus::methods {
 
@@ -30,7 +31,7 @@ ActorCriticImpl::ActorCriticImpl(int64_t map_channels, int64_t map_cells, int64_
 
 std::pair<torch::Tensor, torch::Tensor> ActorCriticImpl::step(const torch::Tensor& map, const torch::Tensor& hidden) {
   const auto state = state_encoder->forward(map).unsqueeze(0);  // (1, n, H)
-  auto [out, h] = hidden.defined() ? gru->forward(state, hidden) : gru->forward(state);
+  auto [out, h] = nn::gru_forward(*gru, state, hidden);  // undefined hidden: zeros
   return {out.squeeze(0), h};  // (n, H), (1, n, H)
 }
 
@@ -149,8 +150,7 @@ torch::Tensor AdaFocusV1Impl::focus(const torch::Tensor& frames, const torch::Te
 
 std::pair<torch::Tensor, torch::Tensor> AdaFocusV1Impl::classify_step(const torch::Tensor& x,
                                                                       const torch::Tensor& hidden) {
-  auto [out, h] = hidden.defined() ? classifier_gru->forward(x.unsqueeze(0), hidden)
-                                   : classifier_gru->forward(x.unsqueeze(0));  // (1, n, H), zero h0
+  auto [out, h] = nn::gru_forward(*classifier_gru, x.unsqueeze(0), hidden);  // (1, n, H); undefined: zeros
   const auto dropped = torch::nn::functional::dropout(
       out.squeeze(0), torch::nn::functional::DropoutFuncOptions().p(dropout_).training(is_training() && classifier_gru->is_training()));
   return {classifier_fc->forward(dropped), h};  // (n, C), (1, n, H)
@@ -265,7 +265,7 @@ Losses AdaFocusV1Impl::loss(const Clips& clips, const torch::Tensor& target, con
   }
   if (!stage3) local = focus(frames, at);  // (B*T, Cl), learning
   const auto x = torch::cat({glancer->pool(maps), local}, 1).view({b, frames_, -1});  // (B, T, Cg + Cl)
-  auto out = std::get<0>(classifier_gru->forward(x.transpose(0, 1)));                 // (T, B, H)
+  auto out = std::get<0>(nn::gru_forward(*classifier_gru, x.transpose(0, 1), {}));  // (T, B, H)
   out = torch::nn::functional::dropout(out, torch::nn::functional::DropoutFuncOptions().p(dropout_).training(is_training()));
   const auto logits = classifier_fc->forward(out).transpose(0, 1);                     // (B, T, C)
   Losses l;

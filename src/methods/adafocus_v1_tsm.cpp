@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "methods/adafocus_v1.h"
+#include "nn/kernels.h"
 
 namespace adafocus::methods {
 
@@ -30,7 +31,7 @@ GaussianActorCriticImpl::GaussianActorCriticImpl(int64_t map_channels, int64_t m
 
 torch::Tensor GaussianActorCriticImpl::forward(const torch::Tensor& maps) {
   const auto state = state_encoder->forward(maps).unsqueeze(0);  // (1, n, H)
-  return std::get<0>(gru->forward(state)).squeeze(0);            // (n, H), from a zero state
+  return std::get<0>(nn::gru_forward(*gru, state, {})).squeeze(0);  // (n, H), from a zero state
 }
 
 AdaFocusV1TSMOptions AdaFocusV1TSMOptions::from_config(const Config& c) {

@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "methods/baselines.h"
 #include "nn/cube_crop.h"
+#include "nn/kernels.h"
 #include "nn/patch_crop.h"
 
 namespace adafocus::methods {
@@ -31,11 +32,11 @@ PolicySTNImpl::PolicySTNImpl(int64_t map_channels, int64_t map_cells, int64_t ch
 }
 
 torch::Tensor PolicySTNImpl::forward(const torch::Tensor& maps, int64_t frames, torch::Tensor* hidden) {
-  auto state = encoder->forward(maps);                          // (B*T, H)
+  auto state = nn::sequential_forward(*encoder, maps);          // (B*T, H)
   state = state.view({-1, frames, state.size(1)});              // (B, T, H)
-  auto [out, last] = hidden && hidden->defined() ? gru->forward(state, *hidden) : gru->forward(state);  // h0 = 0
+  auto [out, last] = nn::gru_forward(*gru, state, hidden ? *hidden : torch::Tensor());  // undefined h0: zeros
   if (hidden) *hidden = last;                                   // (1, B, H)
-  return fc->forward(out.reshape({-1, out.size(2)}));           // (B*T, 2)
+  return nn::sequential_forward(*fc, out.reshape({-1, out.size(2)}));  // (B*T, 2)
 }
 
 PoolingClassifierImpl::PoolingClassifierImpl(int64_t input_dim, int64_t hidden, int64_t frames, int64_t num_classes,
@@ -54,13 +55,13 @@ torch::Tensor PoolingClassifierImpl::forward(const torch::Tensor& features, int6
   const int64_t b = features.size(0), t = features.size(1);
   TORCH_CHECK(first + t <= static_cast<int64_t>(classifiers->size()), "classifier built for ", classifiers->size(),
               " frames, given steps ", first, " to ", first + t - 1);
-  auto z = mlp_layers->forward(features.reshape({b * t, -1})).view({b, t, -1});  // (B, T', H)
+  auto z = nn::sequential_forward(*mlp_layers, features.reshape({b * t, -1})).view({b, t, -1});  // (B, T', H)
   if (pooled && pooled->defined()) z = torch::max(z, pooled->unsqueeze(1));       // the earlier steps' max
   z = std::get<0>(torch::cummax(z, 1));                                         // max over frames 0..t
   if (pooled) *pooled = z.select(1, t - 1);                                     // (B, H)
   std::vector<torch::Tensor> logits;
   for (int64_t i = 0; i < t; ++i)
-    logits.push_back(classifiers[first + i]->as<torch::nn::Sequential>()->forward(z.select(1, i)));
+    logits.push_back(nn::sequential_forward(*classifiers[first + i]->as<torch::nn::Sequential>(), z.select(1, i)));
   return torch::stack(logits, 1);  // (B, T', C)
 }
 

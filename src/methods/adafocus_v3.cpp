@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "methods/baselines.h"
 #include "nn/cube_crop.h"
+#include "nn/kernels.h"
 
 namespace adafocus::methods {
 
@@ -73,7 +74,7 @@ CubePolicyImpl::CubePolicyImpl(int64_t map_channels, int64_t frames, int64_t map
 
 torch::Tensor CubePolicyImpl::forward(const torch::Tensor& maps) {
   const auto x = encoder->forward(maps.permute({0, 2, 1, 3, 4}));  // (B, c, T, h, w)
-  return torch::sigmoid(fc(x.flatten(1))).view({-1, cubes_, 3});   // (B, K, 3)
+  return torch::sigmoid(nn::small_batch_linear(x.flatten(1), fc->weight, fc->bias)).view({-1, cubes_, 3});  // (B, K, 3)
 }
 
 CubeClassifierImpl::CubeClassifierImpl(int64_t glance_dim, int64_t local_dim, int64_t hidden, int64_t cubes,
@@ -88,15 +89,17 @@ CubeClassifierImpl::CubeClassifierImpl(int64_t glance_dim, int64_t local_dim, in
 
 torch::Tensor CubeClassifierImpl::glance(const torch::Tensor& features) {
   const int64_t b = features.size(0), t = features.size(1);
-  return std::get<0>(global_mlp->forward(features.reshape({b * t, -1})).view({b, t, -1}).max(1));  // (B, H)
+  return std::get<0>(nn::sequential_forward(*global_mlp, features.reshape({b * t, -1})).view({b, t, -1}).max(1));  // (B, H)
 }
 
-torch::Tensor CubeClassifierImpl::local(const torch::Tensor& features) { return local_mlp->forward(features); }
+torch::Tensor CubeClassifierImpl::local(const torch::Tensor& features) {
+  return nn::sequential_forward(*local_mlp, features);
+}
 
 torch::Tensor CubeClassifierImpl::head(int64_t k, const torch::Tensor& local, const torch::Tensor& glance) {
   const auto& h = classifiers[static_cast<size_t>(k)]->as<torch::nn::Sequential>();
-  if (k == 0) return h->forward(glance);
-  return h->forward(concat_ ? torch::cat({local, glance}, 1) : local);  // (B, C)
+  if (k == 0) return nn::sequential_forward(*h, glance);
+  return nn::sequential_forward(*h, concat_ ? torch::cat({local, glance}, 1) : local);  // (B, C)
 }
 
 torch::Tensor CubeClassifierImpl::forward(const torch::Tensor& glance_features, const torch::Tensor& local_features) {

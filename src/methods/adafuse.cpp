@@ -231,14 +231,14 @@ torch::Tensor shortcut(const GatedBlock& b, const torch::Tensor& xs, const torch
 // conv2's output (N, G2, H2, W2) -> the block's output: conv3 (bottleneck), the shortcut, ReLU.
 torch::Tensor block_end(const GatedBlock& b, torch::Tensor out, const torch::Tensor& x, const torch::Tensor& xs) {
   if (b.conv3) out = nn::conv_bn(*b.conv3, *b.bn3, *b.folded3, torch::relu(out));
-  return torch::relu(out + shortcut(b, xs, x));
+  return nn::relu_owned(out + shortcut(b, xs, x));  // (out may be a view of conv2's bias: not added in place)
 }
 
 // The masked dense block: conv1's output fused as the gates say, then the rest.
 torch::Tensor dense_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs,
                           const torch::Tensor& mask, int64_t segments) {
   // BN folded into the convolutions after optimize_for_inference (nn::conv_bn), as in the dense network.
-  auto out = torch::relu(nn::conv_bn(*b.conv1, *b.bn1, *b.folded1, xs));  // (N, G, H1, W1)
+  auto out = nn::relu_owned(nn::conv_bn(*b.conv1, *b.bn1, *b.folded1, xs));  // (N, G, H1, W1)
   if (mask.defined()) out = fuse_channels(out, mask, segments);
   return block_end(b, nn::conv_bn(*b.conv2, *b.bn2, *b.folded2, out), x, xs);  // conv2: (N, G2, H2, W2)
 }

@@ -42,6 +42,17 @@ torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& b
                        *o.dilation(), o.groups());
 }
 
+torch::Tensor relu_owned(torch::Tensor y) { return at::GradMode::is_enabled() ? torch::relu(y) : y.relu_(); }
+
+torch::Tensor relu6_owned(torch::Tensor y) {
+  return at::GradMode::is_enabled() ? torch::hardtanh(y, 0.0, 6.0) : torch::hardtanh_(y, 0.0, 6.0);
+}
+
+torch::Tensor add_owned(torch::Tensor y, const torch::Tensor& z) {
+  // (under bf16 autocast both are bf16; were they not, the sum takes the wider type, which y cannot hold)
+  return at::GradMode::is_enabled() || y.scalar_type() != z.scalar_type() ? y + z : y.add_(z);
+}
+
 UnfoldedGuard::UnfoldedGuard() : previous_(folding_on) { folding_on = false; }
 UnfoldedGuard::~UnfoldedGuard() { folding_on = previous_; }
 

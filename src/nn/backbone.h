@@ -90,6 +90,12 @@ FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dI
 /// UnfoldedGuard is alive.
 torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const FoldedConv& folded,
                       const torch::Tensor& x);
+/// relu(y), hardtanh(y, 0, 6) (ReLU6), y + z, for a y nothing else reads (a conv_bn result): in place when no
+/// gradient is recorded, which spares allocating and writing a second map of y's size, and the next layer reads a
+/// map still in cache. With a gradient, out of place (autograd may keep y).
+torch::Tensor relu_owned(torch::Tensor y);
+torch::Tensor relu6_owned(torch::Tensor y);
+torch::Tensor add_owned(torch::Tensor y, const torch::Tensor& z);
 /// Batch normalisation over the batches of all processes (train.sync_bn): the trainer sets it while several
 /// processes train, empty otherwise.
 using BatchNormSync = std::function<torch::Tensor(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x)>;

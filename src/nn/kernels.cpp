@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "nn/flop_counter.h"
 
@@ -438,6 +441,159 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
     }
   });
   return y;
+}
+
+namespace small_linear {
+
+constexpr int64_t kMaxRows = 16;
+
+#if defined(__x86_64__)
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+__attribute__((target("avx2,fma"))) float sum8(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+// out[m][n] = bias[n] + x[m] . w[n] for the weight rows n in [n0, n1): two rows of w against four of x at a time
+// (8 accumulators of 8 floats), so each weight row is read from memory once and from cache M / 4 times.
+__attribute__((target("avx2,fma"))) void rows(const float* x, int64_t m_rows, int64_t k_size, const float* w,
+                                               const float* bias, float* out, int64_t n_size, int64_t n0, int64_t n1) {
+  const int64_t k8 = k_size / 8 * 8;
+  for (int64_t n = n0; n < n1; n += 2) {
+    const bool two = n + 1 < n1;
+    const float* w0 = w + n * k_size;
+    const float* w1 = two ? w0 + k_size : w0;
+    for (int64_t m = 0; m < m_rows; m += 4) {
+      const int64_t count = std::min<int64_t>(4, m_rows - m);
+      const float* x0 = x + m * k_size;  // rows past the last repeat it (computed, not stored)
+      const float* x1 = x + std::min(m + 1, m_rows - 1) * k_size;
+      const float* x2 = x + std::min(m + 2, m_rows - 1) * k_size;
+      const float* x3 = x + std::min(m + 3, m_rows - 1) * k_size;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      for (int64_t k = 0; k < k8; k += 8) {
+        const __m256 u = _mm256_loadu_ps(w0 + k), v = _mm256_loadu_ps(w1 + k);
+        __m256 r = _mm256_loadu_ps(x0 + k);
+        a0 = _mm256_fmadd_ps(u, r, a0), b0 = _mm256_fmadd_ps(v, r, b0);
+        r = _mm256_loadu_ps(x1 + k);
+        a1 = _mm256_fmadd_ps(u, r, a1), b1 = _mm256_fmadd_ps(v, r, b1);
+        r = _mm256_loadu_ps(x2 + k);
+        a2 = _mm256_fmadd_ps(u, r, a2), b2 = _mm256_fmadd_ps(v, r, b2);
+        r = _mm256_loadu_ps(x3 + k);
+        a3 = _mm256_fmadd_ps(u, r, a3), b3 = _mm256_fmadd_ps(v, r, b3);
+      }
+      const __m256 as[4] = {a0, a1, a2, a3}, bs[4] = {b0, b1, b2, b3};
+      const float* xs[4] = {x0, x1, x2, x3};
+      for (int64_t i = 0; i < count; ++i) {
+        float s0 = sum8(as[i]), s1 = sum8(bs[i]);
+        for (int64_t k = k8; k < k_size; ++k) s0 += w0[k] * xs[i][k], s1 += w1[k] * xs[i][k];
+        float* o = out + (m + i) * n_size + n;
+        o[0] = s0 + (bias ? bias[n] : 0.0f);
+        if (two) o[1] = s1 + (bias ? bias[n + 1] : 0.0f);
+      }
+    }
+  }
+}
+#else
+bool cpu_has_avx2_fma() { return false; }
+void rows(const float*, int64_t, int64_t, const float*, const float*, float*, int64_t, int64_t, int64_t) {}
+#endif
+
+bool no_gradient(std::initializer_list<const torch::Tensor*> tensors) {
+  if (!at::GradMode::is_enabled()) return true;
+  for (const auto* t : tensors)
+    if (t->defined() && t->requires_grad()) return false;
+  return true;
+}
+
+}  // namespace small_linear
+
+bool use_small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight) {
+  return small_linear::cpu_has_avx2_fma() && x.dim() == 2 && weight.dim() == 2 && x.size(0) >= 1 &&
+         x.size(0) <= small_linear::kMaxRows && x.size(1) == weight.size(1) && x.is_cpu() && weight.is_cpu() &&
+         x.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat && weight.is_contiguous() &&
+         small_linear::no_gradient({&x, &weight});
+}
+
+torch::Tensor small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  const bool plain_bias = !bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0) && bias.is_cpu() &&
+                                              bias.scalar_type() == torch::kFloat && bias.is_contiguous() &&
+                                              small_linear::no_gradient({&bias}));
+  if (!plain_bias || !use_small_batch_linear(x, weight)) return torch::linear(x, weight, bias);
+  const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
+  const auto rows = x.contiguous();  // (a few rows: a step of a sequence, say)
+  auto out = torch::empty({m, n}, x.options());
+  const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  // Pairs of weight rows in parallel, each thread a block of at least ~256 KB of weights.
+  const int64_t pairs = (n + 1) / 2, grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(k, 1));
+  at::parallel_for(0, pairs, grain, [&](int64_t first, int64_t last) {
+    small_linear::rows(rows.data_ptr<float>(), m, k, weight.data_ptr<float>(), b, out.data_ptr<float>(), n, 2 * first,
+                       std::min(n, 2 * last));
+  });
+  count_kernel("linear", {m, n}, m * n * k);
+  return out;
+}
+
+torch::Tensor sequential_forward(torch::nn::SequentialImpl& seq, torch::Tensor x) {
+  for (auto& module : seq) {
+    if (auto* linear = module.ptr()->as<torch::nn::Linear>())
+      x = x.dim() == 2 ? small_batch_linear(x, linear->weight, linear->bias) : linear->forward(x);
+    else
+      x = module.forward(x);
+  }
+  return x;
+}
+
+bool use_gru_inference(const torch::nn::GRUImpl& gru, const torch::Tensor& x) {
+  const auto& o = gru.options;
+  if (o.num_layers() != 1 || o.bidirectional() || x.dim() != 3 || !x.is_cpu() || x.scalar_type() != torch::kFloat ||
+      x.size(2) != o.input_size())
+    return false;
+  const auto params = gru.named_parameters();
+  return small_linear::no_gradient({&x, &params["weight_ih_l0"], &params["weight_hh_l0"]});
+}
+
+std::tuple<torch::Tensor, torch::Tensor> gru_forward(torch::nn::GRUImpl& gru, const torch::Tensor& x,
+                                                     const torch::Tensor& h0) {
+  if (!use_gru_inference(gru, x)) return gru.forward(x, h0);
+  const auto params = gru.named_parameters();
+  const bool bias = gru.options.bias(), batch_first = gru.options.batch_first();
+  const int64_t hidden = gru.options.hidden_size();
+  const int64_t batch = x.size(batch_first ? 0 : 1), steps = x.size(batch_first ? 1 : 0);
+  // The input's products for every step at once: (B, T, 3H) or (T, B, 3H), gates in PyTorch's order r, z, n.
+  const auto gi = torch::linear(x, params["weight_ih_l0"], bias ? params["bias_ih_l0"] : torch::Tensor()).contiguous();
+  const auto w_hh = params["weight_hh_l0"].contiguous();
+  const auto b_hh = bias ? params["bias_hh_l0"].contiguous() : torch::Tensor();
+  auto h = h0.defined() ? h0.reshape({batch, hidden}).clone(torch::MemoryFormat::Contiguous)
+                        : torch::zeros({batch, hidden}, x.options());  // (B, H), updated step by step
+  auto out = torch::empty(batch_first ? std::vector<int64_t>{batch, steps, hidden}
+                                      : std::vector<int64_t>{steps, batch, hidden},
+                          x.options());
+  const float* in = gi.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  for (int64_t t = 0; t < steps; ++t) {
+    const auto gh = small_batch_linear(h, w_hh, b_hh);  // (B, 3H)
+    const float* g = gh.data_ptr<float>();
+    float* state = h.data_ptr<float>();
+    at::parallel_for(0, batch * hidden, 4096, [&](int64_t first, int64_t last) {
+      for (int64_t i = first; i < last; ++i) {
+        const int64_t b = i / hidden, j = i % hidden;
+        const int64_t row = batch_first ? b * steps + t : t * batch + b;
+        const float* a = in + row * 3 * hidden;
+        const float* c = g + b * 3 * hidden;
+        const float r = 1.0f / (1.0f + std::exp(-(a[j] + c[j])));
+        const float z = 1.0f / (1.0f + std::exp(-(a[hidden + j] + c[hidden + j])));
+        const float n = std::tanh(a[2 * hidden + j] + r * c[2 * hidden + j]);
+        state[i] = (1.0f - z) * n + z * state[i];
+        o[row * hidden + j] = state[i];
+      }
+    });
+  }
+  return {out, h.unsqueeze(0)};
 }
 
 }  // namespace adafocus::nn

@@ -10,6 +10,9 @@
 // the reductions vectorise whatever C is, and keeps every tensor it returns (the output, the input's gradient) in
 // channels-last: a gradient in another layout would send the ReLU and addition behind it onto slow mixed-stride paths.
 #include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/rnn.h>
 
 #include <vector>
 
@@ -61,5 +64,30 @@ torch::Tensor arrange_for_sparse_conv(const torch::Tensor& weight);
 torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arranged, const torch::Tensor& bias,
                             int64_t kernel, int64_t stride, int64_t padding, bool relu,
                             const std::vector<SparseConvSample>& samples);
+
+/// Whether small_batch_linear computes linear(x, weight) itself: CPU floats, a contiguous weight, no gradient asked,
+/// x (M, K) with M <= 16 rows, and a CPU with AVX2 and FMA (else at::linear does it).
+bool use_small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight);
+
+/// x (M, K) weight (N, K) bias (N) or undefined -> x weight^T + bias (M, N), as at::linear. For a few rows (a GRU's
+/// step, a classifier at batch 1) at::linear's BLAS packs the whole weight matrix on every call, which takes
+/// several times as long as reading it once; this reads each weight row once and takes its dot products with all M
+/// rows of x while it is in cache (bench_kernels has both). Falls back to at::linear where use_small_batch_linear
+/// does not hold.
+torch::Tensor small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+
+/// seq.forward(x), its Linear layers through small_batch_linear: the policies' and classifiers' MLPs and heads,
+/// which at batch 1 run on one to 16 rows.
+torch::Tensor sequential_forward(torch::nn::SequentialImpl& seq, torch::Tensor x);
+
+/// Whether gru_forward takes the streaming path: no gradient asked (no grad mode, or nothing requires one), one
+/// layer, one direction, CPU float.
+bool use_gru_inference(const torch::nn::GRUImpl& gru, const torch::Tensor& x);
+
+/// gru.forward(x, h0) (h0 (layers, B, H), undefined: zeros) -> (output, last state). Where use_gru_inference holds,
+/// computed here: the input products of all steps in one torch::linear, each step's hidden product through
+/// small_batch_linear (a policy GRU of 2048 units reads 50 MB of weights a step) - the same values to float rounding.
+std::tuple<torch::Tensor, torch::Tensor> gru_forward(torch::nn::GRUImpl& gru, const torch::Tensor& x,
+                                                     const torch::Tensor& h0);
 
 }  // namespace adafocus::nn

@@ -34,7 +34,7 @@ ConvBNReLU6Impl::ConvBNReLU6Impl(int64_t in, int64_t out, int64_t kernel, int64_
 }
 
 torch::Tensor ConvBNReLU6Impl::forward(const torch::Tensor& x) {
-  return torch::hardtanh(conv_bn(*conv, *bn, folded, x), 0.0, 6.0);  // ReLU6
+  return relu6_owned(conv_bn(*conv, *bn, folded, x));
 }
 
 InvertedResidualImpl::InvertedResidualImpl(int64_t in, int64_t out, int64_t stride, int64_t expand_ratio_,
@@ -62,7 +62,7 @@ torch::Tensor InvertedResidualImpl::branch(const torch::Tensor& x) {
 
 torch::Tensor InvertedResidualImpl::forward(const torch::Tensor& x) {
   if (!use_residual) return branch(x);
-  return x + branch(shifts() ? temporal_shift(x, tsm_segments_, shift_div_) : x);
+  return add_owned(branch(shifts() ? temporal_shift(x, tsm_segments_, shift_div_) : x), x);
 }
 
 void InvertedResidualImpl::fold() {

@@ -54,9 +54,9 @@ BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t planes, int64_t stride, int64
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   auto in = tsm_segments_ > 0 ? temporal_shift(x, tsm_segments_, shift_div_) : x;
-  auto out = torch::relu(conv_bn(*conv1, *bn1, folded1, in));
+  auto out = relu_owned(conv_bn(*conv1, *bn1, folded1, in));
   out = conv_bn(*conv2, *bn2, folded2, out);
-  return torch::relu(out + (downsample ? downsample_shortcut(*downsample, folded_down, x) : x));
+  return relu_owned(add_owned(out, downsample ? downsample_shortcut(*downsample, folded_down, x) : x));
 }
 
 void BasicBlockImpl::fold() {
@@ -79,10 +79,10 @@ BottleneckImpl::BottleneckImpl(int64_t in, int64_t planes, int64_t stride, int64
 
 torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
   auto in = tsm_segments_ > 0 ? temporal_shift(x, tsm_segments_, shift_div_) : x;
-  auto out = torch::relu(conv_bn(*conv1, *bn1, folded1, in));
-  out = torch::relu(conv_bn(*conv2, *bn2, folded2, out));
+  auto out = relu_owned(conv_bn(*conv1, *bn1, folded1, in));
+  out = relu_owned(conv_bn(*conv2, *bn2, folded2, out));
   out = conv_bn(*conv3, *bn3, folded3, out);
-  return torch::relu(out + (downsample ? downsample_shortcut(*downsample, folded_down, x) : x));
+  return relu_owned(add_owned(out, downsample ? downsample_shortcut(*downsample, folded_down, x) : x));
 }
 
 void BottleneckImpl::fold() {
@@ -134,7 +134,7 @@ ResNetImpl::ResNetImpl(const BackboneOptions& options) : stem_(options.stem()) {
 }
 
 torch::Tensor ResNetImpl::stem(const torch::Tensor& x) {
-  auto y = torch::relu(conv_bn(*conv1, *bn1, folded_stem_, x));
+  auto y = relu_owned(conv_bn(*conv1, *bn1, folded_stem_, x));
   return stem_ == "imagenet" ? torch::max_pool2d(y, 3, 2, 1) : y;
 }
 

@@ -74,8 +74,10 @@ GatePolicyImpl::GatePolicyImpl(torch::nn::Linear fc0, torch::nn::Linear fc1, boo
 torch::Tensor GatePolicyImpl::forward(const torch::Tensor& x, int64_t segments) {
   const auto now = x.mean({2, 3});                           // (N, Ci)
   const auto before = previous_frame(now, segments);         // (N, Ci), zeros at the first frame
-  const auto hidden = torch::relu(gate_bn(gate_fc0(torch::cat({before, now}, 1))));  // (N, hidden)
-  const auto logits = gate_fc1(hidden).view({x.size(0), -1, 3});                     // (N, G, 3)
+  // (at batch 1, N = 8 frames: the layers' weights streamed, nn::small_batch_linear)
+  const auto joined = torch::cat({before, now}, 1);                                                   // (N, 2Ci)
+  const auto hidden = torch::relu(gate_bn(nn::small_batch_linear(joined, gate_fc0->weight, gate_fc0->bias)));  // (N, hidden)
+  const auto logits = nn::small_batch_linear(hidden, gate_fc1->weight, gate_fc1->bias).view({x.size(0), -1, 3});  // (N, G, 3)
   return torch::log(torch::softmax(logits, 2).clamp_min(1e-8));  // as official: log-probabilities, floored
 }
 

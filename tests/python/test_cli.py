@@ -1128,7 +1128,8 @@ class Speed(BinaryTest):
             self.assertIn("PyTorch ms", text)
             with open(os.path.join(d, "compare.json")) as f:
                 out = json.load(f)
-            for key in ["v2_speedup_over_gflops_ratio", "inference_vs_python", "training_vs_python", "bf16_vs_fp32"]:
+            for key in ["v2_speedup_over_gflops_ratio", "inference_vs_python", "training_vs_python", "bf16_vs_fp32",
+                        "v2_ms_b1", "tsn_ms_b8"]:
                 self.assertGreater(out[key], 0, key)
             self.assertEqual(len(out["cases"]), 8)
             # AdaFocusV3 with early exit at two budgets: the same exits and logits as PyTorch's (checked by adafocus),

@@ -329,6 +329,10 @@ TEST(Backbones, SmallBatchLinearIsLinear) {
         EXPECT_EQ(counted.total, m * n * k);
       }
   EXPECT_FALSE(nn::use_small_batch_linear(torch::randn({17, 8}), torch::randn({4, 8})));
+  {
+    infer::PrecisionGuard bf16(infer::Precision::Bf16);  // autocast's bf16 linear, as everywhere else
+    EXPECT_FALSE(nn::use_small_batch_linear(torch::randn({2, 8}), torch::randn({4, 8})));
+  }
   EXPECT_FALSE(nn::use_small_batch_linear(torch::randn({2, 4}), torch::randn({4, 4}).t()));  // weight not contiguous
   const auto w8 = torch::randn({8, 8}), x8 = torch::randn({8, 3});  // x not contiguous: its rows copied
   EXPECT_TRUE(AllCloseRelative(nn::small_batch_linear(x8.t(), w8, {}), torch::linear(x8.t(), w8), 1e-5));
@@ -366,6 +370,12 @@ TEST(Backbones, GruInferenceIsTheGrusForward) {
       }
   torch::nn::GRU two_layers(torch::nn::GRUOptions(4, 4).num_layers(2));
   EXPECT_FALSE(nn::use_gru_inference(*two_layers, torch::randn({3, 2, 4})));
+  {
+    infer::PrecisionGuard bf16(infer::Precision::Bf16);
+    torch::nn::GRU one(torch::nn::GRUOptions(4, 4));
+    EXPECT_FALSE(nn::use_gru_inference(*one, torch::randn({3, 2, 4})));
+    EXPECT_NO_THROW(nn::gru_forward(*one, torch::randn({3, 2, 4}), {}));
+  }
   torch::AutoGradMode gradient(true);
   torch::nn::GRU trained(torch::nn::GRUOptions(4, 4));
   EXPECT_FALSE(nn::use_gru_inference(*trained, torch::randn({3, 2, 4})));  // its weights ask for a gradient

@@ -1,6 +1,7 @@
 #include "nn/kernels.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 
 #include <algorithm>
@@ -513,8 +514,9 @@ bool no_gradient(std::initializer_list<const torch::Tensor*> tensors) {
 }  // namespace small_linear
 
 bool use_small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight) {
-  return small_linear::cpu_has_avx2_fma() && x.dim() == 2 && weight.dim() == 2 && x.size(0) >= 1 &&
-         x.size(0) <= small_linear::kMaxRows && x.size(1) == weight.size(1) && x.is_cpu() && weight.is_cpu() &&
+  // (under bf16 autocast, at::linear: autocast runs it in bf16)
+  return small_linear::cpu_has_avx2_fma() && !at::autocast::is_cpu_enabled() && x.dim() == 2 && weight.dim() == 2 &&
+         x.size(0) >= 1 && x.size(0) <= small_linear::kMaxRows && x.size(1) == weight.size(1) && x.is_cpu() && weight.is_cpu() &&
          x.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat && weight.is_contiguous() &&
          small_linear::no_gradient({&x, &weight});
 }
@@ -551,7 +553,7 @@ torch::Tensor sequential_forward(torch::nn::SequentialImpl& seq, torch::Tensor x
 bool use_gru_inference(const torch::nn::GRUImpl& gru, const torch::Tensor& x) {
   const auto& o = gru.options;
   if (o.num_layers() != 1 || o.bidirectional() || x.dim() != 3 || !x.is_cpu() || x.scalar_type() != torch::kFloat ||
-      x.size(2) != o.input_size())
+      x.size(2) != o.input_size() || at::autocast::is_cpu_enabled())  // (autocast: the GRU's own, as autocast says)
     return false;
   const auto params = gru.named_parameters();
   return small_linear::no_gradient({&x, &params["weight_ih_l0"], &params["weight_hh_l0"]});

@@ -66,7 +66,7 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
                             const std::vector<SparseConvSample>& samples);
 
 /// Whether small_batch_linear computes linear(x, weight) itself: CPU floats, a contiguous weight, no gradient asked,
-/// x (M, K) with M <= 16 rows, and a CPU with AVX2 and FMA (else at::linear does it).
+/// no bf16 autocast, x (M, K) with M <= 16 rows, and a CPU with AVX2 and FMA (else at::linear does it).
 bool use_small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight);
 
 /// x (M, K) weight (N, K) bias (N) or undefined -> x weight^T + bias (M, N), as at::linear. For a few rows (a GRU's
@@ -81,7 +81,7 @@ torch::Tensor small_batch_linear(const torch::Tensor& x, const torch::Tensor& we
 torch::Tensor sequential_forward(torch::nn::SequentialImpl& seq, torch::Tensor x);
 
 /// Whether gru_forward takes the streaming path: no gradient asked (no grad mode, or nothing requires one), one
-/// layer, one direction, CPU float.
+/// layer, one direction, CPU float, no bf16 autocast.
 bool use_gru_inference(const torch::nn::GRUImpl& gru, const torch::Tensor& x);
 
 /// gru.forward(x, h0) (h0 (layers, B, H), undefined: zeros) -> (output, last state). Where use_gru_inference holds,

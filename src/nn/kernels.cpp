@@ -516,9 +516,9 @@ bool no_gradient(std::initializer_list<const torch::Tensor*> tensors) {
 bool use_small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight) {
   // (under bf16 autocast, at::linear: autocast runs it in bf16)
   return small_linear::cpu_has_avx2_fma() && !at::autocast::is_cpu_enabled() && x.dim() == 2 && weight.dim() == 2 &&
-         x.size(0) >= 1 && x.size(0) <= small_linear::kMaxRows && x.size(1) == weight.size(1) && x.is_cpu() && weight.is_cpu() &&
-         x.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat && weight.is_contiguous() &&
-         small_linear::no_gradient({&x, &weight});
+         x.size(0) >= 1 && x.size(0) <= small_linear::kMaxRows && x.size(1) == weight.size(1) && x.is_cpu() &&
+         weight.is_cpu() && x.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat &&
+         weight.is_contiguous() && small_linear::no_gradient({&x, &weight});
 }
 
 torch::Tensor small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
@@ -542,10 +542,8 @@ torch::Tensor small_batch_linear(const torch::Tensor& x, const torch::Tensor& we
 
 torch::Tensor sequential_forward(torch::nn::SequentialImpl& seq, torch::Tensor x) {
   for (auto& module : seq) {
-    if (auto* linear = module.ptr()->as<torch::nn::Linear>())
-      x = x.dim() == 2 ? small_batch_linear(x, linear->weight, linear->bias) : linear->forward(x);
-    else
-      x = module.forward(x);
+    auto* linear = module.ptr()->as<torch::nn::Linear>();  // (any other shape: small_batch_linear's torch::linear)
+    x = linear ? small_batch_linear(x, linear->weight, linear->bias) : module.forward(x);
   }
   return x;
 }

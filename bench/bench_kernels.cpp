@@ -2,8 +2,8 @@
 // runs, ms): training-mode BatchNorm2d forward + backward on small-channel maps (ours on channels-last against
 // LibTorch's on channels-last and on NCHW), the enlarged-patch cut of the demo's AdaFocusV2 (crop_bilinear against
 // the 3-d grid_sample it replaces and a 2-d one), the glance's area resize (area_downsample) and AdaFuse's
-// frame-by-frame gated convolution (sparse_conv2d), and few-row linear layers (small_batch_linear) with the GRU
-// built on them (gru_forward) at AdaFocusV2's policy size.
+// frame-by-frame gated convolution (sparse_conv2d), few-row linear layers (small_batch_linear) with the GRU built on
+// them (gru_forward) at AdaFocusV2's policy size, and MobileNetV2 through oneDNN's fused convolutions (ConvChain).
 //
 //   cmake -S . -B build -DADAFOCUS_BENCH=ON && cmake --build build --target bench_kernels
 //   build/bench/bench_kernels [threads=2]
@@ -17,6 +17,7 @@
 
 #include "nn/backbone.h"
 #include "nn/cube_crop.h"
+#include "nn/fused_conv.h"
 #include "nn/kernels.h"
 
 using namespace adafocus;
@@ -123,4 +124,21 @@ int main(int argc, char** argv) {
     fmt::print("{:<8}{:>14.1f}{:>20.1f}\n", videos, median_ms([&] { gru->forward(x); }),
                median_ms([&] { nn::gru_forward(*gru, x, {}); }));
   }
+
+  // The glance: MobileNetV2 at 224 px, BN folded, on 1, 16 and 18 frames (one video of V2 / V3's ActivityNet
+  // presets), its folded LibTorch layers (ChainOffGuard) against the oneDNN chain (nn/fused_conv.h).
+  fmt::print("\nMobileNetV2 feature map at 224 px (median of 7, ms)\n{:<8}{:>16}{:>12}\n", "frames", "LibTorch layers",
+             "ConvChain");
+  auto glance = nn::make_backbone(nn::BackboneOptions("mobilenet_v2"));
+  glance->eval();
+  glance->fold_batchnorm();
+  for (const int64_t frames : {1, 16, 18}) {
+    const auto x = torch::randn({frames, 3, 224, 224});
+    const double layers = median_ms([&] {
+      nn::ChainOffGuard off;
+      glance->feature_map(x);
+    });
+    fmt::print("{:<8}{:>16.1f}{:>12.1f}\n", frames, layers, median_ms([&] { glance->feature_map(x); }));
+  }
 }
+

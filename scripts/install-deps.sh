@@ -8,6 +8,8 @@ packages=(
   cmake ninja-build g++ make ccache pkg-config
   # LibTorch 1.13 (CPU) and a fast BLAS: the default reference BLAS makes 1x1 convs and Linear 5-8x slower.
   libtorch-dev libopenblas0-openmp
+  # oneDNN's headers, for the library LibTorch already links (fused convolutions of MobileNetV2, src/nn/fused_conv.*)
+  libdnnl-dev
   # multi-process training: the gloo headers that LibTorch's c10d ProcessGroupGloo.hpp includes
   libgloo-dev
   # command line, config, JSON, formatting; the server's HTTP (Boost.Beast and Asio, headers only)

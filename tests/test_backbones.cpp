@@ -1,9 +1,11 @@
 // Parity of our backbones with torchvision (random weights and random BN statistics, eval mode), and with the
 // official TSM and AdaFocus MobileNetV2 layouts. Tolerance: max abs error <= 1e-4 x max |reference|.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "core/error.h"
 #include "nn/flop_counter.h"
+#include "nn/fused_conv.h"
 #include "infer/precision.h"
 #include "io/pth.h"
 #include "nn/backbone.h"
@@ -165,6 +167,61 @@ TEST(Backbones, FoldedBatchNormKeepsOutputsAndFlops) {
       EXPECT_FALSE(torch::equal(running_mean, before));
     }
   }
+}
+
+TEST(Backbones, ConvChainIsItsConvolutionsReLU6DepthwiseAndResidual) {
+  // Against torch::conv2d and hardtanh: a stem's 3x3 stride 2, a depthwise 3x3 alone, a 1x1 expansion with its
+  // depthwise 3x3 fused (stride 1, then 2), a 1x1 projection adding the expansion's input, two 1x1 layers of one
+  // shape (each with its own weights); large maps (where oneDNN fuses in one JIT kernel) and
+  // small ones (two kernels), batch 1 and 3. On this CPU oneDNN has a JIT implementation of each layer: an undefined
+  // result (the fall-back to LibTorch) fails the test.
+  torch::manual_seed(8);
+  torch::NoGradGuard no_grad;
+  const auto relu6 = [](const torch::Tensor& t) { return torch::hardtanh(t, 0.0, 6.0); };
+  const nn::FoldedConv stem{torch::randn({16, 3, 3, 3}), torch::randn({16})};
+  const nn::FoldedConv lone{torch::randn({16, 1, 3, 3}) * 0.3, torch::randn({16})};
+  const nn::FoldedConv expand{torch::randn({48, 16, 1, 1}) * 0.3, torch::randn({48})};
+  const nn::FoldedConv depthwise{torch::randn({48, 1, 3, 3}) * 0.3, torch::randn({48})};
+  const nn::FoldedConv project{torch::randn({16, 48, 1, 1}) * 0.3, torch::randn({16})};
+  const nn::FoldedConv mix1{torch::randn({16, 16, 1, 1}) * 0.3, torch::randn({16})};  // two layers of one shape
+  const nn::FoldedConv mix2{torch::randn({16, 16, 1, 1}) * 0.3, torch::randn({16})};
+  for (const int64_t stride : {1, 2})
+    for (const auto& [n, h, w] : {std::make_tuple(1, 225, 223), std::make_tuple(3, 33, 31)}) {
+      SCOPED_TRACE(fmt::format("depthwise stride {}, {}x{}x{}", stride, n, h, w));
+      nn::ChainLayer first{stem, 2, 1, true}, alone{lone, 1, 16, true}, second{expand, 1, 1, true, depthwise, stride},
+          third{project};
+      if (stride == 1) third.residual = 2;  // the input of layer 2 (the lone depthwise layer's output)
+      const nn::ConvChain chain({first, alone, second, third, {mix1, 1, 1, true}, {mix2}});
+      const auto image = torch::randn({n, 3, h, w}) * 3;
+      const auto y = chain(image);
+      ASSERT_TRUE(y.defined());
+      EXPECT_TRUE(y.is_contiguous(torch::MemoryFormat::ChannelsLast));
+      const auto a = relu6(torch::conv2d(relu6(torch::conv2d(image, stem.weight, stem.bias, 2, 1)), lone.weight,
+                                         lone.bias, 1, 1, 1, 16));
+      const auto b = relu6(torch::conv2d(relu6(torch::conv2d(a, expand.weight, expand.bias)), depthwise.weight,
+                                         depthwise.bias, stride, 1, 1, 48));
+      const auto c = torch::conv2d(b, project.weight, project.bias) + (stride == 1 ? a : torch::zeros({}));
+      const auto reference = torch::conv2d(relu6(torch::conv2d(c, mix1.weight, mix1.bias)), mix2.weight, mix2.bias);
+      EXPECT_TRUE(AllCloseRelative(y, reference, 1e-5));
+    }
+  // Not while a gradient is recorded, nor while the FLOPs counter unfolds the network.
+  EXPECT_TRUE(nn::ConvChain::runs(torch::zeros({1, 3, 8, 8})));
+  {
+    torch::AutoGradMode recording(true);
+    EXPECT_FALSE(nn::ConvChain::runs(torch::zeros({1, 3, 8, 8})));
+  }
+  {
+    nn::UnfoldedGuard unfolded;
+    EXPECT_FALSE(nn::ConvChain::runs(torch::zeros({1, 3, 8, 8})));
+  }
+}
+
+TEST(Backbones, FoldedMobileNetV2MatchesTorchvision) {
+  // The inference path (BN folded, oneDNN's fused convolutions) against torchvision's eval-mode network.
+  nn::Backbone model = load("mobilenet_v2.pth", nn::BackboneOptions("mobilenet_v2"));
+  model->fold_batchnorm();
+  for (const char* size : {"224", "128", "160x112"})
+    expect_parity(*model, std::string("input_") + size + ".pt", std::string("mobilenet_v2_") + size);
 }
 
 TEST(Backbones, ChannelsLastTrainingOfANarrowResNetMatchesAndSurvives) {

@@ -16,6 +16,7 @@
 #include "infer/adaptive.h"
 #include "infer/evaluate.h"
 #include "nn/flop_counter.h"
+#include "nn/fused_conv.h"
 #include "infer/precision.h"
 #include "io/pth.h"
 #include "methods/adafocus_v2.h"
@@ -180,13 +181,33 @@ methods::Method prepared(const Config& c, int64_t classes) {
   return m;
 }
 
-// Our realised speed against our own dense networks (no PyTorch here): measured speedup over the ratio of counted
-// GFLOPs. (i) AdaFuse ResNet-50 TSN and TSM at 224 (8 frames), gates drawing a trained model's fractions, batch 1
+// Our realised speed against our own dense networks (no PyTorch here): the glance's fused chain against its LibTorch
+// layers (glance_speedup); measured speedup over the ratio of counted GFLOPs: (i) AdaFuse ResNet-50 TSN and TSM at 224 (8 frames), gates drawing a trained model's fractions, batch 1
 // and 8, against the dense TSN / TSM; (ii) AdaFocusV3 at the ActivityNet preset's size with exits set for budgets
 // of 1/2 and 1/4 of its no-exit cost, batch 1 and 8, against the full-frame TSN of its local network.
 json realised_speed(const CompareOptions& args) {
   json out{{"speed_cases", json::object()}};
   torch::NoGradGuard no_grad;
+  {  // The glance alone: MobileNetV2 at 224 px on 16 frames, BN folded, oneDNN's fused chain against the LibTorch
+     // layers it replaced (nn/fused_conv.h); the largest difference between their maps, relative to the largest value.
+    auto glance = nn::make_backbone(nn::BackboneOptions("mobilenet_v2"));
+    glance->eval();
+    glance->fold_batchnorm();
+    const auto frames = torch::randn({16, 3, args.tiny ? 64 : 224, args.tiny ? 64 : 224});
+    const auto layers_map = [&] {
+      nn::ChainOffGuard off;
+      return glance->feature_map(frames);
+    };
+    const auto [chain, layers] = timed_pair([&] { glance->feature_map(frames); }, layers_map, args.warmup, args.rounds);
+    const auto reference = layers_map();
+    const double difference =
+        (glance->feature_map(frames) - reference).abs().max().item<double>() / reference.abs().max().item<double>();
+    out["speed_cases"]["glance_b16"] = {{"ms", 1e3 * chain}, {"libtorch_layers_ms", 1e3 * layers},
+                                        {"max_relative_difference", difference}};
+    out["glance_speedup"] = layers / chain;
+    fmt::print("MobileNetV2 at 224 px, 16 frames: {:.1f} ms against {:.1f} through LibTorch's layers: {:.2f}x\n",
+               1e3 * chain, 1e3 * layers, layers / chain);
+  }
   // Choice: the fractions [skip, reuse, keep] of the demo's trained AdaFuse-TSN and -TSM (docs/adafuse.md); at
   // ResNet-50 they cost 1.9 and 2.3 GFLOPs a frame against 4.1, near the paper's (22.1 and 19.1 per video of 8 frames
   // against 33.2). Each channel of each frame draws its action on its own: no two frames share a mask.

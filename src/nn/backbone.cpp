@@ -53,6 +53,8 @@ torch::Tensor add_owned(torch::Tensor y, const torch::Tensor& z) {
   return at::GradMode::is_enabled() || y.scalar_type() != z.scalar_type() ? y + z : y.add_(z);
 }
 
+bool folding_enabled() { return folding_on; }
+
 UnfoldedGuard::UnfoldedGuard() : previous_(folding_on) { folding_on = false; }
 UnfoldedGuard::~UnfoldedGuard() { folding_on = previous_; }
 

@@ -104,6 +104,8 @@ void set_batch_norm_sync(BatchNormSync sync);
 /// through here (conv_bn), so train.sync_bn reaches them all; the policies' and AdaFuse's gates' BatchNorm1d stay per
 /// process.
 torch::Tensor batch_norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);
+/// Whether folded convolutions run folded on this thread (no UnfoldedGuard alive).
+bool folding_enabled();
 /// While alive, folded convolutions run as conv + BN on this thread: the FLOPs counter counts what the papers count.
 class UnfoldedGuard {
  public:

@@ -112,20 +112,54 @@ MobileNetV2Impl::MobileNetV2Impl(const BackboneOptions& options) {
   }
 }
 
+torch::Tensor MobileNetV2Impl::run_features(const torch::Tensor& x) {
+  if (fused_ && !is_training() && ConvChain::runs(x))
+    if (auto y = (*fused_)(x); y.defined()) return y;  // (N, C, h, w)
+  return features->forward(x);
+}
+
 torch::Tensor MobileNetV2Impl::feature_map(const torch::Tensor& x) {
-  if (torch::GradMode::is_enabled() || x.size(0) <= kInferenceChunk) return features->forward(x);  // (N, C, h, w)
+  if (torch::GradMode::is_enabled() || x.size(0) <= kInferenceChunk) return run_features(x);  // (N, C, h, w)
   const int64_t segments = tsm_segments();  // TSM shifts along each video's frames: a chunk holds whole videos
   const int64_t chunk = segments > 0 ? (kInferenceChunk + segments - 1) / segments * segments : kInferenceChunk;
   std::vector<torch::Tensor> maps;
-  for (const auto& frames : x.split(chunk)) maps.push_back(features->forward(frames));  // (chunk, C, h, w)
+  for (const auto& frames : x.split(chunk)) maps.push_back(run_features(frames));  // (chunk, C, h, w)
   return torch::cat(maps);                                                               // (N, C, h, w)
 }
 
 void MobileNetV2Impl::fold_batchnorm() {
+  std::vector<ChainLayer> chain;
+  bool shifts = false;
+  auto conv_layer = [](const ConvBNReLU6Impl& c) {
+    return ChainLayer{c.folded, c.conv->options.stride()->at(0), c.conv->options.groups(), true};
+  };
   for (const auto& m : features->children()) {
-    if (auto* c = m->as<ConvBNReLU6Impl>()) c->folded = fold(*c->conv, *c->bn);
-    if (auto* b = m->as<InvertedResidualImpl>()) b->fold();
+    if (auto* c = m->as<ConvBNReLU6Impl>()) {
+      c->folded = fold(*c->conv, *c->bn);
+      chain.push_back(conv_layer(*c));
+    }
+    if (auto* b = m->as<InvertedResidualImpl>()) {
+      b->fold();
+      shifts |= b->shifts();
+      const size_t n = b->conv->size();  // [expand,] depthwise, project, its BN
+      const auto& depthwise = *b->conv->ptr<ConvBNReLU6Impl>(n - 3);
+      const auto block_input = static_cast<int64_t>(chain.size());
+      if (n == 4) {  // the expansion with its depthwise convolution fused in
+        ChainLayer expand = conv_layer(*b->conv->ptr<ConvBNReLU6Impl>(0));
+        expand.depthwise = depthwise.folded;
+        expand.depthwise_stride = depthwise.conv->options.stride()->at(0);
+        chain.push_back(expand);
+      } else {
+        chain.push_back(conv_layer(depthwise));
+      }
+      ChainLayer project{b->folded_project};
+      if (b->use_residual) project.residual = block_input;
+      chain.push_back(project);
+    }
   }
+  // Choice: with the temporal shift (TSM), LibTorch's layers as before; the shift would take the maps out of
+  // oneDNN's blocked layout and back in every residual block.
+  if (!shifts && chain.front().conv.weight.device().is_cpu()) fused_.emplace(chain);
 }
 
 torch::Tensor MobileNetV2Impl::classify(const torch::Tensor& pooled) { return classifier->forward(pooled); }

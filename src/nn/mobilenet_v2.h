@@ -5,6 +5,7 @@
 #pragma once
 
 #include "nn/backbone.h"
+#include "nn/fused_conv.h"
 
 namespace adafocus::nn {
 
@@ -69,6 +70,11 @@ class MobileNetV2Impl : public BackboneImpl {
   /// Block and classifier keys between torchvision's layout and the official (tonylins') one.
   StateDict rename_keys(const StateDict& state, bool to_official) const;
   std::vector<int64_t> expand_ratios_;  // per entry of `features`; 0 for the stem and the last conv
+  /// Once folded, on CPU and without the temporal shift: `features` as one oneDNN chain (ReLU6, each block's
+  /// depthwise convolution and its residual fused into the convolutions).
+  std::optional<ConvChain> fused_;
+  /// features->forward(x), through fused_ where it runs.
+  torch::Tensor run_features(const torch::Tensor& x);
 };
 
 }  // namespace adafocus::nn

@@ -216,12 +216,31 @@ TEST(Backbones, ConvChainIsItsConvolutionsReLU6DepthwiseAndResidual) {
   }
 }
 
-TEST(Backbones, FoldedMobileNetV2MatchesTorchvision) {
-  // The inference path (BN folded, oneDNN's fused convolutions) against torchvision's eval-mode network.
-  nn::Backbone model = load("mobilenet_v2.pth", nn::BackboneOptions("mobilenet_v2"));
-  model->fold_batchnorm();
-  for (const char* size : {"224", "128", "160x112"})
-    expect_parity(*model, std::string("input_") + size + ".pt", std::string("mobilenet_v2_") + size);
+TEST(Backbones, FoldedBackbonesMatchTorchvision) {
+  // The inference path (BN folded; MobileNetV2 as one oneDNN chain, ResNet-50 on prepacked weights) against
+  // torchvision's eval-mode networks.
+  for (const std::string arch : {"mobilenet_v2", "resnet50"}) {
+    nn::Backbone model = load(arch + ".pth", nn::BackboneOptions(arch));
+    model->fold_batchnorm();
+    for (const char* size : {"224", "128", "160x112"})
+      expect_parity(*model, std::string("input_") + size + ".pt", arch + "_" + size);
+  }
+}
+
+TEST(Backbones, FoldedConvolutionRunsOnPrepackedWeights) {
+  // On CPU, fold() reorders the weights for oneDNN once; conv_bn on them is the convolution and the BatchNorm.
+  torch::manual_seed(9);
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(8, 16, 3).stride(2).padding(1).bias(false));
+  torch::nn::BatchNorm2d bn(16);
+  randomize_batchnorm(*bn);
+  bn->eval();
+  const nn::FoldedConv folded = nn::fold(*conv, *bn);
+  EXPECT_FALSE(folded.packed.isNone());
+  torch::NoGradGuard no_grad;
+  const auto x = torch::randn({2, 8, 15, 13});
+  const auto y = nn::conv_bn(*conv, *bn, folded, x);
+  EXPECT_TRUE(y.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(AllCloseRelative(y, bn->forward(conv->forward(x)), 1e-5));
 }
 
 TEST(Backbones, ChannelsLastTrainingOfANarrowResNetMatchesAndSurvives) {

@@ -1,5 +1,8 @@
 #include "nn/backbone.h"
 
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
 #include <set>
 
 #include "core/error.h"
@@ -25,20 +28,50 @@ torch::Tensor batch_norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x)
   return use_channels_last_batch_norm(bn, x) ? channels_last_batch_norm(bn, x) : bn.forward(x);
 }
 
+namespace {
+
+std::vector<int64_t> pair_of(const torch::ExpandingArray<2>& a) { return {a->at(0), a->at(1)}; }
+
+c10::optional<c10::OperatorHandle> prepacked_op(const char* name) {  // none where LibTorch is built without oneDNN
+  return c10::Dispatcher::singleton().findSchema({name, ""});
+}
+
+}  // namespace
+
 FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn) {
   torch::NoGradGuard no_grad;
   const auto scale = bn.weight / torch::sqrt(bn.running_var + bn.options.eps());  // (Cout,)
-  return {(conv.weight * scale.view({-1, 1, 1, 1})).contiguous(torch::MemoryFormat::ChannelsLast),
-          bn.bias - bn.running_mean * scale};
+  FoldedConv out{(conv.weight * scale.view({-1, 1, 1, 1})).contiguous(torch::MemoryFormat::ChannelsLast),
+                 bn.bias - bn.running_mean * scale};
+  static const auto prepack = prepacked_op("mkldnn_prepacked::conv2d_prepack");
+  const auto& o = conv.options;
+  if (prepack && out.weight.device().is_cpu() && out.weight.scalar_type() == torch::kFloat) {
+    // The input size only guides oneDNN's choice of weight layout, the same for every size here.
+    const int64_t side = std::max<int64_t>(8, out.weight.size(2));
+    torch::jit::Stack stack{out.weight, out.bias, pair_of(*o.stride()),
+                            pair_of(c10::get<torch::ExpandingArray<2>>(o.padding())), pair_of(*o.dilation()),
+                            o.groups(), std::vector<int64_t>{1, o.in_channels(), side, side}, std::string("none")};
+    prepack->callBoxed(&stack);
+    out.packed = stack.at(0);
+  }
+  return out;
 }
 
 torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const FoldedConv& folded,
                       const torch::Tensor& x) {
   if (!folded.weight.defined() || bn.is_training() || !folding_on) return batch_norm(bn, conv.forward(x));
-  const auto& o = conv.options;
   // Channels-last from the network's input on (a no-op after the first convolution); oneDNN would otherwise convert
   // each NCHW input itself.
-  return torch::conv2d(x.contiguous(torch::MemoryFormat::ChannelsLast), folded.weight, folded.bias, *o.stride(), c10::get<torch::ExpandingArray<2>>(o.padding()),
+  const auto in = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  static const auto run = prepacked_op("mkldnn_prepacked::conv2d_run");
+  if (!folded.packed.isNone() && in.device().is_cpu() && in.scalar_type() == torch::kFloat &&
+      !torch::GradMode::is_enabled() && !at::autocast::is_cpu_enabled()) {
+    torch::jit::Stack stack{in, folded.packed};
+    run->callBoxed(&stack);
+    return stack.at(0).toTensor();  // channels-last
+  }
+  const auto& o = conv.options;
+  return torch::conv2d(in, folded.weight, folded.bias, *o.stride(), c10::get<torch::ExpandingArray<2>>(o.padding()),
                        *o.dilation(), o.groups());
 }
 

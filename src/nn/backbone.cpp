@@ -64,8 +64,7 @@ torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& b
   // each NCHW input itself.
   const auto in = x.contiguous(torch::MemoryFormat::ChannelsLast);
   static const auto run = prepacked_op("mkldnn_prepacked::conv2d_run");
-  if (!folded.packed.isNone() && in.device().is_cpu() && in.scalar_type() == torch::kFloat &&
-      !torch::GradMode::is_enabled() && !at::autocast::is_cpu_enabled()) {
+  if (!folded.packed.isNone() && onednn_inference(in)) {
     torch::jit::Stack stack{in, folded.packed};
     run->callBoxed(&stack);
     return stack.at(0).toTensor();  // channels-last
@@ -87,6 +86,11 @@ torch::Tensor add_owned(torch::Tensor y, const torch::Tensor& z) {
 }
 
 bool folding_enabled() { return folding_on; }
+
+bool onednn_inference(const torch::Tensor& x) {
+  return x.device().is_cpu() && x.scalar_type() == torch::kFloat && !torch::GradMode::is_enabled() &&
+         !at::autocast::is_cpu_enabled();
+}
 
 UnfoldedGuard::UnfoldedGuard() : previous_(folding_on) { folding_on = false; }
 UnfoldedGuard::~UnfoldedGuard() { folding_on = previous_; }

@@ -85,7 +85,7 @@ struct FoldedConv {
   torch::Tensor weight, bias;
   /// On CPU: the weights reordered once for oneDNN (LibTorch's mkldnn_prepacked ConvOpContext); at::conv2d reorders
   /// them on every call, which costs a ResNet-50 on one 128 px image about a quarter of its time.
-  c10::IValue packed;
+  c10::IValue packed = {};
 };
 /// conv's weight scaled and bn's shift as a bias, in channels-last: conv then bn in eval mode as one convolution.
 FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn);
@@ -109,6 +109,9 @@ void set_batch_norm_sync(BatchNormSync sync);
 torch::Tensor batch_norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);
 /// Whether folded convolutions run folded on this thread (no UnfoldedGuard alive).
 bool folding_enabled();
+/// Whether x may take our own oneDNN paths (prepacked weights, nn::ConvChain): a float CPU tensor, no gradient
+/// recorded, no bf16 autocast.
+bool onednn_inference(const torch::Tensor& x);
 /// While alive, folded convolutions run as conv + BN on this thread: the FLOPs counter counts what the papers count.
 class UnfoldedGuard {
  public:

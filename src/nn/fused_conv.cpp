@@ -1,6 +1,5 @@
 #include "nn/fused_conv.h"
 
-#include <ATen/autocast_mode.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <map>
@@ -140,8 +139,7 @@ ConvChain::ConvChain(const std::vector<ChainLayer>& layers) : impl_(std::make_sh
 }
 
 bool ConvChain::runs(const torch::Tensor& x) {
-  return x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 4 && !torch::GradMode::is_enabled() &&
-         !at::autocast::is_cpu_enabled() && folding_enabled() && chains_on;
+  return onednn_inference(x) && x.dim() == 4 && folding_enabled() && chains_on;
 }
 
 ChainOffGuard::ChainOffGuard() : previous_(chains_on) { chains_on = false; }
@@ -160,9 +158,9 @@ torch::Tensor ConvChain::operator()(const torch::Tensor& x) const {
     plan = slot;
   }
   if (plan->empty()) return {};
-  // Every layer's input (the chain's own, then each output) in blocked layout, in buffers LibTorch allocates; kept
+  // Every layer's input (the chain's own, then each output in blocked layout, in buffers LibTorch allocates); kept
   // until the end, where a later layer may add one.
-  std::vector<torch::Tensor> buffers{in};
+  std::vector<torch::Tensor> buffers;
   std::vector<memory> inputs{memory({in.sizes().vec(), Type::f32, Tag::nchw}, cpu(), in.data_ptr())};
   for (size_t i = 0; i < plan->size(); ++i) {
     const Impl::Step& st = (*plan)[i];

@@ -23,7 +23,7 @@ struct ChainLayer {
   FoldedConv conv;
   int64_t stride = 1, groups = 1;
   bool relu6 = false;
-  std::optional<FoldedConv> depthwise;
+  std::optional<FoldedConv> depthwise = std::nullopt;
   int64_t depthwise_stride = 1;
   int64_t residual = -1;
 };

@@ -2,7 +2,8 @@
 // runs, ms): training-mode BatchNorm2d forward + backward on small-channel maps (ours on channels-last against
 // LibTorch's on channels-last and on NCHW), the enlarged-patch cut of the demo's AdaFocusV2 (crop_bilinear against
 // the 3-d grid_sample it replaces and a 2-d one), the glance's area resize (area_downsample) and AdaFuse's
-// frame-by-frame gated convolution (sparse_conv2d), few-row linear layers (small_batch_linear) with the GRU built on
+// frame-by-frame gated convolution (sparse_conv2d: BLAS products and the direct kernel), the temporal shift without
+// gradient (shift_copy), few-row linear layers (small_batch_linear) with the GRU built on
 // them (gru_forward) at AdaFocusV2's policy size, and MobileNetV2 through oneDNN's fused convolutions (ConvChain).
 //
 //   cmake -S . -B build -DADAFOCUS_BENCH=ON && cmake --build build --target bench_kernels
@@ -19,6 +20,7 @@
 #include "nn/cube_crop.h"
 #include "nn/fused_conv.h"
 #include "nn/kernels.h"
+#include "nn/temporal_shift.h"
 
 using namespace adafocus;
 
@@ -76,35 +78,62 @@ int main(int argc, char** argv) {
   fmt::print("256 frames 128 -> 32 px: adaptive_avg_pool2d {:.1f}, avg_pool2d {:.1f}, area_downsample {:.1f}\n", adaptive,
              pool, area);
 
-  // AdaFuse's gated conv2 at ResNet-50's shapes and the demo's ResNet-10 (8 to 64 channels), 64 frames (a batch of 8 videos), each frame reading its own random
-  // 37% of the input channels (the demo's AdaFuse-TSM keeps 19% and reuses 18%): the dense convolution of every
-  // channel (oneDNN, folded, channels-last), a convolution per frame on its channels with its weights gathered
-  // (LibTorch, the way before sparse_conv2d), and sparse_conv2d.
-  fmt::print("\nAdaFuse conv2 (3x3), 64 frames reading 37% of the channels each (median of 7, ms)\n{:<18}{:>8}{:>16}{:>16}\n",
-             "shape", "dense", "per-frame conv", "sparse_conv2d");
-  for (const auto& [channels, side] : {std::make_pair(64, 56), std::make_pair(128, 28), std::make_pair(256, 14),
-                                       std::make_pair(512, 7), std::make_pair(8, 64), std::make_pair(16, 32),
-                                       std::make_pair(32, 16), std::make_pair(64, 8)}) {
-    const auto x = torch::randn({64, channels, side, side}).contiguous(torch::MemoryFormat::ChannelsLast);
-    const auto w = torch::randn({channels, channels, 3, 3}).contiguous(torch::MemoryFormat::ChannelsLast);
-    const auto bias = torch::randn({channels});
-    const auto arranged = nn::arrange_for_sparse_conv(w);
-    std::vector<nn::SparseConvSample> samples(64);
-    std::vector<torch::Tensor> chosen;
-    for (auto& s : samples) {
-      s.all_inputs = false;
-      const auto pick = torch::nonzero(torch::rand({channels}) < 0.37).flatten();
-      chosen.push_back(pick);
-      s.in_channel.assign(pick.data_ptr<int64_t>(), pick.data_ptr<int64_t>() + pick.numel());
-      s.in_sample.assign(s.in_channel.size(), &s - samples.data());
+  // AdaFuse's gated convolutions at ResNet-50's shapes and the demo's ResNet-10 (8 to 64 channels), 64 frames (a batch
+  // of 8 videos). conv2: each frame reads its own random 37% of the input channels (the demo's AdaFuse-TSM keeps 19%
+  // and reuses 18%) and computes every output; conv1: each reads every channel and computes its own 23%. The dense
+  // convolution of every channel (oneDNN, channels-last), a convolution per frame on its channels with its weights
+  // gathered (LibTorch, the way before sparse_conv2d; conv2 only), and sparse_conv2d's BLAS products and direct kernel.
+  const bool direct = nn::sparse_conv_direct_available();
+  for (const bool conv1 : {false, true}) {
+    fmt::print("\nAdaFuse {} (3x3), 64 frames {} (median of 7, ms)\n{:<18}{:>8}{:>16}{:>16}{:>10}\n",
+               conv1 ? "conv1" : "conv2",
+               conv1 ? "computing 23% of the outputs each" : "reading 37% of the channels each",
+               "shape", "dense", "per-frame conv", "products", "direct");
+    for (const auto& [channels, side] : {std::make_pair(64, 56), std::make_pair(128, 28), std::make_pair(256, 14),
+                                         std::make_pair(512, 7), std::make_pair(8, 64), std::make_pair(16, 32),
+                                         std::make_pair(32, 16), std::make_pair(64, 8)}) {
+      const auto x = torch::randn({64, channels, side, side}).contiguous(torch::MemoryFormat::ChannelsLast);
+      const auto w = torch::randn({channels, channels, 3, 3}).contiguous(torch::MemoryFormat::ChannelsLast);
+      const auto bias = torch::randn({channels});
+      const auto arranged = nn::arrange_for_sparse_conv(w);
+      std::vector<nn::SparseConvSample> samples(64);
+      std::vector<torch::Tensor> chosen;
+      for (auto& s : samples) {
+        const auto pick = torch::nonzero(torch::rand({channels}) < (conv1 ? 0.23 : 0.37)).flatten();
+        chosen.push_back(pick);
+        auto& list = conv1 ? s.out : s.in_channel;
+        list.assign(pick.data_ptr<int64_t>(), pick.data_ptr<int64_t>() + pick.numel());
+        (conv1 ? s.all_outputs : s.all_inputs) = false;
+        if (!conv1) s.in_sample.assign(s.in_channel.size(), &s - samples.data());
+      }
+      const double dense = median_ms([&] { torch::conv2d(x, w, bias, 1, 1); });
+      const double frames = conv1 ? 0.0 : median_ms([&] {
+        for (int64_t f = 0; f < 64; ++f)
+          torch::conv2d(x.narrow(0, f, 1).index_select(1, chosen[f]), w.index_select(1, chosen[f]), bias, 1, 1);
+      });
+      auto sparse = [&](nn::SparseConvPath path) {
+        return median_ms([&] { nn::sparse_conv2d(x, arranged, bias, 3, 1, 1, false, samples, {}, path); });
+      };
+      fmt::print("{:<18}{:>8.1f}{:>16}{:>16.1f}{:>10}\n", fmt::format("{}x{}x{}", channels, side, side), dense,
+                 conv1 ? "" : fmt::format("{:.1f}", frames), sparse(nn::SparseConvPath::Products),
+                 direct ? fmt::format("{:.1f}", sparse(nn::SparseConvPath::Direct)) : "no AVX2");
     }
-    const double dense = median_ms([&] { torch::conv2d(x, w, bias, 1, 1); });
-    const double frames = median_ms([&] {
-      for (int64_t f = 0; f < 64; ++f)
-        torch::conv2d(x.narrow(0, f, 1).index_select(1, chosen[f]), w.index_select(1, chosen[f]), bias, 1, 1);
+  }
+
+  // The temporal shift of 8-frame clips (shift_div 8) on channels-last maps of 64 frames, without gradient: the slices
+  // and cat of nn::temporal_shift's autograd path against shift_copy.
+  fmt::print("\nTemporal shift, 64 frames channels-last (median of 7, ms)\n{:<18}{:>10}{:>12}\n", "shape", "cat",
+             "shift_copy");
+  for (const auto& [channels, side] : {std::make_pair(8, 64), std::make_pair(32, 16), std::make_pair(64, 56),
+                                       std::make_pair(256, 56), std::make_pair(1024, 14)}) {
+    const auto x = torch::randn({64, channels, side, side}).contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto with_gradient = x.clone().requires_grad_();
+    const double cat = median_ms([&] {
+      torch::AutoGradMode enabled(true);
+      nn::temporal_shift(with_gradient, 8, 8);
     });
-    const double sparse = median_ms([&] { nn::sparse_conv2d(x, arranged, bias, 3, 1, 1, false, samples); });
-    fmt::print("{:<18}{:>8.1f}{:>16.1f}{:>16.1f}\n", fmt::format("{}x{}x{}", channels, side, side), dense, frames, sparse);
+    const double ours = median_ms([&] { nn::shift_copy(x, 8, channels / 8); });
+    fmt::print("{:<18}{:>10.2f}{:>12.2f}\n", fmt::format("{}x{}x{}", channels, side, side), cat, ours);
   }
 
   // AdaFocusV2's policy GRU (2048 units) over 16 frames of 1 and 8 videos, and one step's hidden product (2048 ->

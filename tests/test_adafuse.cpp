@@ -59,6 +59,42 @@ TEST(AdaFuse, GateKeepsReusesTheFrameBeforeOrSkips) {
     for (int64_t c = 0; c < 3; ++c) EXPECT_EQ(fused[n][c][0][0].item<float>(), expected[n][c]) << n << " " << c;
 }
 
+TEST(AdaFuse, GatesWithoutGradientDecideAsTheGumbelSoftmax) {
+  // Without a gradient the gates' floored log-probabilities and their hard Gumbel-softmax (or argmax) run as loops:
+  // the same decisions as LibTorch's operators (with a gradient) from the same draws, on biases that put some
+  // probabilities below the 1e-8 floor.
+  torch::manual_seed(3);
+  auto method = methods::make_method(tiny_adafuse("resnet10", false), 5);
+  auto& fuse = dynamic_cast<methods::AdaFuseImpl&>(*method);
+  method->eval();
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& b : fuse.blocks) b.policy->gate_fc1->bias.normal_(0.0, 12.0);
+  }
+  const auto frames = torch::randn({6, 3, 32, 32});
+  for (const bool argmax : {false, true}) {
+    fuse.argmax_at_test = argmax;
+    methods::GateMasks with_gradient, without;
+    torch::manual_seed(11);
+    const auto expected = fuse.frame_logits(frames, with_gradient, methods::Inference::Dense);
+    ASSERT_TRUE(expected.requires_grad());  // LibTorch's operators ran
+    torch::manual_seed(11);
+    torch::Tensor ours;
+    {
+      torch::NoGradGuard no_grad;
+      ours = fuse.frame_logits(frames, without, methods::Inference::Dense);
+    }
+    ASSERT_EQ(with_gradient.masks.size(), without.masks.size());
+    auto taken = torch::zeros({3});  // how often each action is taken, over all blocks
+    for (size_t i = 0; i < without.masks.size(); ++i) {
+      EXPECT_TRUE(without.masks[i].equal(with_gradient.masks[i].detach().round())) << i << " argmax " << argmax;
+      taken += without.masks[i].reshape({-1, 3}).sum(0);
+    }
+    EXPECT_TRUE(taken.gt(0).all().item<bool>()) << taken;
+    EXPECT_TRUE(test::AllCloseRelative(ours, expected.detach(), 1e-5));
+  }
+}
+
 TEST(AdaFuse, FlopsAsTheOfficialFormulasOnAHandComputedMask) {
   // One video, 3 frames, 2 channels: frame 0 [keep, skip], frame 1 [reuse, keep], frame 2 [skip, reuse].
   methods::GateMasks g;

@@ -332,8 +332,13 @@ TEST(Backbones, SparseConvolutionIsTheConvolutionOfTheChosenChannels) {
   // Each sample against torch::conv2d on the input it names (channels gathered from other samples, zeros for -1), with
   // the weights of those input channels, keeping the outputs it computes (the rest zero); 3x3 strided (im2col), 3x3
   // with stride 1 (shifted windows), 1x1 (the input read as its own im2col); few output channels (planar products) and
-  // many. The FLOPs counter sees each sample's own product.
+  // many; with a residual added before the ReLU; BLAS's products and the direct kernel (AVX2; its blocks of 4, 2 and 1
+  // outputs: 5 = 4 + 1, 40, a sample's 2 or 1; its padded phase planes at strides 1 to 3). The FLOPs counter sees each
+  // sample's own product.
   torch::manual_seed(6);
+  std::vector<nn::SparseConvPath> paths = {nn::SparseConvPath::Products};
+  if (nn::sparse_conv_direct_available()) paths.push_back(nn::SparseConvPath::Direct);
+  for (const nn::SparseConvPath path : paths)
   for (const int64_t co : {5, 40}) {
     const int64_t n = 4, ci = 6;
     const auto x = torch::randn({n, ci, 9, 7}).contiguous(torch::MemoryFormat::ChannelsLast);
@@ -342,14 +347,20 @@ TEST(Backbones, SparseConvolutionIsTheConvolutionOfTheChosenChannels) {
     samples[2].all_inputs = false, samples[2].in_sample = {2, 0, -1}, samples[2].in_channel = {1, 4, 2};
     samples[3].all_inputs = false, samples[3].all_outputs = false, samples[3].out = {4};  // reads nothing: its bias
     for (const auto& [k_, stride_, padding_] :
-         {std::make_tuple(3, 2, 1), std::make_tuple(3, 1, 1), std::make_tuple(1, 1, 0)})
-      for (const bool relu : {false, true}) {
+         {std::make_tuple(3, 2, 1), std::make_tuple(3, 1, 1), std::make_tuple(1, 1, 0), std::make_tuple(1, 2, 0),
+          std::make_tuple(5, 3, 2)})
+      for (const int mode : {0, 1, 2}) {  // plain, ReLU, a residual and ReLU
         const int k = k_, stride = stride_, padding = padding_;  // (clang: no lambda captures bindings before C++20)
+        const bool relu = mode > 0;
         const auto w = torch::randn({co, ci, k, k}), bias = torch::randn({co});
+        const int64_t ho = (9 + 2 * padding - k) / stride + 1, wo = (7 + 2 * padding - k) / stride + 1;
+        const auto residual =
+            mode == 2 ? torch::randn({n, co, ho, wo}).contiguous(torch::MemoryFormat::ChannelsLast) : torch::Tensor();
         nn::FlopsReport counted;
         torch::Tensor ours;
         counted = nn::count_flops(torch::nn::Module(), [&] {
-          ours = nn::sparse_conv2d(x, nn::arrange_for_sparse_conv(w), bias, k, stride, padding, relu, samples);
+          ours = nn::sparse_conv2d(x, nn::arrange_for_sparse_conv(w), bias, k, stride, padding, relu, samples, residual,
+                                   path);
         });
         EXPECT_TRUE(ours.is_contiguous(torch::MemoryFormat::ChannelsLast));
         int64_t macs = 0;
@@ -363,17 +374,18 @@ TEST(Backbones, SparseConvolutionIsTheConvolutionOfTheChosenChannels) {
             in = channels.empty() ? torch::zeros({0, 9, 7}) : torch::stack(channels);
             weight = w.index_select(1, torch::tensor(s.in_channel, torch::kLong));
           }
-          const int64_t ho = (9 + 2 * padding - k) / stride + 1, wo = (7 + 2 * padding - k) / stride + 1;
           auto expected = in.size(0) == 0  // (Co, Ho, Wo)
                               ? bias.view({co, 1, 1}).expand({co, ho, wo}).clone()
                               : torch::conv2d(in.unsqueeze(0), weight, bias, stride, padding)[0];
-          if (relu) expected = torch::relu(expected);
           if (!s.all_outputs) {
             auto only = torch::zeros_like(expected);
             for (int64_t o : s.out) only[o] = expected[o];
             expected = only;
           }
-          EXPECT_TRUE(AllCloseRelative(ours[f], expected, 1e-5)) << f << " k " << k;
+          if (residual.defined()) expected = expected + residual[f];
+          if (relu) expected = torch::relu(expected);
+          EXPECT_TRUE(AllCloseRelative(ours[f], expected, 1e-5)) << f << " k " << k << " stride " << stride << " path "
+                                                                  << static_cast<int>(path);
           macs += expected.size(1) * expected.size(2) * k * k * in.size(0) *
                   (s.all_outputs ? co : static_cast<int64_t>(s.out.size()));
         }

@@ -43,6 +43,28 @@ TEST(TemporalShift, IsDifferentiableAndLeavesInputIntact) {
   EXPECT_EQ(g.sum().item<double>(), y.numel() - 2 * 2 * 2 * 2 * 2);  // per clip and direction, 2 channels x 4 pixels of one frame fall off
 }
 
+TEST(TemporalShift, WithoutGradientTheSameAsWithOne) {
+  // The copying path (no gradient) against the slices-and-cat one (a gradient asked): NCHW and channels-last, float and
+  // bf16, folds of 0 (fewer channels than shift_div), 1 and 3, one and several frames a clip.
+  torch::manual_seed(2);
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16})
+    for (const bool last : {false, true})
+      for (const auto& [segments, channels, div] : {std::make_tuple(4, 8, 8), std::make_tuple(3, 13, 4),
+                                                    std::make_tuple(2, 5, 8), std::make_tuple(1, 8, 4)}) {
+        auto x = torch::randn({2 * segments, channels, 3, 5}).to(dtype);
+        if (last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+        torch::Tensor ours;
+        {
+          torch::NoGradGuard no_grad;
+          ours = nn::temporal_shift(x, segments, div);
+        }
+        const auto expected = nn::temporal_shift(x.clone().requires_grad_(), segments, div);
+        ASSERT_TRUE(expected.requires_grad());
+        EXPECT_TRUE(ours.equal(expected.detach())) << segments << " " << channels << " " << div << " " << last;
+        EXPECT_EQ(ours.is_contiguous(torch::MemoryFormat::ChannelsLast) && !ours.is_contiguous(), last);
+      }
+}
+
 TEST(TemporalShift, RejectsBatchesThatAreNotWholeClips) {
   EXPECT_THROW(nn::temporal_shift(torch::zeros({6, 16, 2, 2}), 4, 8), c10::Error);
 }

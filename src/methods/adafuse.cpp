@@ -36,6 +36,47 @@ torch::nn::Linear gate_linear(int64_t in, int64_t out) {
   return fc;
 }
 
+// Whether the gates' last steps run as the plain loops below: CPU floats with no gradient to carry.
+bool gate_loops(const torch::Tensor& t) {
+  return t.is_cpu() && t.scalar_type() == torch::kFloat && !t.requires_grad();
+}
+
+// log(max(softmax(logits, 2), 1e-8)) of (N, G, 3), row by row: LibTorch's softmax over a last dimension of 3 is not
+// vectorised, and with log and clamp it took several times as long as the loop.
+torch::Tensor floored_log_probs(const torch::Tensor& logits) {
+  const auto in = logits.contiguous();
+  auto out = torch::empty_like(in);
+  const float* x = in.data_ptr<float>();
+  float* y = out.data_ptr<float>();
+  for (int64_t r = 0; r < in.numel() / 3; ++r, x += 3, y += 3) {
+    const float top = std::max({x[0], x[1], x[2]});
+    const float e[3] = {std::exp(x[0] - top), std::exp(x[1] - top), std::exp(x[2] - top)};
+    const float sum = e[0] + e[1] + e[2];
+    for (int k = 0; k < 3; ++k) y[k] = std::log(std::max(e[k] / sum, 1e-8f));
+  }
+  return out;
+}
+
+// One-hot (N, G, 3) of each row's largest score[k] - log(draws[k]) (no draws: score[k]).
+torch::Tensor one_hot_of_best(const torch::Tensor& scores, const torch::Tensor& draws) {
+  const auto s = scores.contiguous();
+  const auto d = draws.defined() ? draws.contiguous() : draws;
+  auto out = torch::zeros_like(s);
+  const float* x = s.data_ptr<float>();
+  const float* e = d.defined() ? d.data_ptr<float>() : nullptr;
+  float* y = out.data_ptr<float>();
+  for (int64_t r = 0; r < s.numel(); r += 3) {
+    int best = 0;
+    float top = 0;
+    for (int k = 0; k < 3; ++k) {
+      const float v = x[r + k] - (e ? std::log(e[r + k]) : 0.0f);
+      if (k == 0 || v > top) best = k, top = v;
+    }
+    y[r + best] = 1.0f;
+  }
+  return out;
+}
+
 torch::IntArrayRef padding_of(const torch::nn::Conv2dImpl& conv) {
   return c10::get<torch::ExpandingArray<2>>(conv.options.padding());
 }
@@ -78,7 +119,8 @@ torch::Tensor GatePolicyImpl::forward(const torch::Tensor& x, int64_t segments) 
   const auto joined = torch::cat({before, now}, 1);                                                   // (N, 2Ci)
   const auto hidden = torch::relu(gate_bn(nn::small_batch_linear(joined, gate_fc0->weight, gate_fc0->bias)));  // (N, hidden)
   const auto logits = nn::small_batch_linear(hidden, gate_fc1->weight, gate_fc1->bias).view({x.size(0), -1, 3});  // (N, G, 3)
-  return torch::log(torch::softmax(logits, 2).clamp_min(1e-8));  // as official: log-probabilities, floored
+  // As official: log-probabilities, floored.
+  return gate_loops(logits) ? floored_log_probs(logits) : torch::log(torch::softmax(logits, 2).clamp_min(1e-8));
 }
 
 GateFlops gate_flops(const GateMasks& gates, double base_gflops, bool per_video) {
@@ -206,9 +248,16 @@ AdaFuseImpl::AdaFuseImpl(const AdaFuseOptions& o, int64_t num_classes)
 }
 
 torch::Tensor AdaFuseImpl::decide(const torch::Tensor& log_probs) const {
-  if (is_training() || !argmax_at_test)  // hard Gumbel-softmax: one-hot forward, soft gradient (straight-through)
-    return F::gumbel_softmax(log_probs, F::GumbelSoftmaxFuncOptions().tau(tau_).hard(true).dim(-1));
-  return F::one_hot(log_probs.argmax(-1), 3).to(log_probs.scalar_type());
+  const bool sample = is_training() || !argmax_at_test;
+  if (!gate_loops(log_probs)) {
+    if (sample)  // hard Gumbel-softmax: one-hot forward, soft gradient (straight-through)
+      return F::gumbel_softmax(log_probs, F::GumbelSoftmaxFuncOptions().tau(tau_).hard(true).dim(-1));
+    return F::one_hot(log_probs.argmax(-1), 3).to(log_probs.scalar_type());
+  }
+  // Without a gradient, the hard Gumbel-softmax's forward alone: the largest log_probs - log(Exp(1) draws) (tau > 0
+  // and the softmax keep the order), the same draws as F::gumbel_softmax's, in a loop: its ten operators over a last
+  // dimension of 3 were a tenth of the demo's AdaFuse inference.
+  return one_hot_of_best(log_probs, sample ? torch::empty_like(log_probs).exponential_() : torch::Tensor());
 }
 
 torch::Tensor AdaFuseImpl::resized(const torch::Tensor& clips) const {
@@ -275,9 +324,10 @@ std::vector<FrameNeeds> frame_needs(const torch::Tensor& mask, int64_t segments)
 }
 
 // Frame by frame (nn::sparse_conv2d): conv1 only for the channels a frame needs, conv2 only on the channels it does
-// not skip - exactly the official count. -> conv2's output (N, G2, H2, W2), bn2 included.
+// not skip - exactly the official count. -> conv2's output (N, G2, H2, W2), bn2 included; with `residual` (channels-
+// last), conv2's output + residual, ReLU'd.
 torch::Tensor frames_convs(const GatedBlock& b, const SparseWeights& w, const torch::Tensor& xs,
-                           const std::vector<FrameNeeds>& needs, int64_t segments) {
+                           const std::vector<FrameNeeds>& needs, int64_t segments, const torch::Tensor& residual) {
   const int64_t n = xs.size(0), g = b.conv1->options.out_channels();
   std::vector<nn::SparseConvSample> first(static_cast<size_t>(n)), second(static_cast<size_t>(n));
   for (int64_t f = 0; f < n; ++f) {
@@ -305,7 +355,9 @@ torch::Tensor frames_convs(const GatedBlock& b, const SparseWeights& w, const to
   const auto [k2, s2, p2] = side(*b.conv2);
   const auto out1 = nn::sparse_conv2d(xs.contiguous(torch::MemoryFormat::ChannelsLast), w.arranged1, w.b1, k1, s1, p1,
                                       true, first);                            // (N, G, H1, W1), ReLU'd
-  return nn::sparse_conv2d(out1, w.arranged2, w.b2, k2, s2, p2, false, second);  // (N, G2, H2, W2)
+  // A basic block's shortcut and ReLU in conv2's kernel, while its output is in cache.
+  return nn::sparse_conv2d(out1, w.arranged2, w.b2, k2, s2, p2, residual.defined(), second,
+                           residual);  // (N, G2, H2, W2)
 }
 
 // The whole batch at once on the channels some frame needs (conv1) or does not skip (conv2): one call per
@@ -350,9 +402,9 @@ torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const to
   const std::vector<FrameNeeds> needs = frame_needs(mask, segments);
   // The kernel has no gradient: with one asked for, the batch way (LibTorch's convolutions) runs.
   const bool kernel = x.is_cpu() && x.scalar_type() == torch::kFloat && !torch::GradMode::is_enabled();
-  const auto out = kernel && how != Inference::Batch ? frames_convs(b, w, xs, needs, segments)
-                                                     : batch_convs(b, w, xs, mask, needs, segments);
-  return block_end(b, out, x, xs);
+  if (!kernel || how == Inference::Batch) return block_end(b, batch_convs(b, w, xs, mask, needs, segments), x, xs);
+  if (b.conv3) return block_end(b, frames_convs(b, w, xs, needs, segments, {}), x, xs);
+  return frames_convs(b, w, xs, needs, segments, shortcut(b, xs, x).contiguous(torch::MemoryFormat::ChannelsLast));
 }
 
 }  // namespace

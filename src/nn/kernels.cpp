@@ -5,6 +5,7 @@
 #include <torch/autograd.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numeric>
 #if defined(__x86_64__)
@@ -264,6 +265,79 @@ torch::Tensor area_downsample(const torch::Tensor& frames, int64_t factor) {
 
 namespace adafocus::nn {
 
+namespace shift {
+
+// Elements moved as the unsigned integers T of their size. `last`: each frame's pixels copied whole, then their
+// shifted channels one at a time over the pixels (pixel by pixel, each range was a call to memmove); else whole
+// planes.
+template <typename T>
+void copy(const T* x, T* y, int64_t frames, int64_t segments, int64_t c, int64_t hw, int64_t fold, bool last) {
+  at::parallel_for(0, frames, 1, [&](int64_t first, int64_t end) {
+    for (int64_t f = first; f < end; ++f) {
+      const int64_t t = f % segments;
+      // (channel range, the frame it comes from or -1 for zeros)
+      const std::array<std::tuple<int64_t, int64_t, int64_t>, 2> moved{
+          std::make_tuple(0, fold, t + 1 < segments ? f + 1 : -1), std::make_tuple(fold, 2 * fold, t > 0 ? f - 1 : -1)};
+      if (last) {
+        // In blocks of pixels whose rows stay in L1 while their shifted channels are picked out.
+        const int64_t block = std::max<int64_t>(1, 4096 / c);
+        for (int64_t p0 = 0; p0 < hw; p0 += block) {
+          const int64_t p1 = std::min(hw, p0 + block);
+          T* out = y + f * hw * c;
+          std::copy(x + (f * hw + p0) * c, x + (f * hw + p1) * c, out + p0 * c);
+          for (const auto& [a, b, from] : moved)
+            for (int64_t k = a; k < b; ++k) {
+              if (from < 0) {
+                for (int64_t p = p0; p < p1; ++p) out[p * c + k] = T{0};
+                continue;
+              }
+              const T* src = x + from * hw * c + k;
+              for (int64_t p = p0; p < p1; ++p) out[p * c + k] = src[p * c];
+            }
+        }
+      } else {
+        std::copy(x + (f * c + 2 * fold) * hw, x + (f + 1) * c * hw, y + (f * c + 2 * fold) * hw);
+        for (const auto& [a, b, from] : moved) {
+          T* to = y + (f * c + a) * hw;
+          if (from < 0)
+            std::fill(to, to + (b - a) * hw, T{0});
+          else
+            std::copy(x + (from * c + a) * hw, x + (from * c + b) * hw, to);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace shift
+
+bool use_shift_copy(const torch::Tensor& x) {
+  const int64_t bytes = x.element_size();
+  return x.dim() == 4 && x.is_cpu() &&
+         (x.is_contiguous() || x.is_contiguous(torch::MemoryFormat::ChannelsLast)) &&
+         (bytes == 1 || bytes == 2 || bytes == 4 || bytes == 8) && !(x.requires_grad() && at::GradMode::is_enabled());
+}
+
+torch::Tensor shift_copy(const torch::Tensor& x, int64_t segments, int64_t fold) {
+  TORCH_CHECK(use_shift_copy(x) && segments > 0 && x.size(0) % segments == 0 && fold >= 0 && 2 * fold <= x.size(1),
+              "shift_copy: x ", x.sizes(), " (CPU, contiguous or channels-last, no gradient), ", segments,
+              " segments, fold ", fold);
+  const bool last = x.is_contiguous(torch::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+  auto y = torch::empty_like(x);  // (the same layout)
+  auto run = [&](auto element) {
+    using T = decltype(element);
+    shift::copy(static_cast<const T*>(x.data_ptr()), static_cast<T*>(y.data_ptr()), x.size(0), segments, x.size(1),
+                x.size(2) * x.size(3), fold, last);
+  };
+  switch (x.element_size()) {
+    case 1: run(uint8_t{}); break;
+    case 2: run(uint16_t{}); break;
+    case 4: run(uint32_t{}); break;
+    default: run(uint64_t{});
+  }
+  return y;
+}
+
 torch::Tensor arrange_for_sparse_conv(const torch::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 4 && weight.size(2) == weight.size(3),
               "arrange_for_sparse_conv: expected (Co, Ci, k, k)");
@@ -316,11 +390,197 @@ void im2col(const float* in, int64_t h, int64_t w, int64_t c, int64_t k, int64_t
     }
 }
 
+// The direct kernel: each sample's convolution straight from a planar copy of the channels it reads, vectorised over
+// the output pixels - the few channels of the demo's gated blocks (8-64, of which a frame reads or computes a fifth)
+// made BLAS products of 1-20 columns, which ran at a fraction of its rate. The input is copied zero-padded into
+// stride x stride phase planes per channel (padded pixel (y, x) to plane (y % s, x % s) at (y / s, x / s)), so that
+// tap (ky, kx) of every output of a row-major grid of `width` columns (the first wo of each row are the outputs) reads
+// one contiguous window of one plane, at offset (ky / s) * width + kx / s.
+struct Direct {
+  int64_t stride, kernel, width, grid, plane;  // phase plane width; grid pixels (rounded up to tiles); floats a plane
+  Direct(int64_t h, int64_t w, int64_t k, int64_t s, int64_t p, int64_t ho) : stride(s), kernel(k) {
+    width = (w + 2 * p + s - 1) / s;
+    grid = (ho * width + kTile - 1) / kTile * kTile;
+    const int64_t reach = (k - 1) / s * width + (k - 1) / s;  // the farthest tap's offset
+    plane = std::max((h + 2 * p + s - 1) / s * width, grid + reach);
+  }
+  static constexpr int64_t kTile = 24;  // output pixels a tile: three vectors of 8
+  // Where tap t of input channel c starts, for the tiles to read from.
+  int64_t offset(int64_t c, int64_t t) const {
+    const int64_t ky = t / kernel, kx = t % kernel;
+    return (c * stride * stride + ky % stride * stride + kx % stride) * plane + ky / stride * width + kx / stride;
+  }
+};
+
+#if defined(__x86_64__)
+// acc rows o < OB (row stride ld), grid pixels [g, g + 24): sum over d of w[d * OB + o] * planes[offsets[d] + g + i].
+template <int OB>
+__attribute__((target("avx2,fma"))) void direct_tile(const float* planes, const int64_t* offsets, int64_t depth,
+                                                     const float* w, float* acc, int64_t ld, int64_t g) {
+  __m256 a[OB][3];
+#pragma GCC unroll 4
+  for (int o = 0; o < OB; ++o) a[o][0] = a[o][1] = a[o][2] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < depth; ++d) {
+    const float* in = planes + offsets[d] + g;
+    const __m256 v0 = _mm256_loadu_ps(in), v1 = _mm256_loadu_ps(in + 8), v2 = _mm256_loadu_ps(in + 16);
+#pragma GCC unroll 4
+    for (int o = 0; o < OB; ++o) {
+      const __m256 wv = _mm256_broadcast_ss(w + d * OB + o);
+      a[o][0] = _mm256_fmadd_ps(wv, v0, a[o][0]);
+      a[o][1] = _mm256_fmadd_ps(wv, v1, a[o][1]);
+      a[o][2] = _mm256_fmadd_ps(wv, v2, a[o][2]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int o = 0; o < OB; ++o)
+    for (int r = 0; r < 3; ++r) _mm256_storeu_ps(acc + o * ld + g + 8 * r, a[o][r]);
+}
+#endif
+
+// The convolution's sizes, and its input and weights.
+struct Conv {
+  int64_t ci, h, w, co, kernel, stride, padding, ho, wo;
+  const float* weights;  // arranged (k * k * ci, co)
+};
+
+// What one sample reads and computes: input j is channel in[j] of the map at sources[j] (nullptr: zeros; its pixels
+// ci floats apart), output o is channel out[o]. `whole`: the sample's own map when it reads all its channels in order.
+struct Sample {
+  const float* whole = nullptr;
+  std::vector<const float*> sources;
+  std::vector<int64_t> in, out;
+  bool all_outputs = true;
+};
+
+// Buffers a thread reuses across its samples.
+struct Scratch {
+  std::vector<float> gathered, padded, cols, weights, acc;
+  std::vector<int64_t> offsets;
+  std::vector<std::pair<const float*, float*>> reads;
+};
+
+// Where the products leave a sample's outputs: planar, acc (out, stride) over a grid of rows of `grid_w` pixels whose
+// first wo are the outputs; else acc (ho * grid_w, out).
+struct Products {
+  bool planar;
+  int64_t grid_w, stride;
+};
+
+// The direct kernel. `column[x]`: where input column x goes in a row of a plane.
+Products direct_products(const Conv& c, const Direct& geometry, const std::vector<int64_t>& column, const Sample& s,
+                         Scratch& b) {
+  const int64_t cin = static_cast<int64_t>(s.in.size()), cout = static_cast<int64_t>(s.out.size());
+  const int64_t taps = c.kernel * c.kernel, depth = taps * cin, phases = c.stride * c.stride;
+  b.gathered.assign(static_cast<size_t>(cin * phases * geometry.plane), 0.0f);
+  // Row by row, each row's channels in turn: the row stays in L1 while its channels are picked out (a channel of
+  // the whole map at a time took 1.5x as long, a pixel at a time as long).
+  b.reads.clear();
+  for (int64_t j = 0; j < cin; ++j)
+    if (const float* src = s.sources[static_cast<size_t>(j)])
+      b.reads.emplace_back(src, b.gathered.data() + j * phases * geometry.plane);
+  for (int64_t y0 = 0; y0 < c.h; ++y0) {
+    const int64_t py = y0 + c.padding;
+    const int64_t row = py % c.stride * c.stride * geometry.plane + py / c.stride * geometry.width;
+    for (const auto& [src, dst] : b.reads) {
+      const float* from = src + y0 * c.w * c.ci;
+      float* to = dst + row;
+      for (int64_t x0 = 0; x0 < c.w; ++x0) to[column[static_cast<size_t>(x0)]] = from[x0 * c.ci];
+    }
+  }
+  b.offsets.resize(static_cast<size_t>(depth));
+  for (int64_t j = 0; j < cin; ++j)
+    for (int64_t t = 0; t < taps; ++t) b.offsets[static_cast<size_t>(j * taps + t)] = geometry.offset(j, t);
+  if (depth > 0)  // (every tile is written)
+    b.acc.resize(static_cast<size_t>(cout * geometry.grid));
+  else
+    b.acc.assign(static_cast<size_t>(cout * geometry.grid), 0.0f);
+  // Outputs in blocks of 4, then 2 and 1; the block's weights (depth, block), depth in (input, tap) order.
+  for (int64_t o0 = 0, block = 4; o0 < cout && depth > 0; o0 += block) {
+    block = cout - o0 >= 4 ? 4 : cout - o0 >= 2 ? 2 : 1;
+    b.weights.resize(static_cast<size_t>(depth * block));
+    for (int64_t j = 0; j < cin; ++j)
+      for (int64_t t = 0; t < taps; ++t)
+        for (int64_t o = 0; o < block; ++o)
+          b.weights[static_cast<size_t>((j * taps + t) * block + o)] =
+              c.weights[(t * c.ci + s.in[static_cast<size_t>(j)]) * c.co + s.out[static_cast<size_t>(o0 + o)]];
+    float* rows = b.acc.data() + o0 * geometry.grid;
+#if defined(__x86_64__)
+    auto tiles = block == 4 ? direct_tile<4> : block == 2 ? direct_tile<2> : direct_tile<1>;
+    for (int64_t g = 0; g < geometry.grid; g += Direct::kTile)
+      tiles(b.gathered.data(), b.offsets.data(), depth, b.weights.data(), rows, geometry.grid, g);
+#endif
+  }
+  return {true, geometry.width, geometry.grid};
+}
+
+// BLAS: one product of the sample's im2col (or its input, 1x1) with its rows and columns of the weights or, for
+// stride 1 on few channels, one per tap over shifted windows of a padded copy.
+Products blas_products(const Conv& c, const Sample& s, Scratch& b) {
+  const int64_t cin = static_cast<int64_t>(s.in.size()), cout = static_cast<int64_t>(s.out.size());
+  const int64_t taps = c.kernel * c.kernel, depth = taps * cin, hw = c.h * c.w, hwo = c.ho * c.wo;
+  // The input it reads, (H*W, cin).
+  const float* in = s.whole;
+  if (!in) {
+    b.gathered.resize(static_cast<size_t>(hw * cin));
+    for (int64_t j = 0; j < cin; ++j) {
+      const float* src = s.sources[static_cast<size_t>(j)];
+      for (int64_t p = 0; p < hw; ++p) b.gathered[static_cast<size_t>(p * cin + j)] = src ? src[p * c.ci] : 0.0f;
+    }
+    in = b.gathered.data();
+  }
+  // Its weights, (depth, cout): the rows of the channels it reads, the columns of those it computes.
+  const float* weights = c.weights;
+  if (!s.whole || !s.all_outputs) {
+    b.weights.resize(static_cast<size_t>(depth * cout));
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t j = 0; j < cin; ++j) {
+        const float* row = c.weights + (t * c.ci + s.in[static_cast<size_t>(j)]) * c.co;
+        float* dst = b.weights.data() + (t * cin + j) * cout;
+        for (int64_t o = 0; o < cout; ++o) dst[o] = row[s.out[static_cast<size_t>(o)]];
+      }
+    weights = b.weights.data();
+  }
+  const bool planar = cout < kPlanarBelow;
+  if (c.stride == 1 && c.kernel > 1 && cin > 0 && cin < kShiftedBelow) {
+    // Tap (ky, kx) of output (oy, ox) reads padded pixel (oy + ky, ox + kx): with rows of the padded width pw, the
+    // window of every output is one contiguous block at offset ky * pw + kx (a row's last k - 1 are not outputs;
+    // k - 1 more zero pixels at the end keep the last window inside).
+    const int64_t pw = c.w + 2 * c.padding;
+    b.padded.assign(static_cast<size_t>(((c.h + 2 * c.padding) * pw + c.kernel - 1) * cin), 0.0f);
+    for (int64_t y0 = 0; y0 < c.h; ++y0)
+      std::copy(in + y0 * c.w * cin, in + (y0 + 1) * c.w * cin,
+                b.padded.data() + ((y0 + c.padding) * pw + c.padding) * cin);
+    b.acc.assign(static_cast<size_t>(c.ho * pw * cout), 0.0f);
+    for (int64_t t = 0; t < taps; ++t)
+      matmul_add(c.ho * pw, cout, cin, b.padded.data() + ((t / c.kernel) * pw + t % c.kernel) * cin,
+                 weights + t * cin * cout, b.acc.data(), planar);
+    return {planar, pw, c.ho * pw};
+  }
+  const float* a = in;
+  if (c.kernel != 1 || c.stride != 1 || c.padding != 0) {  // (else the input is its own im2col)
+    b.cols.resize(static_cast<size_t>(hwo * depth));
+    im2col(in, c.h, c.w, cin, c.kernel, c.stride, c.padding, c.ho, c.wo, b.cols.data());
+    a = b.cols.data();
+  }
+  b.acc.assign(static_cast<size_t>(hwo * cout), 0.0f);
+  if (depth > 0) matmul_add(hwo, cout, depth, a, weights, b.acc.data(), planar);
+  return {planar, c.wo, hwo};
+}
+
 }  // namespace sparse_conv
+
+bool sparse_conv_direct_available() {
+#if defined(__x86_64__)
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
 
 torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arranged, const torch::Tensor& bias,
                             int64_t kernel, int64_t stride, int64_t padding, bool relu,
-                            const std::vector<SparseConvSample>& samples) {
+                            const std::vector<SparseConvSample>& samples, const torch::Tensor& residual,
+                            SparseConvPath path) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat && x.device().is_cpu() &&
                   x.is_contiguous(torch::MemoryFormat::ChannelsLast),
               "sparse_conv2d: x must be (N, C, H, W) float, channels-last, on the CPU, got ", x.sizes());
@@ -334,6 +594,12 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
               ", padding ", padding);
   const int64_t co = arranged.size(1), taps = kernel * kernel;
   const int64_t ho = (h + 2 * padding - kernel) / stride + 1, wo = (w + 2 * padding - kernel) / stride + 1;
+  TORCH_CHECK(!residual.defined() ||
+                  (residual.sizes() == torch::IntArrayRef{n, co, ho, wo} && residual.scalar_type() == torch::kFloat &&
+                   residual.device().is_cpu() && residual.is_contiguous(torch::MemoryFormat::ChannelsLast)),
+              "sparse_conv2d: the residual must be (", n, ", ", co, ", ", ho, ", ", wo,
+              ") float, channels-last, on the CPU, got ", residual.sizes());
+  const float* rp = residual.defined() ? residual.data_ptr<float>() : nullptr;
   const int64_t hw = h * w, hwo = ho * wo;
   for (const SparseConvSample& s : samples) {
     TORCH_CHECK(s.all_inputs || s.in_sample.size() == s.in_channel.size(),
@@ -352,92 +618,78 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
   auto y = torch::empty({n, co, ho, wo}, x.options().memory_format(torch::MemoryFormat::ChannelsLast));
   const float *xp = x.data_ptr<float>(), *wp = arranged.data_ptr<float>(), *bp = bias.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const bool direct = kernel == 1 && stride == 1 && padding == 0;  // the input is its own im2col
+  const bool direct_runs = sparse_conv_direct_available();
+  TORCH_CHECK(path != SparseConvPath::Direct || direct_runs,
+              "sparse_conv2d: the direct kernel needs a CPU with AVX2 and FMA");
+  const sparse_conv::Conv conv{ci, h, w, co, kernel, stride, padding, ho, wo, wp};
+  const sparse_conv::Direct geometry(h, w, kernel, stride, padding, ho);
+  std::vector<int64_t> column(static_cast<size_t>(w));  // the direct kernel: where input column x goes in a plane row
+  for (int64_t x0 = 0; x0 < w; ++x0)
+    column[static_cast<size_t>(x0)] = (x0 + padding) % stride * geometry.plane + (x0 + padding) / stride;
   at::parallel_for(0, n, 1, [&](int64_t first, int64_t last) {
-    std::vector<float> gathered, padded, cols, weights, acc;  // reused across this thread's samples
+    sparse_conv::Scratch scratch;  // reused across this thread's samples
+    sparse_conv::Sample one;
     for (int64_t f = first; f < last; ++f) {
       const SparseConvSample& s = samples[static_cast<size_t>(f)];
-      const int64_t cin = s.all_inputs ? ci : static_cast<int64_t>(s.in_channel.size());
-      const int64_t cout = s.all_outputs ? co : static_cast<int64_t>(s.out.size());
+      one.whole = s.all_inputs ? xp + f * hw * ci : nullptr;
+      one.all_outputs = s.all_outputs;
+      one.in.clear(), one.sources.clear(), one.out.clear();
+      for (int64_t j = 0, cin = s.all_inputs ? ci : static_cast<int64_t>(s.in_channel.size()); j < cin; ++j) {
+        const int64_t from = s.all_inputs ? f : s.in_sample[static_cast<size_t>(j)];
+        one.in.push_back(s.all_inputs ? j : s.in_channel[static_cast<size_t>(j)]);
+        one.sources.push_back(from < 0 ? nullptr : xp + from * hw * ci + one.in.back());
+      }
+      if (s.all_outputs)
+        for (int64_t o = 0; o < co; ++o) one.out.push_back(o);
+      else
+        one.out = s.out;
+      const int64_t cin = static_cast<int64_t>(one.in.size()), cout = static_cast<int64_t>(one.out.size());
       float* yf = yp + f * hwo * co;
-      if (cout == 0) {
-        std::fill(yf, yf + hwo * co, 0.0f);
-        continue;
-      }
-      // The input it reads, (H*W, cin).
-      const float* in = xp + f * hw * ci;
-      if (!s.all_inputs) {
-        gathered.resize(static_cast<size_t>(hw * cin));
-        for (int64_t j = 0; j < cin; ++j) {
-          const int64_t from = s.in_sample[static_cast<size_t>(j)];
-          if (from < 0) {
-            for (int64_t p = 0; p < hw; ++p) gathered[static_cast<size_t>(p * cin + j)] = 0.0f;
-            continue;
-          }
-          const float* src = xp + from * hw * ci + s.in_channel[static_cast<size_t>(j)];
-          for (int64_t p = 0; p < hw; ++p) gathered[static_cast<size_t>(p * cin + j)] = src[p * ci];
-        }
-        in = gathered.data();
-      }
-      // Its weights, (depth, cout): the rows of the channels it reads, the columns of those it computes.
-      const int64_t depth = taps * cin;
-      const float* b = wp;
-      if (!s.all_inputs || !s.all_outputs) {
-        weights.resize(static_cast<size_t>(depth * cout));
-        for (int64_t t = 0; t < taps; ++t)
-          for (int64_t j = 0; j < cin; ++j) {
-            const float* row = wp + (t * ci + (s.all_inputs ? j : s.in_channel[static_cast<size_t>(j)])) * co;
-            float* dst = weights.data() + (t * cin + j) * cout;
-            if (s.all_outputs)
-              std::copy(row, row + co, dst);
-            else
-              for (int64_t o = 0; o < cout; ++o) dst[o] = row[s.out[static_cast<size_t>(o)]];
-          }
-        b = weights.data();
-      }
-      // The product, on a grid of rows of `grid_w` pixels whose first wo are the outputs: columns x weights.
-      const bool planar = cout < sparse_conv::kPlanarBelow;
-      int64_t grid_w = wo;
-      if (stride == 1 && kernel > 1 && cin > 0 && cin < sparse_conv::kShiftedBelow) {
-        // Tap (ky, kx) of output (oy, ox) reads padded pixel (oy + ky, ox + kx): with rows of the padded width pw, the
-        // window of every output is one contiguous block at offset ky * pw + kx (a row's last k - 1 are not outputs;
-        // k - 1 more zero pixels at the end keep the last window inside).
-        const int64_t pw = w + 2 * padding;
-        padded.assign(static_cast<size_t>(((h + 2 * padding) * pw + kernel - 1) * cin), 0.0f);
-        for (int64_t y0 = 0; y0 < h; ++y0)
-          std::copy(in + y0 * w * cin, in + (y0 + 1) * w * cin, padded.data() + ((y0 + padding) * pw + padding) * cin);
-        grid_w = pw;
-        acc.assign(static_cast<size_t>(ho * grid_w * cout), 0.0f);
-        for (int64_t t = 0; t < taps; ++t)
-          sparse_conv::matmul_add(ho * grid_w, cout, cin, padded.data() + ((t / kernel) * pw + t % kernel) * cin,
-                                  b + t * cin * cout, acc.data(), planar);
-      } else {
-        const float* a = in;
-        if (!direct) {
-          cols.resize(static_cast<size_t>(hwo * depth));
-          sparse_conv::im2col(in, h, w, cin, kernel, stride, padding, ho, wo, cols.data());
-          a = cols.data();
-        }
-        acc.assign(static_cast<size_t>(hwo * cout), 0.0f);
-        if (depth > 0) sparse_conv::matmul_add(hwo, cout, depth, a, b, acc.data(), planar);
-      }
-      // + bias, ReLU if asked, into its output channels (the others zero); each layout read in its own order.
-      if (!s.all_outputs) std::fill(yf, yf + hwo * co, 0.0f);
-      auto channel = [&](int64_t o) { return s.all_outputs ? o : s.out[static_cast<size_t>(o)]; };
-      auto put = [&](float* to, float v) { *to = relu ? std::max(v, 0.0f) : v; };
-      if (planar) {  // acc (cout, ho * grid_w)
-        for (int64_t o = 0; o < cout; ++o) {
-          const float* from = acc.data() + o * ho * grid_w;
+      if (cout > 0) {
+        // Auto: the direct kernel where BLAS would have a thin side - few outputs or few inputs (bench_kernels: from
+        // 8 to 128 channels it took 0.3-1x the products' time there, and up to 2.5x as long on many of both).
+        const bool direct = path == SparseConvPath::Direct ||
+                            (path == SparseConvPath::Auto && direct_runs &&
+                             (cout < sparse_conv::kPlanarBelow || cin < sparse_conv::kShiftedBelow));
+        const sparse_conv::Products p = direct ? sparse_conv::direct_products(conv, geometry, column, one, scratch)
+                                               : sparse_conv::blas_products(conv, one, scratch);
+        // + bias, ReLU if asked and no residual follows, into its output channels (the others zero); each layout
+        // read in its own order.
+        if (!s.all_outputs) std::fill(yf, yf + hwo * co, 0.0f);
+        const bool relu_now = relu && !rp;
+        const float* acc = scratch.acc.data();
+        if (p.planar) {  // row by row, each row's channels in turn (the row stays in L1)
           for (int64_t oy = 0; oy < ho; ++oy)
-            for (int64_t ox = 0; ox < wo; ++ox)
-              put(yf + (oy * wo + ox) * co + channel(o), from[oy * grid_w + ox] + bp[channel(o)]);
+            for (int64_t o = 0; o < cout; ++o) {
+              const int64_t c = one.out[static_cast<size_t>(o)];
+              const float* from = acc + o * p.stride + oy * p.grid_w;
+              float* to = yf + oy * wo * co + c;
+              if (relu_now)
+                for (int64_t ox = 0; ox < wo; ++ox) to[ox * co] = std::max(from[ox] + bp[c], 0.0f);
+              else
+                for (int64_t ox = 0; ox < wo; ++ox) to[ox * co] = from[ox] + bp[c];
+            }
+        } else {
+          for (int64_t oy = 0; oy < ho; ++oy)
+            for (int64_t ox = 0; ox < wo; ++ox) {
+              const float* from = acc + (oy * p.grid_w + ox) * cout;
+              float* to = yf + (oy * wo + ox) * co;
+              for (int64_t o = 0; o < cout; ++o) {
+                const int64_t c = one.out[static_cast<size_t>(o)];
+                to[c] = relu_now ? std::max(from[o] + bp[c], 0.0f) : from[o] + bp[c];
+              }
+            }
         }
-      } else {  // acc (ho * grid_w, cout)
-        for (int64_t oy = 0; oy < ho; ++oy)
-          for (int64_t ox = 0; ox < wo; ++ox) {
-            const float* from = acc.data() + (oy * grid_w + ox) * cout;
-            for (int64_t o = 0; o < cout; ++o) put(yf + (oy * wo + ox) * co + channel(o), from[o] + bp[channel(o)]);
-          }
+      } else {
+        std::fill(yf, yf + hwo * co, 0.0f);
+      }
+      // The residual, then the ReLU, over the sample's whole output (hot in cache).
+      if (rp) {
+        const float* r = rp + f * hwo * co;
+        if (relu)
+          for (int64_t i = 0; i < hwo * co; ++i) yf[i] = std::max(yf[i] + r[i], 0.0f);
+        else
+          for (int64_t i = 0; i < hwo * co; ++i) yf[i] += r[i];
       }
     }
   });

@@ -41,6 +41,14 @@ torch::Tensor crop_bilinear(const torch::Tensor& frames, const torch::Tensor& in
 /// factor.
 torch::Tensor area_downsample(const torch::Tensor& frames, int64_t factor);
 
+/// Whether shift_copy takes x: CPU, contiguous or channels-last, elements of 1, 2, 4 or 8 bytes, no gradient to carry.
+bool use_shift_copy(const torch::Tensor& x);
+
+/// temporal_shift's values (nn/temporal_shift.h: channels [0, fold) of frame t from frame t+1, [fold, 2 fold) from
+/// t-1, zeros past each clip of `segments` frames) as one pass of copies in x's own layout: the slices and cat it
+/// replaces copy a channels-last map's few shifted channels element by element (bench_kernels: 2-3x as long).
+torch::Tensor shift_copy(const torch::Tensor& x, int64_t segments, int64_t fold);
+
 /// What one sample of sparse_conv2d reads and computes.
 struct SparseConvSample {
   bool all_inputs = true;                     ///< read every channel of its own sample (in_* unused)
@@ -54,16 +62,26 @@ struct SparseConvSample {
 /// ci) of its im2col columns.
 torch::Tensor arrange_for_sparse_conv(const torch::Tensor& weight);
 
+/// How sparse_conv2d computes a sample: BLAS products, the direct kernel (AVX2), or either by its sizes (Auto).
+enum class SparseConvPath { Auto, Products, Direct };
+
+/// Whether this CPU runs sparse_conv2d's direct kernel (AVX2 and FMA).
+bool sparse_conv_direct_available();
+
 /// A k x k convolution (stride >= 1, zero padding) of float, channels-last x (N, Ci, H, W) in which every sample
 /// reads and computes only the channels `samples` names: per sample the channels it reads (gathered from any sample)
 /// and one matrix product (BLAS) with the rows and columns of `arranged` (arrange_for_sparse_conv) it needs, over an
-/// im2col or, for stride 1 on few channels, over shifted windows of a padded copy - so that its cost is its own
-/// channels' (AdaFuse's gated blocks, where each frame keeps other channels). bias (Co,), ReLU on the computed
-/// outputs if asked -> (N, Co, Ho, Wo) channels-last, uncomputed outputs zero. Samples run in parallel (each
-/// product on one thread with OpenMP's OpenBLAS, scripts/install-deps.sh). CPU, no gradient.
+/// im2col or, for stride 1 on few channels, over shifted windows of a padded copy; or, where BLAS would have a thin
+/// side (fewer than 32 outputs or 16 inputs) and the CPU has AVX2, straight from planar copies of its channels by
+/// our own kernel (Auto: by those sizes, per sample) - so that its cost is its own channels' (AdaFuse's gated blocks,
+/// where each frame keeps other channels). bias (Co,), then residual (N, Co, Ho, Wo) channels-last if defined (a
+/// basic block's shortcut), then ReLU if asked -> (N, Co, Ho, Wo) channels-last, uncomputed outputs zero (before the
+/// residual). Samples run in parallel (each product on one thread with OpenMP's OpenBLAS, scripts/install-deps.sh).
+/// CPU, no gradient.
 torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arranged, const torch::Tensor& bias,
                             int64_t kernel, int64_t stride, int64_t padding, bool relu,
-                            const std::vector<SparseConvSample>& samples);
+                            const std::vector<SparseConvSample>& samples, const torch::Tensor& residual = {},
+                            SparseConvPath path = SparseConvPath::Auto);
 
 /// Whether small_batch_linear computes linear(x, weight) itself: CPU floats, a contiguous weight, no gradient asked,
 /// no bf16 autocast, x (M, K) with M <= 16 rows, and a CPU with AVX2 and FMA (else at::linear does it).

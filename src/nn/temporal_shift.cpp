@@ -1,5 +1,7 @@
 #include "nn/temporal_shift.h"
 
+#include "nn/kernels.h"
+
 namespace adafocus::nn {
 
 torch::Tensor temporal_shift(const torch::Tensor& x, int64_t segments, int64_t shift_div) {
@@ -9,6 +11,7 @@ torch::Tensor temporal_shift(const torch::Tensor& x, int64_t segments, int64_t s
   TORCH_CHECK(shift_div >= 2, "temporal_shift: shift_div must be >= 2, got ", shift_div);
   const int64_t n = x.size(0) / segments, c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t fold = c / shift_div;
+  if (use_shift_copy(x)) return shift_copy(x, segments, fold);  // (no gradient to carry)
   // A channels-last x is shifted in its own layout, as (N, T, H, W, C), so that the result stays channels-last: a
   // convolution would otherwise convert it back, a copy of the whole map.
   const bool last = x.is_contiguous(torch::MemoryFormat::ChannelsLast) && !x.is_contiguous();

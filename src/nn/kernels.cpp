@@ -370,6 +370,8 @@ constexpr int64_t kPlanarBelow = 32;
 // copy of the input, not on an im2col: the im2col of a few channels copies a few floats per tap and pixel, which took
 // longer than the products (the demo's 8-channel layers).
 constexpr int64_t kShiftedBelow = 16;
+// Auto takes the direct kernel (below) for a k > 1 convolution of a sample that reads at most this many channels.
+constexpr int64_t kDirectUpTo = 64;
 
 // The k x k patches of in (H, W, C) as rows (Ho*Wo, k*k*C), in (ky, kx, c) order; outside the map: zeros.
 void im2col(const float* in, int64_t h, int64_t w, int64_t c, int64_t k, int64_t stride, int64_t padding, int64_t ho,
@@ -646,11 +648,12 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
       const int64_t cin = static_cast<int64_t>(one.in.size()), cout = static_cast<int64_t>(one.out.size());
       float* yf = yp + f * hwo * co;
       if (cout > 0) {
-        // Auto: the direct kernel where BLAS would have a thin side - few outputs or few inputs (bench_kernels: from
-        // 8 to 128 channels it took 0.3-1x the products' time there, and up to 2.5x as long on many of both).
+        // Auto: the direct kernel where it reuses each input over several taps and reads few channels (bench_kernels:
+        // a 3x3 convolution reading up to 64 channels took 0.3-1x the products' time, reading 95 or more up to 1.7x as
+        // long; a 1x1 one reading ResNet-50's 256-2048 channels 2x as long: its input is BLAS's operand as it is).
         const bool direct = path == SparseConvPath::Direct ||
-                            (path == SparseConvPath::Auto && direct_runs &&
-                             (cout < sparse_conv::kPlanarBelow || cin < sparse_conv::kShiftedBelow));
+                            (path == SparseConvPath::Auto && direct_runs && kernel > 1 &&
+                             cin <= sparse_conv::kDirectUpTo);
         const sparse_conv::Products p = direct ? sparse_conv::direct_products(conv, geometry, column, one, scratch)
                                                : sparse_conv::blas_products(conv, one, scratch);
         // + bias, ReLU if asked and no residual follows, into its output channels (the others zero); each layout

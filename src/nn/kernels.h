@@ -71,9 +71,9 @@ bool sparse_conv_direct_available();
 /// A k x k convolution (stride >= 1, zero padding) of float, channels-last x (N, Ci, H, W) in which every sample
 /// reads and computes only the channels `samples` names: per sample the channels it reads (gathered from any sample)
 /// and one matrix product (BLAS) with the rows and columns of `arranged` (arrange_for_sparse_conv) it needs, over an
-/// im2col or, for stride 1 on few channels, over shifted windows of a padded copy; or, where BLAS would have a thin
-/// side (fewer than 32 outputs or 16 inputs) and the CPU has AVX2, straight from planar copies of its channels by
-/// our own kernel (Auto: by those sizes, per sample) - so that its cost is its own channels' (AdaFuse's gated blocks,
+/// im2col or, for stride 1 on few channels, over shifted windows of a padded copy; or, for a k > 1 convolution of a
+/// sample that reads at most 64 channels on a CPU with AVX2, straight from planar copies of its channels by our own
+/// kernel (Auto: by those sizes, per sample) - so that its cost is its own channels' (AdaFuse's gated blocks,
 /// where each frame keeps other channels). bias (Co,), then residual (N, Co, Ho, Wo) channels-last if defined (a
 /// basic block's shortcut), then ReLU if asked -> (N, Co, Ho, Wo) channels-last, uncomputed outputs zero (before the
 /// residual). Samples run in parallel (each product on one thread with OpenMP's OpenBLAS, scripts/install-deps.sh).

@@ -3,8 +3,8 @@
 // LibTorch's on channels-last and on NCHW), the enlarged-patch cut of the demo's AdaFocusV2 (crop_bilinear against
 // the 3-d grid_sample it replaces and a 2-d one), the glance's area resize (area_downsample) and AdaFuse's
 // frame-by-frame gated convolution (sparse_conv2d: BLAS products and the direct kernel), the temporal shift without
-// gradient (shift_copy), few-row linear layers (small_batch_linear) with the GRU built on
-// them (gru_forward) at AdaFocusV2's policy size, and MobileNetV2 through oneDNN's fused convolutions (ConvChain).
+// gradient (shift_copy), few-row linear layers (small_batch_linear) with the GRU built on them (gru_forward) at
+// AdaFocusV2's policy size, and MobileNetV2 through oneDNN's fused convolutions (ConvChain), in fp32 and bf16.
 //
 //   cmake -S . -B build -DADAFOCUS_BENCH=ON && cmake --build build --target bench_kernels
 //   build/bench/bench_kernels [threads=2]
@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdlib>
 
+#include "infer/precision.h"
 #include "nn/backbone.h"
 #include "nn/cube_crop.h"
 #include "nn/fused_conv.h"
@@ -38,7 +39,7 @@ double median_ms(F f) {
 
 int main(int argc, char** argv) {
   mallopt(M_MMAP_MAX, 0);  // as the adafocus binary (src/cli/main.cpp): large buffers stay in the heap
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, -1);
   at::set_num_threads(argc > 1 ? std::atoi(argv[1]) : 2);
   fmt::print("BatchNorm2d forward + backward, {} threads (median of 7, ms)\n{:<20}{:>10}{:>14}{:>10}\n",
              at::get_num_threads(), "shape", "NCHW", "channels-last", "ours");
@@ -156,18 +157,28 @@ int main(int argc, char** argv) {
 
   // The glance: MobileNetV2 at 224 px, BN folded, on 1, 16 and 18 frames (one video of V2 / V3's ActivityNet
   // presets), its folded LibTorch layers (ChainOffGuard) against the oneDNN chain (nn/fused_conv.h).
-  fmt::print("\nMobileNetV2 feature map at 224 px (median of 7, ms)\n{:<8}{:>16}{:>12}\n", "frames", "LibTorch layers",
-             "ConvChain");
+  // In bf16 (autocast) too where the CPU has it natively.
+  const bool bf16 = infer::cpu_has_bf16();
+  fmt::print("\nMobileNetV2 feature map at 224 px (median of 7, ms)\n{:<8}{:>16}{:>12}{:>22}{:>16}\n", "frames",
+             "LibTorch layers", "ConvChain", bf16 ? "LibTorch layers bf16" : "", bf16 ? "ConvChain bf16" : "");
   auto glance = nn::make_backbone(nn::BackboneOptions("mobilenet_v2"));
   glance->eval();
   glance->fold_batchnorm();
   for (const int64_t frames : {1, 16, 18}) {
     const auto x = torch::randn({frames, 3, 224, 224});
-    const double layers = median_ms([&] {
-      nn::ChainOffGuard off;
-      glance->feature_map(x);
-    });
-    fmt::print("{:<8}{:>16.1f}{:>12.1f}\n", frames, layers, median_ms([&] { glance->feature_map(x); }));
+    std::vector<double> ms;
+    for (const auto precision : {infer::Precision::Fp32, infer::Precision::Bf16}) {
+      if (precision == infer::Precision::Bf16 && !bf16) break;
+      infer::PrecisionGuard guard(precision);
+      ms.push_back(median_ms([&] {
+        nn::ChainOffGuard off;
+        glance->feature_map(x);
+      }));
+      ms.push_back(median_ms([&] { glance->feature_map(x); }));
+    }
+    fmt::print("{:<8}{:>16.1f}{:>12.1f}", frames, ms[0], ms[1]);
+    if (bf16) fmt::print("{:>22.1f}{:>16.1f}", ms[2], ms[3]);
+    fmt::print("\n");
   }
 }
 

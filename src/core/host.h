@@ -13,7 +13,8 @@ namespace adafocus {
 /// Keeps freed large blocks in the heap instead of returning them to the system (glibc's mallopt). Training and
 /// prediction allocate and free the same large buffers every step; served by mmap, each step pays page faults and
 /// zeroing for them again: keeping them made a small-network training step 2.2x faster here (sys time 6 s -> 0.8 s
-/// per 10 steps) and a benchmark prediction ~8% faster. The price: memory freed stays with the process.
+/// per 10 steps) and a benchmark prediction ~8% faster; the heap is never trimmed either. The price: memory freed
+/// stays with the process (its peak).
 void keep_freed_memory();
 
 /// Thrown by check_interrupt() when the host asked to stop.

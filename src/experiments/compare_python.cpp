@@ -375,7 +375,7 @@ int run_compare_python(const CompareOptions& args, const Resources& runtime) {
     const json one{{"threads", runtime.threads}, {"warmup", args.warmup}, {"rounds", args.rounds},
                    {"cases", json::array({entry})}};
     write_file_atomic(spec, one.dump(1), false);
-    for (const std::string env : {"", "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824 "}) {
+    for (const std::string env : {"", "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 "}) {
       const std::string out = work + "/" + name + (env.empty() ? "_python.json" : "_python_heap.json");
       const std::string command = fmt::format("{}/usr/bin/python3 '{}' '{}' '{}'", env, script, spec, out);
       if (std::system(command.c_str()) != 0)

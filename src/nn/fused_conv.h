@@ -31,13 +31,15 @@ struct ChainLayer {
 class ConvChain {
  public:
   explicit ConvChain(const std::vector<ChainLayer>& layers);
-  /// Whether x can take this path: a float CPU tensor, no gradient recorded, no bf16 autocast, folding on (the FLOPs
-  /// counter's UnfoldedGuard off), no ChainOffGuard alive. Otherwise the caller runs its LibTorch layers.
+  /// Whether x can take this path: a float CPU tensor, no gradient recorded, no autocast other than bf16, folding on
+  /// (the FLOPs counter's UnfoldedGuard off), no ChainOffGuard alive. Otherwise the caller runs its LibTorch layers.
   static bool runs(const torch::Tensor& x);
-  /// x: (N, Cin, H, W) -> the last layer's output (N, Cout, H', W'), channels-last. Between the layers the maps stay
-  /// in oneDNN's blocked layout (nChw8c), where its fused depthwise kernel is right (in nhwc, oneDNN 2.6's gives
-  /// wrong values). Undefined where oneDNN has only its reference implementation for a layer at these sizes (orders of
-  /// magnitude slower than LibTorch's path, which the caller then takes).
+  /// x: (N, Cin, H, W) float -> the last layer's output (N, Cout, H', W'), channels-last; under bf16 autocast computed
+  /// and returned in bf16 (weights converted once), as autocast's convolutions would. Between the layers the maps
+  /// stay in oneDNN's blocked layout (nChw16c with AVX-512, else nChw8c), where its fused depthwise kernel is right (in
+  /// nhwc, oneDNN 2.6's gives wrong values). Undefined where oneDNN has only its reference implementation for a layer
+  /// at these sizes (orders of magnitude slower than LibTorch's path, which the caller then takes): bf16 on a CPU
+  /// without AVX-512, for one.
   torch::Tensor operator()(const torch::Tensor& x) const;
 
  private:

@@ -10,12 +10,12 @@
 //   build/bench/bench_kernels [threads=2]
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
-#include <malloc.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 
+#include "core/host.h"
 #include "infer/precision.h"
 #include "nn/backbone.h"
 #include "nn/cube_crop.h"
@@ -38,8 +38,7 @@ double median_ms(F f) {
 }
 
 int main(int argc, char** argv) {
-  mallopt(M_MMAP_MAX, 0);  // as the adafocus binary (src/cli/main.cpp): large buffers stay in the heap
-  mallopt(M_TRIM_THRESHOLD, -1);
+  keep_freed_memory();  // as the adafocus binary: large buffers stay in the heap
   at::set_num_threads(argc > 1 ? std::atoi(argv[1]) : 2);
   fmt::print("BatchNorm2d forward + backward, {} threads (median of 7, ms)\n{:<20}{:>10}{:>14}{:>10}\n",
              at::get_num_threads(), "shape", "NCHW", "channels-last", "ours");

@@ -265,6 +265,20 @@ torch::Tensor area_downsample(const torch::Tensor& frames, int64_t factor) {
 
 namespace adafocus::nn {
 
+namespace {
+
+// Whether this CPU runs our AVX2 + FMA kernels (sparse_conv2d's direct kernel, small_batch_linear), asked once.
+bool cpu_has_avx2_fma() {
+#if defined(__x86_64__)
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
 namespace shift {
 
 // Elements moved as the unsigned integers T of their size. `last`: each frame's pixels copied whole, then their
@@ -538,7 +552,10 @@ Products blas_products(const Conv& c, const Sample& s, Scratch& b) {
       for (int64_t j = 0; j < cin; ++j) {
         const float* row = c.weights + (t * c.ci + s.in[static_cast<size_t>(j)]) * c.co;
         float* dst = b.weights.data() + (t * cin + j) * cout;
-        for (int64_t o = 0; o < cout; ++o) dst[o] = row[s.out[static_cast<size_t>(o)]];
+        if (s.all_outputs)
+          std::copy(row, row + c.co, dst);
+        else
+          for (int64_t o = 0; o < cout; ++o) dst[o] = row[s.out[static_cast<size_t>(o)]];
       }
     weights = b.weights.data();
   }
@@ -571,13 +588,7 @@ Products blas_products(const Conv& c, const Sample& s, Scratch& b) {
 
 }  // namespace sparse_conv
 
-bool sparse_conv_direct_available() {
-#if defined(__x86_64__)
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
-#endif
-}
+bool sparse_conv_direct_available() { return cpu_has_avx2_fma(); }
 
 torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arranged, const torch::Tensor& bias,
                             int64_t kernel, int64_t stride, int64_t padding, bool relu,
@@ -704,11 +715,6 @@ namespace small_linear {
 constexpr int64_t kMaxRows = 16;
 
 #if defined(__x86_64__)
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-
 __attribute__((target("avx2,fma"))) float sum8(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -755,7 +761,6 @@ __attribute__((target("avx2,fma"))) void rows(const float* x, int64_t m_rows, in
   }
 }
 #else
-bool cpu_has_avx2_fma() { return false; }
 void rows(const float*, int64_t, int64_t, const float*, const float*, float*, int64_t, int64_t, int64_t) {}
 #endif
 
@@ -770,7 +775,7 @@ bool no_gradient(std::initializer_list<const torch::Tensor*> tensors) {
 
 bool use_small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight) {
   // (under bf16 autocast, at::linear: autocast runs it in bf16)
-  return small_linear::cpu_has_avx2_fma() && !at::autocast::is_cpu_enabled() && x.dim() == 2 && weight.dim() == 2 &&
+  return cpu_has_avx2_fma() && !at::autocast::is_cpu_enabled() && x.dim() == 2 && weight.dim() == 2 &&
          x.size(0) >= 1 && x.size(0) <= small_linear::kMaxRows && x.size(1) == weight.size(1) && x.is_cpu() &&
          weight.is_cpu() && x.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat &&
          weight.is_contiguous() && small_linear::no_gradient({&x, &weight});

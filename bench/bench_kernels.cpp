@@ -80,41 +80,49 @@ int main(int argc, char** argv) {
 
   // AdaFuse's gated convolutions at ResNet-50's shapes and the demo's ResNet-10 (8 to 64 channels), 64 frames (a batch
   // of 8 videos). conv2: each frame reads its own random 37% of the input channels (the demo's AdaFuse-TSM keeps 19%
-  // and reuses 18%) and computes every output; conv1: each reads every channel and computes its own 23%. The dense
-  // convolution of every channel (oneDNN, channels-last), a convolution per frame on its channels with its weights
-  // gathered (LibTorch, the way before sparse_conv2d; conv2 only), and sparse_conv2d's BLAS products and direct kernel.
+  // and reuses 18%) and computes every output; conv1: each reads every channel and computes its own 23% (3x3, a basic
+  // block's) or 34% (ResNet-50's 1x1 bottleneck conv1, 4C -> C). The dense convolution of every channel (oneDNN,
+  // channels-last), a convolution per frame on its channels with its weights gathered (LibTorch, the way before
+  // sparse_conv2d; conv2 only), and sparse_conv2d's products (sgemm) and direct kernel.
   const bool direct = nn::sparse_conv_direct_available();
-  for (const bool conv1 : {false, true}) {
-    fmt::print("\nAdaFuse {} (3x3), 64 frames {} (median of 7, ms)\n{:<18}{:>8}{:>16}{:>16}{:>10}\n",
-               conv1 ? "conv1" : "conv2",
-               conv1 ? "computing 23% of the outputs each" : "reading 37% of the channels each",
-               "shape", "dense", "per-frame conv", "products", "direct");
-    for (const auto& [channels, side] : {std::make_pair(64, 56), std::make_pair(128, 28), std::make_pair(256, 14),
-                                         std::make_pair(512, 7), std::make_pair(8, 64), std::make_pair(16, 32),
-                                         std::make_pair(32, 16), std::make_pair(64, 8)}) {
-      const auto x = torch::randn({64, channels, side, side}).contiguous(torch::MemoryFormat::ChannelsLast);
-      const auto w = torch::randn({channels, channels, 3, 3}).contiguous(torch::MemoryFormat::ChannelsLast);
-      const auto bias = torch::randn({channels});
+  // (in channels, out channels, side, kernel)
+  using Shape = std::array<int64_t, 4>;
+  const std::vector<Shape> square{{64, 64, 56, 3}, {128, 128, 28, 3}, {256, 256, 14, 3}, {512, 512, 7, 3},
+                                  {8, 8, 64, 3},   {16, 16, 32, 3},   {32, 32, 16, 3},   {64, 64, 8, 3}};
+  const std::vector<Shape> bottleneck{{256, 64, 56, 1}, {512, 128, 28, 1}, {1024, 256, 14, 1}, {2048, 512, 7, 1}};
+  const struct { const char* title; const std::vector<Shape>& shapes; bool conv1; double share; } tables[] = {
+      {"conv2 (3x3), 64 frames reading 37% of the channels each", square, false, 0.37},
+      {"conv1 (3x3), 64 frames computing 23% of the outputs each", square, true, 0.23},
+      {"bottleneck conv1 (1x1), 64 frames computing 34% of the outputs each", bottleneck, true, 0.34}};
+  for (const auto& table : tables) {
+    const bool conv1 = table.conv1;
+    fmt::print("\nAdaFuse {} (median of 7, ms)\n{:<18}{:>8}{:>16}{:>16}{:>10}\n", table.title, "shape", "dense",
+               "per-frame conv", "products", "direct");
+    for (const auto& [in, out, side, k] : table.shapes) {
+      const auto x = torch::randn({64, in, side, side}).contiguous(torch::MemoryFormat::ChannelsLast);
+      const auto w = torch::randn({out, in, k, k}).contiguous(torch::MemoryFormat::ChannelsLast);
+      const auto bias = torch::randn({out});
       const auto arranged = nn::arrange_for_sparse_conv(w);
       std::vector<nn::SparseConvSample> samples(64);
       std::vector<torch::Tensor> chosen;
       for (auto& s : samples) {
-        const auto pick = torch::nonzero(torch::rand({channels}) < (conv1 ? 0.23 : 0.37)).flatten();
+        const auto pick = torch::nonzero(torch::rand({conv1 ? out : in}) < table.share).flatten();
         chosen.push_back(pick);
         auto& list = conv1 ? s.out : s.in_channel;
         list.assign(pick.data_ptr<int64_t>(), pick.data_ptr<int64_t>() + pick.numel());
         (conv1 ? s.all_outputs : s.all_inputs) = false;
         if (!conv1) s.in_sample.assign(s.in_channel.size(), &s - samples.data());
       }
-      const double dense = median_ms([&] { torch::conv2d(x, w, bias, 1, 1); });
+      const int64_t pad = k / 2;
+      const double dense = median_ms([&] { torch::conv2d(x, w, bias, 1, pad); });
       const double frames = conv1 ? 0.0 : median_ms([&] {
         for (int64_t f = 0; f < 64; ++f)
-          torch::conv2d(x.narrow(0, f, 1).index_select(1, chosen[f]), w.index_select(1, chosen[f]), bias, 1, 1);
+          torch::conv2d(x.narrow(0, f, 1).index_select(1, chosen[f]), w.index_select(1, chosen[f]), bias, 1, pad);
       });
       auto sparse = [&](nn::SparseConvPath path) {
-        return median_ms([&] { nn::sparse_conv2d(x, arranged, bias, 3, 1, 1, false, samples, {}, path); });
+        return median_ms([&] { nn::sparse_conv2d(x, arranged, bias, k, 1, pad, false, samples, {}, path); });
       };
-      fmt::print("{:<18}{:>8.1f}{:>16}{:>16.1f}{:>10}\n", fmt::format("{}x{}x{}", channels, side, side), dense,
+      fmt::print("{:<18}{:>8.1f}{:>16}{:>16.1f}{:>10}\n", fmt::format("{}x{}x{}", in, side, side), dense,
                  conv1 ? "" : fmt::format("{:.1f}", frames), sparse(nn::SparseConvPath::Products),
                  direct ? fmt::format("{:.1f}", sparse(nn::SparseConvPath::Direct)) : "no AVX2");
     }

@@ -325,6 +325,24 @@ TEST(AdaFocusV3, ExitByExitPathLeavesTheBatch) {
   torch::NoGradGuard no_grad;
   const auto r = infer::run_adaptive(*m, {clips, {}}, {infer::Criterion::Entropy, {}}, false);
   for (const auto& f : r.region_frames) EXPECT_EQ(std::get<0>(torch::_unique(f)).numel(), f.numel());
+  // The cubes run ahead of the exits, several to a call: a video sent out at any exit - mid-call included - has
+  // predict()'s logits there, and the count is that exit's cost, not the cubes run ahead.
+  const auto whole = m->predict({clips, {}}).logits;  // (B, K, C)
+  const infer::MethodFlops costs = infer::method_flops(*m, clips.size(1), 0, clips.size(3));
+  for (size_t e = 2; e < costs.exits.size(); ++e)  // every cube the same: one patch, the local network, a head
+    EXPECT_NEAR(costs.exits[e] - costs.exits[e - 1], costs.exits[2] - costs.exits[1], 1e-12) << e;
+  for (int64_t e = 0; e < m->exits(); ++e) {
+    infer::ExitRule at{infer::Criterion::Entropy, std::vector<double>(static_cast<size_t>(m->exits()), INFINITY)};
+    at.thresholds[static_cast<size_t>(e)] = -INFINITY;
+    for (const bool count : {false, true}) {
+      const auto one = infer::run_adaptive(*m, {clips.narrow(0, 0, 1), {}}, at, count);
+      EXPECT_EQ(one.exits[0].item<int64_t>(), e);
+      EXPECT_TRUE(test::AllCloseRelative(one.logits[0], whole[0][e], 1e-4)) << e;
+      if (count) {
+        EXPECT_NEAR(static_cast<double>(one.macs) * 1e-9, costs.exits[static_cast<size_t>(e)], 1e-12) << e;
+      }
+    }
+  }
 }
 
 // Two TSM cubes of 4 frames cut from 8 focus frames (the Sth-Sth setting, small).

@@ -345,9 +345,9 @@ TEST(Backbones, SparseConvolutionIsTheConvolutionOfTheChosenChannels) {
   // Each sample against torch::conv2d on the input it names (channels gathered from other samples, zeros for -1), with
   // the weights of those input channels, keeping the outputs it computes (the rest zero); 3x3 strided (im2col), 3x3
   // with stride 1 (shifted windows), 1x1 (the input read as its own im2col); few output channels (planar products) and
-  // many; with a residual added before the ReLU; BLAS's products and the direct kernel (AVX2; its blocks of 4, 2 and 1
-  // outputs: 5 = 4 + 1, 40, a sample's 2 or 1; its padded phase planes at strides 1 to 3). The FLOPs counter sees each
-  // sample's own product.
+  // many; with a residual added before the ReLU; the products and the direct kernel (AVX2 or, where the CPU has it,
+  // AVX-512; its blocks of 8, 4, 2 and 1 outputs: 5 = 4 + 1, 40, a sample's 2 or 1; its padded phase planes at strides
+  // 1 to 3). The FLOPs counter sees each sample's own product.
   torch::manual_seed(6);
   std::vector<nn::SparseConvPath> paths = {nn::SparseConvPath::Products};
   if (nn::sparse_conv_direct_available()) paths.push_back(nn::SparseConvPath::Direct);

@@ -279,10 +279,13 @@ torch::Tensor shortcut(const GatedBlock& b, const torch::Tensor& xs, const torch
   return b.downsample ? nn::downsample_shortcut(*b.downsample, *b.folded_down, xs) : x;
 }
 
-// conv2's output (N, G2, H2, W2) -> the block's output: conv3 (bottleneck), the shortcut, ReLU.
-torch::Tensor block_end(const GatedBlock& b, torch::Tensor out, const torch::Tensor& x, const torch::Tensor& xs) {
-  if (b.conv3) out = nn::conv_bn(*b.conv3, *b.bn3, *b.folded3, torch::relu(out));
-  return nn::relu_owned(out + shortcut(b, xs, x));  // (out may be a view of conv2's bias: not added in place)
+// conv2's output (N, G2, H2, W2), ReLU'd when `relu_done` -> the block's output: conv3 (bottleneck), the shortcut,
+// ReLU.
+torch::Tensor block_end(const GatedBlock& b, torch::Tensor out, const torch::Tensor& x, const torch::Tensor& xs,
+                        bool relu_done = false) {
+  if (!b.conv3) return nn::relu_owned(out + shortcut(b, xs, x));  // (out may be a view of conv2's bias: not in place)
+  out = nn::conv_bn(*b.conv3, *b.bn3, *b.folded3, relu_done ? out : torch::relu(out));
+  return nn::relu_owned(nn::add_owned(out, shortcut(b, xs, x)));
 }
 
 // The masked dense block: conv1's output fused as the gates say, then the rest.
@@ -324,8 +327,8 @@ std::vector<FrameNeeds> frame_needs(const torch::Tensor& mask, int64_t segments)
 }
 
 // Frame by frame (nn::sparse_conv2d): conv1 only for the channels a frame needs, conv2 only on the channels it does
-// not skip - exactly the official count. -> conv2's output (N, G2, H2, W2), bn2 included; with `residual` (channels-
-// last), conv2's output + residual, ReLU'd.
+// not skip - exactly the official count. -> conv2's output (N, G2, H2, W2), bn2 included, ReLU'd for a bottleneck
+// (before its conv3); with `residual` (channels-last, a basic block), conv2's output + residual, ReLU'd.
 torch::Tensor frames_convs(const GatedBlock& b, const SparseWeights& w, const torch::Tensor& xs,
                            const std::vector<FrameNeeds>& needs, int64_t segments, const torch::Tensor& residual) {
   const int64_t n = xs.size(0), g = b.conv1->options.out_channels();
@@ -356,7 +359,7 @@ torch::Tensor frames_convs(const GatedBlock& b, const SparseWeights& w, const to
   const auto out1 = nn::sparse_conv2d(xs.contiguous(torch::MemoryFormat::ChannelsLast), w.arranged1, w.b1, k1, s1, p1,
                                       true, first);                            // (N, G, H1, W1), ReLU'd
   // A basic block's shortcut and ReLU in conv2's kernel, while its output is in cache.
-  return nn::sparse_conv2d(out1, w.arranged2, w.b2, k2, s2, p2, residual.defined(), second,
+  return nn::sparse_conv2d(out1, w.arranged2, w.b2, k2, s2, p2, residual.defined() || b.conv3, second,
                            residual);  // (N, G2, H2, W2)
 }
 
@@ -403,7 +406,7 @@ torch::Tensor sparse_block(const GatedBlock& b, const torch::Tensor& x, const to
   // The kernel has no gradient: with one asked for, the batch way (LibTorch's convolutions) runs.
   const bool kernel = x.is_cpu() && x.scalar_type() == torch::kFloat && !torch::GradMode::is_enabled();
   if (!kernel || how == Inference::Batch) return block_end(b, batch_convs(b, w, xs, mask, needs, segments), x, xs);
-  if (b.conv3) return block_end(b, frames_convs(b, w, xs, needs, segments, {}), x, xs);
+  if (b.conv3) return block_end(b, frames_convs(b, w, xs, needs, segments, {}), x, xs, true);
   return frames_convs(b, w, xs, needs, segments, shortcut(b, xs, x).contiguous(torch::MemoryFormat::ChannelsLast));
 }
 

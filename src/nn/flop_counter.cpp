@@ -150,6 +150,8 @@ void on_end(const at::RecordFunction& fn, at::ObserverContext* base) {
 
 }  // namespace
 
+bool counting_flops() { return active != nullptr; }
+
 void count_kernel(const std::string& op, const std::vector<int64_t>& output_shape, int64_t macs) {
   if (!active) return;
   active->report.total += macs;

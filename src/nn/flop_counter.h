@@ -33,6 +33,9 @@ struct FlopsReport {
 /// tensors that are not its parameters are named after the operator. Runs on the calling thread only.
 FlopsReport count_flops(const torch::nn::Module& module, const std::function<void()>& forward);
 
+/// Whether a count_flops is under way on this thread.
+bool counting_flops();
+
 /// Adds the `macs` of one of our own kernels (src/nn/kernels.h), which run no LibTorch operator the counter could
 /// observe, to the count under way on this thread, if any, as a layer `op` with that output shape.
 void count_kernel(const std::string& op, const std::vector<int64_t>& output_shape, int64_t macs);

@@ -8,6 +8,11 @@
 
 namespace adafocus::nn {
 
+bool onednn_avx512() {
+  static const bool avx512 = dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core;
+  return avx512;
+}
+
 namespace {
 
 using dnnl::memory;
@@ -29,10 +34,7 @@ thread_local bool chains_on = true;
 // oneDNN's JIT kernels work on blocks of 16 channels with AVX-512 and 8 with AVX2: given the other width, they
 // convert the maps or fall back to slower kernels (nChw8c on an AVX-512 CPU made the chain slower than LibTorch's
 // layers).
-Tag block_tag() {
-  static const Tag tag = dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core ? Tag::nChw16c : Tag::nChw8c;
-  return tag;
-}
+Tag block_tag() { return onednn_avx512() ? Tag::nChw16c : Tag::nChw8c; }
 
 memory::desc blocked(const memory::dims& dims, Type type) { return {dims, type, block_tag()}; }
 

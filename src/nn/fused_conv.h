@@ -16,6 +16,9 @@
 
 namespace adafocus::nn {
 
+/// Whether oneDNN runs its AVX-512 kernels on this CPU (its effective ISA), asked once.
+bool onednn_avx512();
+
 /// A folded convolution (weight (Cout, Cin / groups, k, k), padding (k - 1) / 2), ReLU6 when `relu6`; with a
 /// `depthwise` ((Cout, 1, 3, 3), padding 1) that convolution and a ReLU6 on its output; `residual` >= 1: the input of
 /// layer `residual` of the chain added to the output.

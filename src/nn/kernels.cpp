@@ -8,11 +8,14 @@
 #include <array>
 #include <cmath>
 #include <numeric>
+
+#include <oneapi/dnnl/dnnl.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
 #include "nn/flop_counter.h"
+#include "nn/fused_conv.h"
 
 namespace adafocus::nn {
 
@@ -277,6 +280,16 @@ bool cpu_has_avx2_fma() {
 #endif
 }
 
+// Whether this CPU runs our AVX-512 kernels (sparse_conv2d's direct kernel in 16 lanes), asked once.
+bool cpu_has_avx512() {
+#if defined(__x86_64__)
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 namespace shift {
@@ -366,8 +379,18 @@ extern "C" void sgemm_(const char* transa, const char* transb, const int* m, con
 
 // c += a (rows x depth, row-major) x b (depth x cols, row-major), c either rows x cols row-major or, `planar`, its
 // transpose (cols x rows, row-major: the rows - pixels - as BLAS's long dimension). BLAS is column-major, a row-major
-// matrix its transpose. Single-threaded inside a parallel region (OpenBLAS built with OpenMP).
+// matrix its transpose. Single-threaded inside a parallel region (OpenBLAS and oneDNN built with OpenMP).
+// Choice: oneDNN's sgemm where it runs AVX-512, OpenBLAS's elsewhere (where it was measured). On an AMD Zen 5 oneDNN's
+// took about half OpenBLAS's time at ResNet-50's 128-512 channels (bench_kernels; OpenBLAS ran its AVX2 kernels, as
+// that machine's OPENBLAS_CORETYPE=Haswell asked, and its AVX-512 ones took about two thirds).
 void matmul_add(int64_t rows, int64_t cols, int64_t depth, const float* a, const float* b, float* c, bool planar) {
+  if (onednn_avx512()) {  // (oneDNN's sgemm is row-major)
+    if (planar)
+      dnnl_sgemm('T', 'T', cols, rows, depth, 1.0f, b, cols, a, depth, 1.0f, c, rows);
+    else
+      dnnl_sgemm('N', 'N', rows, cols, depth, 1.0f, a, depth, b, cols, 1.0f, c, cols);
+    return;
+  }
   const int r = static_cast<int>(rows), n = static_cast<int>(cols), k = static_cast<int>(depth);
   const float one = 1.0f;
   if (planar)
@@ -376,9 +399,11 @@ void matmul_add(int64_t rows, int64_t cols, int64_t depth, const float* a, const
     sgemm_("N", "N", &n, &r, &k, &one, b, &n, a, &k, &one, c, &n);
 }
 
-// Below this many output channels a sample's product runs planar: OpenBLAS's float micro-kernel spans 16 of its long
-// dimension and 6 of the other (Haswell and later), so the few channels of a gated block would fill a fraction of it,
-// where the pixels fill it whole.
+// Below this many output channels a sample's product runs planar with OpenBLAS: its float micro-kernel spans 16 of
+// its long dimension and 6 of the other (Haswell and later), so the few channels of a gated block would fill a
+// fraction of it, where the pixels fill it whole. oneDNN's sgemm took 0.3-0.8x as long on the pixel-major product at
+// ResNet-50's sizes and most of the demo's (bench_kernels: the bottleneck conv1 at 56 px, 22 outputs, 2x faster), so
+// never there (at 8 channels of 64 px 2-3x as long, but Auto gives those to the direct kernel).
 constexpr int64_t kPlanarBelow = 32;
 // Below this many input channels a stride-1 convolution runs as one product per tap on a shifted window of a padded
 // copy of the input, not on an im2col: the im2col of a few channels copies a few floats per tap and pixel, which took
@@ -413,14 +438,16 @@ void im2col(const float* in, int64_t h, int64_t w, int64_t c, int64_t k, int64_t
 // tap (ky, kx) of every output of a row-major grid of `width` columns (the first wo of each row are the outputs) reads
 // one contiguous window of one plane, at offset (ky / s) * width + kx / s.
 struct Direct {
-  int64_t stride, kernel, width, grid, plane;  // phase plane width; grid pixels (rounded up to tiles); floats a plane
-  Direct(int64_t h, int64_t w, int64_t k, int64_t s, int64_t p, int64_t ho) : stride(s), kernel(k) {
+  // output pixels a tile (three vectors: 48 with AVX-512, else 24), phase plane width, grid pixels (rounded up to
+  // tiles), floats a plane
+  int64_t stride, kernel, tile, width, grid, plane;
+  Direct(int64_t h, int64_t w, int64_t k, int64_t s, int64_t p, int64_t ho)
+      : stride(s), kernel(k), tile(cpu_has_avx512() ? 48 : 24) {
     width = (w + 2 * p + s - 1) / s;
-    grid = (ho * width + kTile - 1) / kTile * kTile;
+    grid = (ho * width + tile - 1) / tile * tile;
     const int64_t reach = (k - 1) / s * width + (k - 1) / s;  // the farthest tap's offset
     plane = std::max((h + 2 * p + s - 1) / s * width, grid + reach);
   }
-  static constexpr int64_t kTile = 24;  // output pixels a tile: three vectors of 8
   // Where tap t of input channel c starts, for the tiles to read from.
   int64_t offset(int64_t c, int64_t t) const {
     const int64_t ky = t / kernel, kx = t % kernel;
@@ -450,6 +477,42 @@ __attribute__((target("avx2,fma"))) void direct_tile(const float* planes, const 
 #pragma GCC unroll 4
   for (int o = 0; o < OB; ++o)
     for (int r = 0; r < 3; ++r) _mm256_storeu_ps(acc + o * ld + g + 8 * r, a[o][r]);
+}
+
+// The same in 16 lanes, grid pixels [g, g + 48), up to 8 outputs: 24 accumulators of AVX-512's 32 registers, each
+// input vector loaded once for twice as many outputs as with AVX2's 16.
+template <int OB>
+__attribute__((target("avx512f"))) void direct_tile16(const float* planes, const int64_t* offsets, int64_t depth,
+                                                      const float* w, float* acc, int64_t ld, int64_t g) {
+  __m512 a[OB][3];
+#pragma GCC unroll 8
+  for (int o = 0; o < OB; ++o) a[o][0] = a[o][1] = a[o][2] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < depth; ++d) {
+    const float* in = planes + offsets[d] + g;
+    const __m512 v0 = _mm512_loadu_ps(in), v1 = _mm512_loadu_ps(in + 16), v2 = _mm512_loadu_ps(in + 32);
+#pragma GCC unroll 8
+    for (int o = 0; o < OB; ++o) {
+      const __m512 wv = _mm512_set1_ps(w[d * OB + o]);
+      a[o][0] = _mm512_fmadd_ps(wv, v0, a[o][0]);
+      a[o][1] = _mm512_fmadd_ps(wv, v1, a[o][1]);
+      a[o][2] = _mm512_fmadd_ps(wv, v2, a[o][2]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int o = 0; o < OB; ++o)
+    for (int r = 0; r < 3; ++r) _mm512_storeu_ps(acc + o * ld + g + 16 * r, a[o][r]);
+}
+
+using DirectTile = void (*)(const float*, const int64_t*, int64_t, const float*, float*, int64_t, int64_t);
+
+// The tile function for `block` outputs (a power of two up to 8 with 48-pixel tiles, 4 with 24).
+DirectTile direct_tiles(int64_t tile, int64_t block) {
+  if (tile == 48)
+    return block == 8   ? direct_tile16<8>
+           : block == 4 ? direct_tile16<4>
+           : block == 2 ? direct_tile16<2>
+                        : direct_tile16<1>;
+  return block == 4 ? direct_tile<4> : block == 2 ? direct_tile<2> : direct_tile<1>;
 }
 #endif
 
@@ -510,9 +573,11 @@ Products direct_products(const Conv& c, const Direct& geometry, const std::vecto
     b.acc.resize(static_cast<size_t>(cout * geometry.grid));
   else
     b.acc.assign(static_cast<size_t>(cout * geometry.grid), 0.0f);
-  // Outputs in blocks of 4, then 2 and 1; the block's weights (depth, block), depth in (input, tap) order.
-  for (int64_t o0 = 0, block = 4; o0 < cout && depth > 0; o0 += block) {
-    block = cout - o0 >= 4 ? 4 : cout - o0 >= 2 ? 2 : 1;
+  // Outputs in blocks of 8 (AVX-512) or 4, then halves; the block's weights (depth, block), depth in (input, tap)
+  // order.
+  const int64_t widest = geometry.tile == 48 ? 8 : 4;
+  for (int64_t o0 = 0, block = widest; o0 < cout && depth > 0; o0 += block) {
+    for (block = widest; block > cout - o0;) block /= 2;
     b.weights.resize(static_cast<size_t>(depth * block));
     for (int64_t j = 0; j < cin; ++j)
       for (int64_t t = 0; t < taps; ++t)
@@ -521,8 +586,8 @@ Products direct_products(const Conv& c, const Direct& geometry, const std::vecto
               c.weights[(t * c.ci + s.in[static_cast<size_t>(j)]) * c.co + s.out[static_cast<size_t>(o0 + o)]];
     float* rows = b.acc.data() + o0 * geometry.grid;
 #if defined(__x86_64__)
-    auto tiles = block == 4 ? direct_tile<4> : block == 2 ? direct_tile<2> : direct_tile<1>;
-    for (int64_t g = 0; g < geometry.grid; g += Direct::kTile)
+    const DirectTile tiles = direct_tiles(geometry.tile, block);
+    for (int64_t g = 0; g < geometry.grid; g += geometry.tile)
       tiles(b.gathered.data(), b.offsets.data(), depth, b.weights.data(), rows, geometry.grid, g);
 #endif
   }
@@ -559,7 +624,7 @@ Products blas_products(const Conv& c, const Sample& s, Scratch& b) {
       }
     weights = b.weights.data();
   }
-  const bool planar = cout < kPlanarBelow;
+  const bool planar = cout < kPlanarBelow && !onednn_avx512();
   if (c.stride == 1 && c.kernel > 1 && cin > 0 && cin < kShiftedBelow) {
     // Tap (ky, kx) of output (oy, ox) reads padded pixel (oy + ky, ox + kx): with rows of the padded width pw, the
     // window of every output is one contiguous block at offset ky * pw + kx (a row's last k - 1 are not outputs;

@@ -62,7 +62,8 @@ struct SparseConvSample {
 /// ci) of its im2col columns.
 torch::Tensor arrange_for_sparse_conv(const torch::Tensor& weight);
 
-/// How sparse_conv2d computes a sample: BLAS products, the direct kernel (AVX2), or either by its sizes (Auto).
+/// How sparse_conv2d computes a sample: BLAS products, the direct kernel (AVX2 or AVX-512), or either by its sizes
+/// (Auto).
 enum class SparseConvPath { Auto, Products, Direct };
 
 /// Whether this CPU runs sparse_conv2d's direct kernel (AVX2 and FMA).
@@ -70,13 +71,14 @@ bool sparse_conv_direct_available();
 
 /// A k x k convolution (stride >= 1, zero padding) of float, channels-last x (N, Ci, H, W) in which every sample
 /// reads and computes only the channels `samples` names: per sample the channels it reads (gathered from any sample)
-/// and one matrix product (BLAS) with the rows and columns of `arranged` (arrange_for_sparse_conv) it needs, over an
-/// im2col or, for stride 1 on few channels, over shifted windows of a padded copy; or, for a k > 1 convolution of a
-/// sample that reads at most 64 channels on a CPU with AVX2, straight from planar copies of its channels by our own
-/// kernel (Auto: by those sizes, per sample) - so that its cost is its own channels' (AdaFuse's gated blocks,
+/// and one matrix product (sgemm: oneDNN's where it runs AVX-512, else BLAS's) with the rows and columns of `arranged`
+/// (arrange_for_sparse_conv) it needs, over an im2col or, for stride 1 on few channels, over shifted windows of a
+/// padded copy; or, for a k > 1 convolution of a sample that reads at most 64 channels on a CPU with AVX2, straight
+/// from planar copies of its channels by our own kernel (Auto: by those sizes, per sample) - so that its cost is its own channels' (AdaFuse's gated blocks,
 /// where each frame keeps other channels). bias (Co,), then residual (N, Co, Ho, Wo) channels-last if defined (a
 /// basic block's shortcut), then ReLU if asked -> (N, Co, Ho, Wo) channels-last, uncomputed outputs zero (before the
-/// residual). Samples run in parallel (each product on one thread with OpenMP's OpenBLAS, scripts/install-deps.sh).
+/// residual). Samples run in parallel (each product on one thread: OpenBLAS and oneDNN use OpenMP,
+/// scripts/install-deps.sh).
 /// CPU, no gradient.
 torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arranged, const torch::Tensor& bias,
                             int64_t kernel, int64_t stride, int64_t padding, bool relu,

@@ -379,14 +379,9 @@ class V3Stepper : public ExitStepper {
           // Gather only those frames of the videos concerned, then cut the cube out of them.
           const auto kept = frames.index_select(0, rows).masked_select(fresh.index_select(0, rows)).view({m, r});
           const auto flat = (present_.index_select(0, rows).unsqueeze(1) * source_.size(1) + kept).flatten();
-          const auto clips = frame_rows().index_select(0, flat);
-          const auto c = corner.index_select(0, rows);
-          const auto at =
-              torch::cat({c.narrow(1, 0, 2), torch::zeros({m, 1}, c.options())}, 1).unsqueeze(1);  // (m, 1, 3)
-          const auto cube = nn::sample_cubes(clips.view({m, r, clips.size(1), clips.size(2), clips.size(3)}), at,
-                                             m_.patch_, r);  // (m, 1, r, 3, P, P)
-          const auto z =
-              m_.classifier->local(m_.cube_features(cube.reshape({m, r, 3, m_.patch_, m_.patch_})));  // (m, H)
+          const auto clips = frame_rows().index_select(0, flat);  // (m r, 3, S, S)
+          const auto z = cube_locals(clips.view({m, r, clips.size(1), clips.size(2), clips.size(3)}),
+                                     corner.index_select(0, rows));  // (m, H)
           if (!updated.defined()) updated = torch::empty({n, z.size(1)}, z.options());
           updated.index_copy_(0, rows, local_.defined() ? torch::max(local_.index_select(0, rows), z) : z);
         }
@@ -422,9 +417,19 @@ class V3Stepper : public ExitStepper {
     return source_.reshape({-1, source_.size(2), source_.size(3), source_.size(4)});
   }
 
+  // clips (m, r, 3, S, S), corner (m, 3): each clip's cube at the corner's (x, y) over all its r frames -> the local
+  // network's features (m, H).
+  torch::Tensor cube_locals(const torch::Tensor& clips, const torch::Tensor& corner) const {
+    const int64_t m = clips.size(0), r = clips.size(1), p = m_.patch_;
+    const auto at =
+        torch::cat({corner.narrow(1, 0, 2), torch::zeros({m, 1}, corner.options())}, 1).unsqueeze(1);  // (m, 1, 3)
+    const auto cube = nn::sample_cubes(clips, at, p, r);  // (m, 1, r, 3, P, P)
+    return m_.classifier->local(m_.cube_features(cube.reshape({m, r, 3, p, p})));
+  }
+
   // ahead_ <- the local features of the next cubes, from cube k_ on.
   void run_ahead() {
-    const int64_t n = present_.size(0), from = k_ - 1, p = m_.patch_;
+    const int64_t n = present_.size(0), from = k_ - 1;
     int64_t c = all_exits_ ? m_.cubes_ : nn::counting_flops() ? 1 : chunk_;
     c = std::min(c, m_.cubes_ - from);
     chunk_ = std::max<int64_t>(1, std::min(2 * c, (kAheadPatches + n - 1) / n));
@@ -432,10 +437,7 @@ class V3Stepper : public ExitStepper {
     const auto first = corner.select(2, 2).to(torch::kLong);  // (n, c)
     const auto flat = (present_.unsqueeze(1) * source_.size(1) + first).flatten();  // (n c)
     const auto clips = frame_rows().index_select(0, flat);  // (n c, 3, S, S)
-    const auto at = torch::cat({corner.narrow(2, 0, 2), torch::zeros({n, c, 1}, corner.options())}, 2)
-                        .reshape({n * c, 1, 3});  // (n c, 1, 3)
-    const auto cube = nn::sample_cubes(clips.unsqueeze(1), at, p, 1);  // (n c, 1, 1, 3, P, P)
-    ahead_ = m_.classifier->local(m_.cube_features(cube.reshape({n * c, 1, 3, p, p}))).view({n, c, -1});
+    ahead_ = cube_locals(clips.unsqueeze(1), corner.reshape({n * c, 3})).view({n, c, -1});
     ahead_from_ = from;
   }
 

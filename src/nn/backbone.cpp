@@ -87,9 +87,10 @@ torch::Tensor add_owned(torch::Tensor y, const torch::Tensor& z) {
 
 bool folding_enabled() { return folding_on; }
 
-bool onednn_inference(const torch::Tensor& x) {
+bool onednn_inference(const torch::Tensor& x, bool bf16_autocast) {
   return x.device().is_cpu() && x.scalar_type() == torch::kFloat && !torch::GradMode::is_enabled() &&
-         !at::autocast::is_cpu_enabled();
+         (!at::autocast::is_cpu_enabled() ||
+          (bf16_autocast && at::autocast::get_autocast_cpu_dtype() == at::kBFloat16));
 }
 
 UnfoldedGuard::UnfoldedGuard() : previous_(folding_on) { folding_on = false; }

@@ -110,8 +110,8 @@ torch::Tensor batch_norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x)
 /// Whether folded convolutions run folded on this thread (no UnfoldedGuard alive).
 bool folding_enabled();
 /// Whether x may take our own oneDNN paths (prepacked weights, nn::ConvChain): a float CPU tensor, no gradient
-/// recorded, no bf16 autocast.
-bool onednn_inference(const torch::Tensor& x);
+/// recorded, no autocast - or, with `bf16_autocast` (a path computing in bf16 itself), none other than bf16.
+bool onednn_inference(const torch::Tensor& x, bool bf16_autocast = false);
 /// While alive, folded convolutions run as conv + BN on this thread: the FLOPs counter counts what the papers count.
 class UnfoldedGuard {
  public:

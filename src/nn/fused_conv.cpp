@@ -154,10 +154,7 @@ ConvChain::ConvChain(const std::vector<ChainLayer>& layers) : impl_(std::make_sh
 }
 
 bool ConvChain::runs(const torch::Tensor& x) {
-  const bool autocast = at::autocast::is_cpu_enabled();
-  return x.device().is_cpu() && x.scalar_type() == torch::kFloat && !torch::GradMode::is_enabled() &&
-         (!autocast || at::autocast::get_autocast_cpu_dtype() == at::kBFloat16) && x.dim() == 4 && folding_enabled() &&
-         chains_on;
+  return onednn_inference(x, true) && x.dim() == 4 && folding_enabled() && chains_on;
 }
 
 ChainOffGuard::ChainOffGuard() : previous_(chains_on) { chains_on = false; }

@@ -384,11 +384,8 @@ extern "C" void sgemm_(const char* transa, const char* transb, const int* m, con
 // took about half OpenBLAS's time at ResNet-50's 128-512 channels (bench_kernels; OpenBLAS ran its AVX2 kernels, as
 // that machine's OPENBLAS_CORETYPE=Haswell asked, and its AVX-512 ones took about two thirds).
 void matmul_add(int64_t rows, int64_t cols, int64_t depth, const float* a, const float* b, float* c, bool planar) {
-  if (onednn_avx512()) {  // (oneDNN's sgemm is row-major)
-    if (planar)
-      dnnl_sgemm('T', 'T', cols, rows, depth, 1.0f, b, cols, a, depth, 1.0f, c, rows);
-    else
-      dnnl_sgemm('N', 'N', rows, cols, depth, 1.0f, a, depth, b, cols, 1.0f, c, cols);
+  if (!planar && onednn_avx512()) {  // (with oneDNN never planar: kPlanarBelow; its sgemm is row-major)
+    dnnl_sgemm('N', 'N', rows, cols, depth, 1.0f, a, depth, b, cols, 1.0f, c, cols);
     return;
   }
   const int r = static_cast<int>(rows), n = static_cast<int>(cols), k = static_cast<int>(depth);

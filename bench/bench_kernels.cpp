@@ -4,7 +4,8 @@
 // the 3-d grid_sample it replaces and a 2-d one), the glance's area resize (area_downsample) and AdaFuse's
 // frame-by-frame gated convolution (sparse_conv2d: BLAS products and the direct kernel), the temporal shift without
 // gradient (shift_copy), few-row linear layers (small_batch_linear) with the GRU built on them (gru_forward) at
-// AdaFocusV2's policy size, and MobileNetV2 through oneDNN's fused convolutions (ConvChain), in fp32 and bf16.
+// AdaFocusV2's policy size, a residual block's end relu(y + z) in one pass (add_relu_), and MobileNetV2 through
+// oneDNN's fused convolutions (ConvChain), in fp32 and bf16.
 //
 //   cmake -S . -B build -DADAFOCUS_BENCH=ON && cmake --build build --target bench_kernels
 //   build/bench/bench_kernels [threads=2]
@@ -78,6 +79,20 @@ int main(int argc, char** argv) {
   fmt::print("256 frames 128 -> 32 px: adaptive_avg_pool2d {:.1f}, avg_pool2d {:.1f}, area_downsample {:.1f}\n", adaptive,
              pool, area);
 
+  // A residual block's end, relu(y + z), on ResNet-50's maps of 16 frames at 224 px (channels-last): at::add_ then
+  // at::relu_ against add_relu_, in fp32 and bf16.
+  fmt::print("\nrelu(y + z), 16 frames, channels-last (median of 7, ms)\n{:<14}{:>8}{:>18}{:>12}\n", "map", "type",
+             "add_ + relu_", "add_relu_");
+  for (const auto& [channels, side] :
+       {std::make_pair(int64_t{256}, int64_t{56}), std::make_pair(int64_t{1024}, int64_t{14})})
+    for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+      const auto z = torch::randn({16, channels, side, side}).to(dtype).contiguous(torch::MemoryFormat::ChannelsLast);
+      auto y = z.clone();  // (its values drift upwards over the runs: no matter for the time)
+      fmt::print("{:<14}{:>8}{:>18.2f}{:>12.2f}\n", fmt::format("{}x{}x{}", channels, side, side),
+                 dtype == torch::kFloat ? "fp32" : "bf16", median_ms([&] { y.add_(z).relu_(); }),
+                 median_ms([&] { nn::add_relu_(y, z); }));
+    }
+
   // AdaFuse's gated convolutions at ResNet-50's shapes and the demo's ResNet-10 (8 to 64 channels), 64 frames (a batch
   // of 8 videos). conv2: each frame reads its own random 37% of the input channels (the demo's AdaFuse-TSM keeps 19%
   // and reuses 18%) and computes every output; conv1: each reads every channel and computes its own 23% (3x3, a basic
@@ -145,11 +160,11 @@ int main(int argc, char** argv) {
   }
 
   // AdaFocusV2's policy GRU (2048 units) over 16 frames of 1 and 8 videos, and one step's hidden product (2048 ->
-  // 6144) at 1, 8 and 16 rows: torch::linear / the GRU's own forward against small_batch_linear / gru_forward.
+  // 6144) at 1, 8, 16, 18 and 32 rows: torch::linear / the GRU's own forward against small_batch_linear / gru_forward.
   fmt::print("\nLinear 2048 -> 6144 (median of 7, ms)\n{:<8}{:>14}{:>20}\n", "rows", "torch::linear",
              "small_batch_linear");
   const auto w = torch::randn({6144, 2048}), b = torch::randn({6144});
-  for (const int64_t rows : {1, 8, 16}) {
+  for (const int64_t rows : {1, 8, 16, 18, 32}) {
     const auto x = torch::randn({rows, 2048});
     fmt::print("{:<8}{:>14.2f}{:>20.2f}\n", rows, median_ms([&] { torch::linear(x, w, b); }),
                median_ms([&] { nn::small_batch_linear(x, w, b); }));

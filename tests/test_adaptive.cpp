@@ -247,6 +247,38 @@ TEST(AdaFocusV3, PredictsEveryExitFromDistinctFrames) {
   EXPECT_TRUE((p.regions.select(2, 0) <= 64 - 24).all().item<bool>());
 }
 
+TEST(AdaFocusV3, PolicyInferenceIsItsConv3dEncoder) {
+  // Without gradient the policy's 1x1x1 convolution runs as a linear layer over each cell's channels and the 3x3x3
+  // ones on its channels-last-3d output: against the encoder's own LibTorch layers (the path with gradient), eval-mode
+  // BN with moved statistics, glance maps in channels-last (as the glance returns them) and plain, batch 1 and 3; the
+  // FLOPs counted the same.
+  torch::manual_seed(12);
+  methods::CubePolicy policy(24, 5, 3, 4, 8, std::vector<double>{0.2, 0.5, 0.8});
+  for (auto& m : policy->encoder->modules(false))
+    if (auto* bn = m->as<torch::nn::BatchNorm3d>()) {
+      bn->running_mean.normal_();
+      bn->running_var.uniform_(0.5, 2.0);
+    }
+  torch::NoGradGuard no_grad;
+  policy->fc->weight.normal_(0, 0.1);
+  policy->eval();
+  for (const int64_t batch : {1, 3})
+    for (const bool channels_last : {true, false}) {
+      auto frames = torch::randn({batch * 5, 24, 3, 4});
+      if (channels_last) frames = frames.contiguous(torch::MemoryFormat::ChannelsLast);
+      const auto maps = frames.view({batch, 5, 24, 3, 4});
+      torch::Tensor ours, theirs;
+      const nn::FlopsReport counted = nn::count_flops(*policy, [&] { ours = policy->forward(maps); });
+      nn::FlopsReport reference;
+      {
+        torch::AutoGradMode gradient(true);
+        reference = nn::count_flops(*policy, [&] { theirs = policy->forward(maps).detach(); });
+      }
+      EXPECT_TRUE(test::AllCloseRelative(ours, theirs, 1e-5)) << batch << channels_last;
+      EXPECT_EQ(counted.total, reference.total);
+    }
+}
+
 TEST(AdaFocusV3, BothEstimatorsTrainThePolicyAndTheSecondStageOnlyThePolicy) {
   for (const char* gradient : {"feature", "pixel"}) {
     torch::manual_seed(6);

@@ -253,7 +253,27 @@ TEST(Backbones, FoldedConvolutionRunsOnPrepackedWeights) {
   const auto x = torch::randn({2, 8, 15, 13});
   const auto y = nn::conv_bn(*conv, *bn, folded, x);
   EXPECT_TRUE(y.is_contiguous(torch::MemoryFormat::ChannelsLast));
-  EXPECT_TRUE(AllCloseRelative(y, bn->forward(conv->forward(x)), 1e-5));
+  const auto reference = bn->forward(conv->forward(x));
+  EXPECT_TRUE(AllCloseRelative(y, reference, 1e-5));
+  // Folded with its ReLU (oneDNN's post-op), which only a conv_bn asked for the ReLU may run.
+  const nn::FoldedConv with_relu = nn::fold(*conv, *bn, /*relu=*/true);
+  EXPECT_TRUE(AllCloseRelative(nn::conv_bn(*conv, *bn, with_relu, x, true), torch::relu(reference), 1e-5));
+  EXPECT_TRUE(AllCloseRelative(nn::conv_bn(*conv, *bn, folded, x, true), torch::relu(reference), 1e-5));
+  EXPECT_THROW(nn::conv_bn(*conv, *bn, with_relu, x), c10::Error);
+  // Under bf16 autocast: bf16 weights reordered once, on first use; the result is autocast's own convolution of the
+  // folded weights (bf16 products, float sums: within a few bf16 roundings) and the fp32 one to bf16's precision.
+  infer::PrecisionGuard bf16(infer::Precision::Bf16);
+  for (const bool relu : {false, true}) {
+    const nn::FoldedConv& f = relu ? with_relu : folded;
+    const auto ours = nn::conv_bn(*conv, *bn, f, x, relu);
+    EXPECT_EQ(ours.scalar_type(), torch::kBFloat16);
+    EXPECT_FALSE(f.bf16->packed.isNone());
+    auto autocast = torch::conv2d(x.contiguous(torch::MemoryFormat::ChannelsLast), f.weight, f.bias, 2, 1);
+    if (relu) autocast = torch::relu(autocast);
+    EXPECT_EQ(autocast.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(AllCloseRelative(ours.to(torch::kFloat), autocast.to(torch::kFloat), 2e-2)) << relu;
+    EXPECT_TRUE(AllCloseRelative(ours.to(torch::kFloat), relu ? torch::relu(reference) : reference, 3e-2)) << relu;
+  }
 }
 
 TEST(Backbones, ChannelsLastTrainingOfANarrowResNetMatchesAndSurvives) {
@@ -341,6 +361,36 @@ TEST(Backbones, AreaDownsampleIsAvgPool) {
   EXPECT_THROW(nn::area_downsample(torch::randn({1, 3, 10, 10}), 4), c10::Error);
 }
 
+TEST(Backbones, AddReluIsAddThenRelu) {
+  // Against at::add then at::relu, bit for bit: float and bf16 (rounded once, to the nearest even, as at::add rounds
+  // its bf16 sum), channels-last and contiguous, a size that is no multiple of any vector width, NaN and values whose
+  // bf16 sum is a tie; maps of two layouts and a map asking for a gradient take the operators themselves.
+  torch::manual_seed(14);
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16})
+    for (const bool channels_last : {true, false}) {
+      auto y = torch::randn({3, 7, 5, 11}), z = torch::randn({3, 7, 5, 11});
+      y[0][0][0][0] = std::nanf("");
+      y[0][0][0][1] = 1.0f, z[0][0][0][1] = 1.0f / 256;  // 1 + 2^-8: halfway between two bf16 values
+      y[0][0][0][2] = 1.0f + 1.0f / 128, z[0][0][0][2] = 1.0f / 256;
+      y = y.to(dtype), z = z.to(dtype);
+      if (channels_last)
+        y = y.contiguous(torch::MemoryFormat::ChannelsLast), z = z.contiguous(torch::MemoryFormat::ChannelsLast);
+      const auto expected = torch::relu(y + z);
+      torch::NoGradGuard no_grad;
+      const auto ours = nn::add_relu_(y.clone(), z);
+      EXPECT_EQ(ours.scalar_type(), dtype);
+      EXPECT_TRUE(torch::equal(ours.nan_to_num(-1), expected.nan_to_num(-1))) << dtype << channels_last;
+      EXPECT_TRUE(std::isnan(ours[0][0][0][0].item<float>()));
+    }
+  torch::NoGradGuard no_grad;
+  const auto y = torch::randn({2, 3, 4, 5});
+  const auto z = torch::randn({2, 3, 4, 5}).contiguous(torch::MemoryFormat::ChannelsLast);
+  EXPECT_TRUE(torch::equal(nn::add_relu_(y.clone(), z), torch::relu(y + z)));
+  torch::AutoGradMode gradient(true);
+  const auto w = torch::randn({2, 3}).requires_grad_();
+  EXPECT_TRUE(nn::add_relu_owned(w * 1, torch::randn({2, 3})).requires_grad());
+}
+
 TEST(Backbones, SparseConvolutionIsTheConvolutionOfTheChosenChannels) {
   // Each sample against torch::conv2d on the input it names (channels gathered from other samples, zeros for -1), with
   // the weights of those input channels, keeping the outputs it computes (the rest zero); 3x3 strided (im2col), 3x3
@@ -412,12 +462,13 @@ TEST(Backbones, SparseConvolutionIsTheConvolutionOfTheChosenChannels) {
 }
 
 TEST(Backbones, SmallBatchLinearIsLinear) {
-  // Against torch::linear: 1 to 16 rows (whole and partial groups of four), inner sizes with and without a tail past
-  // the last 8 floats, an odd number of outputs (a last single weight row), with and without bias. Rows past 16 and
-  // inputs that ask for a gradient go to torch::linear itself. The FLOPs counter sees the product.
+  // Against torch::linear: 1 to 32 rows (one row: its own kernel, four weight rows at a time; more: whole and partial
+  // groups of four), inner sizes with and without a tail past the last 8 floats, an odd number of outputs (a last
+  // one to three weight rows), with and without bias. Rows past 32 and inputs that ask for a gradient go to
+  // torch::linear itself. The FLOPs counter sees the product.
   torch::manual_seed(8);
   torch::NoGradGuard no_grad;
-  for (const int64_t m : {1, 3, 4, 7, 16, 17})
+  for (const int64_t m : {1, 3, 4, 7, 16, 18, 32, 33})
     for (const int64_t k : {5, 64, 203})
       for (const bool with_bias : {true, false}) {
         const int64_t n = 37;
@@ -429,7 +480,7 @@ TEST(Backbones, SmallBatchLinearIsLinear) {
         EXPECT_TRUE(AllCloseRelative(ours, torch::linear(x, w, bias), 1e-5)) << m << " " << k;
         EXPECT_EQ(counted.total, m * n * k);
       }
-  EXPECT_FALSE(nn::use_small_batch_linear(torch::randn({17, 8}), torch::randn({4, 8})));
+  EXPECT_FALSE(nn::use_small_batch_linear(torch::randn({33, 8}), torch::randn({4, 8})));
   {
     infer::PrecisionGuard bf16(infer::Precision::Bf16);  // autocast's bf16 linear, as everywhere else
     EXPECT_FALSE(nn::use_small_batch_linear(torch::randn({2, 8}), torch::randn({4, 8})));
@@ -446,13 +497,13 @@ TEST(Backbones, SmallBatchLinearIsLinear) {
 
 TEST(Backbones, GruInferenceIsTheGrusForward) {
   // Against torch::nn::GRU's own forward: batch first or not, from zeros or a given state, with and without biases,
-  // batch 1 and 5 (the hidden products through small_batch_linear, the path of gru_forward without gradient) and 20 (through torch::linear); the FLOPs counted
-  // are the GRU's.
+  // batch 1 and 5 (the hidden products through small_batch_linear, the path of gru_forward without gradient) and 40
+  // (through torch::linear); the FLOPs counted are the GRU's.
   torch::manual_seed(9);
   torch::NoGradGuard no_grad;
   for (const bool batch_first : {true, false})
     for (const bool bias : {true, false})
-      for (const int64_t batch : {1, 5, 20}) {
+      for (const int64_t batch : {1, 5, 40}) {
         torch::nn::GRU gru(torch::nn::GRUOptions(12, 19).batch_first(batch_first).bias(bias));
         const int64_t steps = 6;
         const auto x = batch_first ? torch::randn({batch, steps, 12}) : torch::randn({steps, batch, 12});
@@ -484,20 +535,28 @@ TEST(Backbones, GruInferenceIsTheGrusForward) {
 }
 
 TEST(Backbones, Bf16AutocastRunsInBf16AndRestores) {
-  torch::manual_seed(4);
-  auto model = nn::make_backbone(nn::BackboneOptions("resnet18"));
-  model->eval();
-  const auto x = torch::randn({2, 3, 64, 64});
-  torch::NoGradGuard no_grad;
-  const auto fp32 = model->forward(x);
-  torch::Tensor bf16;
-  {
-    infer::PrecisionGuard guard(infer::Precision::Bf16);
-    bf16 = model->forward(x);
+  // LibTorch's autocast layers, then the folded network (bf16 weights reordered once, the ReLUs and the block ends
+  // fused) against fp32: basic blocks and bottlenecks.
+  for (const std::string arch : {"resnet18", "resnet50"}) {
+    torch::manual_seed(4);
+    auto model = nn::make_backbone(nn::BackboneOptions(arch));
+    model->eval();
+    const auto x = torch::randn({2, 3, 64, 64});
+    torch::NoGradGuard no_grad;
+    const auto fp32 = model->forward(x);
+    for (const bool folded : {false, true}) {
+      if (folded) model->fold_batchnorm();
+      torch::Tensor bf16;
+      {
+        infer::PrecisionGuard guard(infer::Precision::Bf16);
+        bf16 = model->forward(x);
+      }
+      EXPECT_EQ(bf16.scalar_type(), torch::kBFloat16);
+      // 8 bits of mantissa through 18 or more layers
+      EXPECT_TRUE(AllCloseRelative(bf16.to(torch::kFloat), fp32, 0.05)) << arch << folded;
+      EXPECT_EQ(model->forward(x).scalar_type(), torch::kFloat);  // off again after the guard
+    }
   }
-  EXPECT_EQ(bf16.scalar_type(), torch::kBFloat16);
-  EXPECT_TRUE(AllCloseRelative(bf16.to(torch::kFloat), fp32, 0.05));  // 8 bits of mantissa through 18 layers
-  EXPECT_EQ(model->forward(x).scalar_type(), torch::kFloat);            // off again after the guard
 }
 
 TEST(Precision, Bf16FallsBackToFp32WithoutNativeBf16UnlessEmulationIsAsked) {

@@ -285,16 +285,18 @@ torch::Tensor block_end(const GatedBlock& b, torch::Tensor out, const torch::Ten
                         bool relu_done = false) {
   if (!b.conv3) return nn::relu_owned(out + shortcut(b, xs, x));  // (out may be a view of conv2's bias: not in place)
   out = nn::conv_bn(*b.conv3, *b.bn3, *b.folded3, relu_done ? out : torch::relu(out));
-  return nn::relu_owned(nn::add_owned(out, shortcut(b, xs, x)));
+  return nn::add_relu_owned(out, shortcut(b, xs, x));
 }
 
 // The masked dense block: conv1's output fused as the gates say, then the rest.
 torch::Tensor dense_block(const GatedBlock& b, const torch::Tensor& x, const torch::Tensor& xs,
                           const torch::Tensor& mask, int64_t segments) {
   // BN folded into the convolutions after optimize_for_inference (nn::conv_bn), as in the dense network.
-  auto out = nn::relu_owned(nn::conv_bn(*b.conv1, *b.bn1, *b.folded1, xs));  // (N, G, H1, W1)
+  auto out = nn::conv_bn(*b.conv1, *b.bn1, *b.folded1, xs, /*relu=*/true);  // (N, G, H1, W1)
   if (mask.defined()) out = fuse_channels(out, mask, segments);
-  return block_end(b, nn::conv_bn(*b.conv2, *b.bn2, *b.folded2, out), x, xs);  // conv2: (N, G2, H2, W2)
+  const bool bottleneck = b.conv3 != nullptr;  // conv2's ReLU: a bottleneck's, not a basic block's (after the sum)
+  out = nn::conv_bn(*b.conv2, *b.bn2, *b.folded2, out, bottleneck);  // (N, G2, H2, W2)
+  return block_end(b, out, x, xs, bottleneck);
 }
 
 SparseWeights sparse_weights(const GatedBlock& b) {

@@ -36,42 +36,74 @@ c10::optional<c10::OperatorHandle> prepacked_op(const char* name) {  // none whe
   return c10::Dispatcher::singleton().findSchema({name, ""});
 }
 
+// The weights reordered for oneDNN, `attr` its post-op ("none" or "relu"); none where LibTorch has no oneDNN.
+c10::IValue prepack(const torch::Tensor& weight, const torch::Tensor& bias,
+                    const torch::nn::detail::ConvNdOptions<2>& o, bool relu) {
+  static const auto op = prepacked_op("mkldnn_prepacked::conv2d_prepack");
+  if (!op || !weight.device().is_cpu()) return {};
+  // The input size only guides oneDNN's choice of weight layout, the same for every size here.
+  const int64_t side = std::max<int64_t>(8, weight.size(2));
+  torch::jit::Stack stack{weight, bias, pair_of(*o.stride()), pair_of(c10::get<torch::ExpandingArray<2>>(o.padding())),
+                          pair_of(*o.dilation()), o.groups(), std::vector<int64_t>{1, o.in_channels(), side, side},
+                          std::string(relu ? "relu" : "none")};
+  op->callBoxed(&stack);
+  return stack.at(0);
+}
+
+torch::Tensor run_packed(const torch::Tensor& x, const c10::IValue& packed) {
+  static const auto op = prepacked_op("mkldnn_prepacked::conv2d_run");
+  torch::jit::Stack stack{x, packed};
+  op->callBoxed(&stack);
+  return stack.at(0).toTensor();  // channels-last, x's type
+}
+
+// Under bf16 autocast, on CPU without gradient: what autocast's at::conv2d would compute in bf16.
+bool bf16_inference(const torch::Tensor& x) {
+  return x.device().is_cpu() && (x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kBFloat16) &&
+         !torch::GradMode::is_enabled() && at::autocast::is_cpu_enabled() &&
+         at::autocast::get_autocast_cpu_dtype() == at::kBFloat16;
+}
+
 }  // namespace
 
-FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn) {
+FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn, bool relu) {
   torch::NoGradGuard no_grad;
   const auto scale = bn.weight / torch::sqrt(bn.running_var + bn.options.eps());  // (Cout,)
   FoldedConv out{(conv.weight * scale.view({-1, 1, 1, 1})).contiguous(torch::MemoryFormat::ChannelsLast),
-                 bn.bias - bn.running_mean * scale};
-  static const auto prepack = prepacked_op("mkldnn_prepacked::conv2d_prepack");
-  const auto& o = conv.options;
-  if (prepack && out.weight.device().is_cpu() && out.weight.scalar_type() == torch::kFloat) {
-    // The input size only guides oneDNN's choice of weight layout, the same for every size here.
-    const int64_t side = std::max<int64_t>(8, out.weight.size(2));
-    torch::jit::Stack stack{out.weight, out.bias, pair_of(*o.stride()),
-                            pair_of(c10::get<torch::ExpandingArray<2>>(o.padding())), pair_of(*o.dilation()),
-                            o.groups(), std::vector<int64_t>{1, o.in_channels(), side, side}, std::string("none")};
-    prepack->callBoxed(&stack);
-    out.packed = stack.at(0);
+                 bn.bias - bn.running_mean * scale, relu};
+  if (out.weight.scalar_type() == torch::kFloat) {
+    out.packed = prepack(out.weight, out.bias, conv.options, relu);
+    if (!out.packed.isNone()) out.bf16 = std::make_shared<FoldedConv::Bf16>();
   }
   return out;
 }
 
 torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const FoldedConv& folded,
-                      const torch::Tensor& x) {
-  if (!folded.weight.defined() || bn.is_training() || !folding_on) return batch_norm(bn, conv.forward(x));
+                      const torch::Tensor& x, bool relu) {
+  TORCH_CHECK(relu || !folded.relu, "conv_bn: ", conv.options.out_channels(), " channels folded with their ReLU");
+  if (!folded.weight.defined() || bn.is_training() || !folding_on) {
+    const auto y = batch_norm(bn, conv.forward(x));
+    return relu ? relu_owned(y) : y;
+  }
   // Channels-last from the network's input on (a no-op after the first convolution); oneDNN would otherwise convert
   // each NCHW input itself.
   const auto in = x.contiguous(torch::MemoryFormat::ChannelsLast);
-  static const auto run = prepacked_op("mkldnn_prepacked::conv2d_run");
   if (!folded.packed.isNone() && onednn_inference(in)) {
-    torch::jit::Stack stack{in, folded.packed};
-    run->callBoxed(&stack);
-    return stack.at(0).toTensor();  // channels-last
+    const auto y = run_packed(in, folded.packed);  // ReLU'd inside when folded with it
+    return relu && !folded.relu ? relu_owned(y) : y;
+  }
+  if (folded.bf16 && bf16_inference(in)) {
+    std::call_once(folded.bf16->once, [&] {
+      folded.bf16->packed =
+          prepack(folded.weight.to(torch::kBFloat16), folded.bias.to(torch::kBFloat16), conv.options, folded.relu);
+    });
+    const auto y = run_packed(in.to(torch::kBFloat16), folded.bf16->packed);
+    return relu && !folded.relu ? relu_owned(y) : y;
   }
   const auto& o = conv.options;
-  return torch::conv2d(in, folded.weight, folded.bias, *o.stride(), c10::get<torch::ExpandingArray<2>>(o.padding()),
-                       *o.dilation(), o.groups());
+  const auto y = torch::conv2d(in, folded.weight, folded.bias, *o.stride(),
+                               c10::get<torch::ExpandingArray<2>>(o.padding()), *o.dilation(), o.groups());
+  return relu ? relu_owned(y) : y;
 }
 
 torch::Tensor relu_owned(torch::Tensor y) { return at::GradMode::is_enabled() ? torch::relu(y) : y.relu_(); }
@@ -83,6 +115,11 @@ torch::Tensor relu6_owned(torch::Tensor y) {
 torch::Tensor add_owned(torch::Tensor y, const torch::Tensor& z) {
   // (under bf16 autocast both are bf16; were they not, the sum takes the wider type, which y cannot hold)
   return at::GradMode::is_enabled() || y.scalar_type() != z.scalar_type() ? y + z : y.add_(z);
+}
+
+torch::Tensor add_relu_owned(torch::Tensor y, const torch::Tensor& z) {
+  if (at::GradMode::is_enabled() || y.scalar_type() != z.scalar_type()) return torch::relu(y + z);
+  return add_relu_(std::move(y), z);
 }
 
 bool folding_enabled() { return folding_on; }

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -80,25 +81,38 @@ class BackboneImpl : public torch::nn::Module {
   StateDict wrap_shifted(const StateDict& state) const;
 };
 
-/// A convolution followed by BatchNorm, folded into one convolution (weight and bias); empty until folded.
+/// A convolution followed by BatchNorm (and a ReLU when `relu`), folded into one convolution (weight and bias);
+/// empty until folded.
 struct FoldedConv {
   torch::Tensor weight, bias;
-  /// On CPU: the weights reordered once for oneDNN (LibTorch's mkldnn_prepacked ConvOpContext); at::conv2d reorders
-  /// them on every call, which costs a ResNet-50 on one 128 px image about a quarter of its time.
+  bool relu = false;
+  /// On CPU: the weights reordered once for oneDNN (LibTorch's mkldnn_prepacked ConvOpContext), the ReLU as its
+  /// post-op; at::conv2d reorders them on every call, which costs a ResNet-50 on one 128 px image about a quarter of
+  /// its time.
   c10::IValue packed = {};
+  /// The same in bf16, made on the first call under bf16 autocast (fp32 users do not hold a bf16 copy): autocast's
+  /// at::conv2d converts and reorders the fp32 weights on every call.
+  struct Bf16 {
+    std::once_flag once;
+    c10::IValue packed;
+  };
+  std::shared_ptr<Bf16> bf16;
 };
-/// conv's weight scaled and bn's shift as a bias, in channels-last: conv then bn in eval mode as one convolution.
-FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn);
-/// bn(conv(x)), computed as one convolution on channels-last x when `folded` is set, bn is in eval mode and no
-/// UnfoldedGuard is alive.
+/// conv's weight scaled and bn's shift as a bias, in channels-last: conv then bn in eval mode as one convolution;
+/// with `relu`, the ReLU after them inside it (conv_bn(..., relu = true) only).
+FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn, bool relu = false);
+/// bn(conv(x)), relu'd when `relu`, computed as one convolution on channels-last x when `folded` is set, bn is in
+/// eval mode and no UnfoldedGuard is alive; under bf16 autocast on CPU, on folded's bf16 weights.
 torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const FoldedConv& folded,
-                      const torch::Tensor& x);
+                      const torch::Tensor& x, bool relu = false);
 /// relu(y), hardtanh(y, 0, 6) (ReLU6), y + z, for a y nothing else reads (a conv_bn result): in place when no
 /// gradient is recorded, which spares allocating and writing a second map of y's size, and the next layer reads a
 /// map still in cache. With a gradient, out of place (autograd may keep y).
 torch::Tensor relu_owned(torch::Tensor y);
 torch::Tensor relu6_owned(torch::Tensor y);
 torch::Tensor add_owned(torch::Tensor y, const torch::Tensor& z);
+/// relu(y + z) for such a y, in one pass where it can (nn::add_relu_): a residual block's end.
+torch::Tensor add_relu_owned(torch::Tensor y, const torch::Tensor& z);
 /// Batch normalisation over the batches of all processes (train.sync_bn): the trainer sets it while several
 /// processes train, empty otherwise.
 using BatchNormSync = std::function<torch::Tensor(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x)>;

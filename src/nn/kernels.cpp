@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include <oneapi/dnnl/dnnl.h>
@@ -270,6 +271,14 @@ namespace adafocus::nn {
 
 namespace {
 
+// Loops the compiler vectorises for the widest instruction set the CPU has (target_clones; reductions by `omp simd`):
+// one function for AVX-512 and AVX2 machines.
+#if defined(__x86_64__)
+#define ADAFOCUS_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#else
+#define ADAFOCUS_CLONES
+#endif
+
 // Whether this CPU runs our AVX2 + FMA kernels (sparse_conv2d's direct kernel, small_batch_linear), asked once.
 bool cpu_has_avx2_fma() {
 #if defined(__x86_64__)
@@ -362,6 +371,44 @@ torch::Tensor shift_copy(const torch::Tensor& x, int64_t segments, int64_t fold)
     case 4: run(uint32_t{}); break;
     default: run(uint64_t{});
   }
+  return y;
+}
+
+namespace add_relu {
+
+ADAFOCUS_CLONES void floats(float* y, const float* z, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::max(y[i] + z[i], 0.0f);
+}
+
+// bf16 as its bits: widened to float (the upper half), summed, rounded back to the nearest even as c10::BFloat16
+// (NaN to its quiet NaN), as at::add then at::relu compute it.
+ADAFOCUS_CLONES void bf16(uint16_t* y, const uint16_t* z, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t a = uint32_t{y[i]} << 16, b = uint32_t{z[i]} << 16;
+    float fa, fb;
+    std::memcpy(&fa, &a, 4), std::memcpy(&fb, &b, 4);
+    const float sum = std::max(fa + fb, 0.0f);
+    uint32_t u;
+    std::memcpy(&u, &sum, 4);
+    y[i] = sum != sum ? uint16_t{0x7FC0} : static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+
+}  // namespace add_relu
+
+torch::Tensor add_relu_(torch::Tensor y, const torch::Tensor& z) {
+  const auto layout = y.suggest_memory_format();
+  const bool ours = y.is_cpu() && z.is_cpu() && y.sizes() == z.sizes() && y.scalar_type() == z.scalar_type() &&
+                    (y.scalar_type() == torch::kFloat || y.scalar_type() == torch::kBFloat16) &&
+                    y.is_contiguous(layout) && z.is_contiguous(layout) && !at::GradMode::is_enabled();
+  if (!ours) return y.add_(z).relu_();
+  at::parallel_for(0, y.numel(), 32768, [&](int64_t first, int64_t last) {
+    if (y.scalar_type() == torch::kFloat)
+      add_relu::floats(y.data_ptr<float>() + first, z.data_ptr<float>() + first, last - first);
+    else
+      add_relu::bf16(reinterpret_cast<uint16_t*>(y.data_ptr()) + first,
+                     reinterpret_cast<const uint16_t*>(z.data_ptr()) + first, last - first);
+  });
   return y;
 }
 
@@ -774,57 +821,61 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
 
 namespace small_linear {
 
-constexpr int64_t kMaxRows = 16;
+constexpr int64_t kMaxRows = 32;
 
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) float sum8(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+// out[n] = bias[n] + x . w[n] for one row x and the weight rows n in [n0, n1), four weight rows at a time: a step of
+// a recurrence at batch 1, bound by reading the weights (AdaFocusV2's GRU, 2048 -> 6144: 1.9 ms a step through
+// rows(), which computes x four times, 0.6 ms so).
+ADAFOCUS_CLONES void one_row(const float* x, int64_t k_size, const float* w, const float* bias, float* out, int64_t n0,
+                             int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const float *w0 = w + n * k_size, *w1 = w0 + k_size, *w2 = w1 + k_size, *w3 = w2 + k_size;
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t k = 0; k < k_size; ++k) s0 += w0[k] * x[k], s1 += w1[k] * x[k], s2 += w2[k] * x[k], s3 += w3[k] * x[k];
+    const float sums[4] = {s0, s1, s2, s3};
+    for (int64_t i = 0; i < 4; ++i) out[n + i] = sums[i] + (bias ? bias[n + i] : 0.0f);
+  }
+  for (; n < n1; ++n) {
+    const float* w0 = w + n * k_size;
+    float s0 = 0;
+#pragma omp simd reduction(+ : s0)
+    for (int64_t k = 0; k < k_size; ++k) s0 += w0[k] * x[k];
+    out[n] = s0 + (bias ? bias[n] : 0.0f);
+  }
 }
 
-// out[m][n] = bias[n] + x[m] . w[n] for the weight rows n in [n0, n1): two rows of w against four of x at a time
-// (8 accumulators of 8 floats), so each weight row is read from memory once and from cache M / 4 times.
-__attribute__((target("avx2,fma"))) void rows(const float* x, int64_t m_rows, int64_t k_size, const float* w,
-                                               const float* bias, float* out, int64_t n_size, int64_t n0, int64_t n1) {
-  const int64_t k8 = k_size / 8 * 8;
-  for (int64_t n = n0; n < n1; n += 2) {
-    const bool two = n + 1 < n1;
-    const float* w0 = w + n * k_size;
-    const float* w1 = two ? w0 + k_size : w0;
+// out[m][n] = bias[n] + x[m] . w[n] for the m_rows rows of x and the weight rows n in [n0, n1): blocks of four weight
+// rows by four rows of x (16 sums), so each weight row is read from memory once and each load feeds four products;
+// rows of x past the last repeat it (computed, not stored); a last one to three weight rows one row of x at a time.
+ADAFOCUS_CLONES void rows(const float* x, int64_t m_rows, int64_t k_size, const float* w, const float* bias,
+                          float* out, int64_t n_size, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const float *w0 = w + n * k_size, *w1 = w0 + k_size, *w2 = w1 + k_size, *w3 = w2 + k_size;
     for (int64_t m = 0; m < m_rows; m += 4) {
-      const int64_t count = std::min<int64_t>(4, m_rows - m);
-      const float* x0 = x + m * k_size;  // rows past the last repeat it (computed, not stored)
+      const float* x0 = x + m * k_size;
       const float* x1 = x + std::min(m + 1, m_rows - 1) * k_size;
       const float* x2 = x + std::min(m + 2, m_rows - 1) * k_size;
       const float* x3 = x + std::min(m + 3, m_rows - 1) * k_size;
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-      for (int64_t k = 0; k < k8; k += 8) {
-        const __m256 u = _mm256_loadu_ps(w0 + k), v = _mm256_loadu_ps(w1 + k);
-        __m256 r = _mm256_loadu_ps(x0 + k);
-        a0 = _mm256_fmadd_ps(u, r, a0), b0 = _mm256_fmadd_ps(v, r, b0);
-        r = _mm256_loadu_ps(x1 + k);
-        a1 = _mm256_fmadd_ps(u, r, a1), b1 = _mm256_fmadd_ps(v, r, b1);
-        r = _mm256_loadu_ps(x2 + k);
-        a2 = _mm256_fmadd_ps(u, r, a2), b2 = _mm256_fmadd_ps(v, r, b2);
-        r = _mm256_loadu_ps(x3 + k);
-        a3 = _mm256_fmadd_ps(u, r, a3), b3 = _mm256_fmadd_ps(v, r, b3);
+      float s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+      float s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
+#pragma omp simd reduction(+ : s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
+      for (int64_t k = 0; k < k_size; ++k) {
+        const float a0 = w0[k], a1 = w1[k], a2 = w2[k], a3 = w3[k];
+        s00 += a0 * x0[k], s01 += a1 * x0[k], s02 += a2 * x0[k], s03 += a3 * x0[k];
+        s10 += a0 * x1[k], s11 += a1 * x1[k], s12 += a2 * x1[k], s13 += a3 * x1[k];
+        s20 += a0 * x2[k], s21 += a1 * x2[k], s22 += a2 * x2[k], s23 += a3 * x2[k];
+        s30 += a0 * x3[k], s31 += a1 * x3[k], s32 += a2 * x3[k], s33 += a3 * x3[k];
       }
-      const __m256 as[4] = {a0, a1, a2, a3}, bs[4] = {b0, b1, b2, b3};
-      const float* xs[4] = {x0, x1, x2, x3};
-      for (int64_t i = 0; i < count; ++i) {
-        float s0 = sum8(as[i]), s1 = sum8(bs[i]);
-        for (int64_t k = k8; k < k_size; ++k) s0 += w0[k] * xs[i][k], s1 += w1[k] * xs[i][k];
-        float* o = out + (m + i) * n_size + n;
-        o[0] = s0 + (bias ? bias[n] : 0.0f);
-        if (two) o[1] = s1 + (bias ? bias[n + 1] : 0.0f);
-      }
+      const float sums[4][4] = {{s00, s01, s02, s03}, {s10, s11, s12, s13}, {s20, s21, s22, s23}, {s30, s31, s32, s33}};
+      for (int64_t i = 0; i < std::min<int64_t>(4, m_rows - m); ++i)
+        for (int64_t j = 0; j < 4; ++j) out[(m + i) * n_size + n + j] = sums[i][j] + (bias ? bias[n + j] : 0.0f);
     }
   }
+  for (int64_t m = 0; m < m_rows; ++m) one_row(x + m * k_size, k_size, w, bias, out + m * n_size, n, n1);
 }
-#else
-void rows(const float*, int64_t, int64_t, const float*, const float*, float*, int64_t, int64_t, int64_t) {}
-#endif
 
 bool no_gradient(std::initializer_list<const torch::Tensor*> tensors) {
   if (!at::GradMode::is_enabled()) return true;
@@ -852,11 +903,14 @@ torch::Tensor small_batch_linear(const torch::Tensor& x, const torch::Tensor& we
   const auto rows = x.contiguous();  // (a few rows: a step of a sequence, say)
   auto out = torch::empty({m, n}, x.options());
   const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  // Pairs of weight rows in parallel, each thread a block of at least ~256 KB of weights.
-  const int64_t pairs = (n + 1) / 2, grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(k, 1));
-  at::parallel_for(0, pairs, grain, [&](int64_t first, int64_t last) {
-    small_linear::rows(rows.data_ptr<float>(), m, k, weight.data_ptr<float>(), b, out.data_ptr<float>(), n, 2 * first,
-                       std::min(n, 2 * last));
+  // Blocks of four weight rows in parallel, each thread at least ~256 KB of weights.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1));
+  at::parallel_for(0, (n + 3) / 4, grain, [&](int64_t first, int64_t last) {
+    const int64_t n0 = 4 * first, n1 = std::min(n, 4 * last);
+    if (m == 1)
+      small_linear::one_row(rows.data_ptr<float>(), k, weight.data_ptr<float>(), b, out.data_ptr<float>(), n0, n1);
+    else
+      small_linear::rows(rows.data_ptr<float>(), m, k, weight.data_ptr<float>(), b, out.data_ptr<float>(), n, n0, n1);
   });
   count_kernel("linear", {m, n}, m * n * k);
   return out;

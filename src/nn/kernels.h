@@ -49,6 +49,11 @@ bool use_shift_copy(const torch::Tensor& x);
 /// replaces copy a channels-last map's few shifted channels element by element (bench_kernels: 2-3x as long).
 torch::Tensor shift_copy(const torch::Tensor& x, int64_t segments, int64_t fold);
 
+/// y = relu(y + z) in place, in one pass: a residual block's end (at::add_ then at::relu_ read and write the map
+/// twice). Ours for CPU floats or bf16 of one size and layout without gradient recording (the same values as the two
+/// operators), else those operators. Returns y.
+torch::Tensor add_relu_(torch::Tensor y, const torch::Tensor& z);
+
 /// What one sample of sparse_conv2d reads and computes.
 struct SparseConvSample {
   bool all_inputs = true;                     ///< read every channel of its own sample (in_* unused)
@@ -86,7 +91,7 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
                             SparseConvPath path = SparseConvPath::Auto);
 
 /// Whether small_batch_linear computes linear(x, weight) itself: CPU floats, a contiguous weight, no gradient asked,
-/// no bf16 autocast, x (M, K) with M <= 16 rows, and a CPU with AVX2 and FMA (else at::linear does it).
+/// no bf16 autocast, x (M, K) with M <= 32 rows, and a CPU with AVX2 and FMA (else at::linear does it).
 bool use_small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight);
 
 /// x (M, K) weight (N, K) bias (N) or undefined -> x weight^T + bias (M, N), as at::linear. For a few rows (a GRU's
@@ -97,7 +102,7 @@ bool use_small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight)
 torch::Tensor small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
 /// seq.forward(x), its Linear layers through small_batch_linear: the policies' and classifiers' MLPs and heads,
-/// which at batch 1 run on one to 16 rows.
+/// which at batch 1 run on one to 18 rows (a video's frames).
 torch::Tensor sequential_forward(torch::nn::SequentialImpl& seq, torch::Tensor x);
 
 /// Whether gru_forward takes the streaming path: no gradient asked (no grad mode, or nothing requires one), one

@@ -54,13 +54,13 @@ BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t planes, int64_t stride, int64
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   auto in = tsm_segments_ > 0 ? temporal_shift(x, tsm_segments_, shift_div_) : x;
-  auto out = relu_owned(conv_bn(*conv1, *bn1, folded1, in));
+  auto out = conv_bn(*conv1, *bn1, folded1, in, /*relu=*/true);
   out = conv_bn(*conv2, *bn2, folded2, out);
-  return relu_owned(add_owned(out, downsample ? downsample_shortcut(*downsample, folded_down, x) : x));
+  return add_relu_owned(out, downsample ? downsample_shortcut(*downsample, folded_down, x) : x);
 }
 
 void BasicBlockImpl::fold() {
-  folded1 = nn::fold(*conv1, *bn1);
+  folded1 = nn::fold(*conv1, *bn1, /*relu=*/true);
   folded2 = nn::fold(*conv2, *bn2);
   if (downsample) folded_down = fold_downsample(downsample);
 }
@@ -79,15 +79,15 @@ BottleneckImpl::BottleneckImpl(int64_t in, int64_t planes, int64_t stride, int64
 
 torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
   auto in = tsm_segments_ > 0 ? temporal_shift(x, tsm_segments_, shift_div_) : x;
-  auto out = relu_owned(conv_bn(*conv1, *bn1, folded1, in));
-  out = relu_owned(conv_bn(*conv2, *bn2, folded2, out));
+  auto out = conv_bn(*conv1, *bn1, folded1, in, /*relu=*/true);
+  out = conv_bn(*conv2, *bn2, folded2, out, /*relu=*/true);
   out = conv_bn(*conv3, *bn3, folded3, out);
-  return relu_owned(add_owned(out, downsample ? downsample_shortcut(*downsample, folded_down, x) : x));
+  return add_relu_owned(out, downsample ? downsample_shortcut(*downsample, folded_down, x) : x);
 }
 
 void BottleneckImpl::fold() {
-  folded1 = nn::fold(*conv1, *bn1);
-  folded2 = nn::fold(*conv2, *bn2);
+  folded1 = nn::fold(*conv1, *bn1, /*relu=*/true);
+  folded2 = nn::fold(*conv2, *bn2, /*relu=*/true);
   folded3 = nn::fold(*conv3, *bn3);
   if (downsample) folded_down = fold_downsample(downsample);
 }
@@ -134,12 +134,12 @@ ResNetImpl::ResNetImpl(const BackboneOptions& options) : stem_(options.stem()) {
 }
 
 torch::Tensor ResNetImpl::stem(const torch::Tensor& x) {
-  auto y = relu_owned(conv_bn(*conv1, *bn1, folded_stem_, x));
+  auto y = conv_bn(*conv1, *bn1, folded_stem_, x, /*relu=*/true);
   return stem_ == "imagenet" ? torch::max_pool2d(y, 3, 2, 1) : y;
 }
 
 void ResNetImpl::fold_batchnorm() {
-  folded_stem_ = fold(*conv1, *bn1);
+  folded_stem_ = fold(*conv1, *bn1, /*relu=*/true);
   for (const auto& layer : {layer1, layer2, layer3, layer4})
     for (const auto& block : layer->children()) {
       if (auto* b = block->as<BasicBlockImpl>()) b->fold();

@@ -824,8 +824,8 @@ namespace small_linear {
 constexpr int64_t kMaxRows = 32;
 
 // out[n] = bias[n] + x . w[n] for one row x and the weight rows n in [n0, n1), four weight rows at a time: a step of
-// a recurrence at batch 1, bound by reading the weights (AdaFocusV2's GRU, 2048 -> 6144: 1.9 ms a step through
-// rows(), which computes x four times, 0.6 ms so).
+// a recurrence at batch 1 (AdaFocusV2's GRU reads 50 MB of weights a step), bound by reading the weights, which
+// rows() below would slow by computing its one row of x four times.
 ADAFOCUS_CLONES void one_row(const float* x, int64_t k_size, const float* w, const float* bias, float* out, int64_t n0,
                              int64_t n1) {
   int64_t n = n0;

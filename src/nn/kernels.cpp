@@ -272,9 +272,10 @@ namespace adafocus::nn {
 namespace {
 
 // Loops the compiler vectorises for the widest instruction set the CPU has (target_clones; reductions by `omp simd`):
-// one function for AVX-512 and AVX2 machines.
+// one function for AVX-512 and AVX2 machines. (Each string is one clone, "avx2,fma" would be two; "arch=haswell"
+// would be chosen by CPU model, not by its features, and miss AMD's.)
 #if defined(__x86_64__)
-#define ADAFOCUS_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#define ADAFOCUS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define ADAFOCUS_CLONES
 #endif

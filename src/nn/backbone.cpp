@@ -88,21 +88,20 @@ torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& b
   // Channels-last from the network's input on (a no-op after the first convolution); oneDNN would otherwise convert
   // each NCHW input itself.
   const auto in = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  torch::Tensor y;  // on prepacked weights, ReLU'd inside when folded with it
   if (!folded.packed.isNone() && onednn_inference(in)) {
-    const auto y = run_packed(in, folded.packed);  // ReLU'd inside when folded with it
-    return relu && !folded.relu ? relu_owned(y) : y;
-  }
-  if (folded.bf16 && bf16_inference(in)) {
+    y = run_packed(in, folded.packed);
+  } else if (folded.bf16 && bf16_inference(in)) {
     std::call_once(folded.bf16->once, [&] {
       folded.bf16->packed =
           prepack(folded.weight.to(torch::kBFloat16), folded.bias.to(torch::kBFloat16), conv.options, folded.relu);
     });
-    const auto y = run_packed(in.to(torch::kBFloat16), folded.bf16->packed);
-    return relu && !folded.relu ? relu_owned(y) : y;
+    y = run_packed(in.to(torch::kBFloat16), folded.bf16->packed);
   }
+  if (y.defined()) return relu && !folded.relu ? relu_owned(y) : y;
   const auto& o = conv.options;
-  const auto y = torch::conv2d(in, folded.weight, folded.bias, *o.stride(),
-                               c10::get<torch::ExpandingArray<2>>(o.padding()), *o.dilation(), o.groups());
+  y = torch::conv2d(in, folded.weight, folded.bias, *o.stride(), c10::get<torch::ExpandingArray<2>>(o.padding()),
+                    *o.dilation(), o.groups());
   return relu ? relu_owned(y) : y;
 }
 

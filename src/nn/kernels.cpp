@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstring>
 #include <numeric>
 
 #include <oneapi/dnnl/dnnl.h>
@@ -280,7 +279,8 @@ namespace {
 #define ADAFOCUS_CLONES
 #endif
 
-// Whether this CPU runs our AVX2 + FMA kernels (sparse_conv2d's direct kernel, small_batch_linear), asked once.
+// Whether this CPU runs our AVX2 + FMA kernels (sparse_conv2d's direct kernel; small_batch_linear, whose portable
+// loops were measured only on such CPUs), asked once.
 bool cpu_has_avx2_fma() {
 #if defined(__x86_64__)
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -381,18 +381,10 @@ ADAFOCUS_CLONES void floats(float* y, const float* z, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::max(y[i] + z[i], 0.0f);
 }
 
-// bf16 as its bits: widened to float (the upper half), summed, rounded back to the nearest even as c10::BFloat16
-// (NaN to its quiet NaN), as at::add then at::relu compute it.
-ADAFOCUS_CLONES void bf16(uint16_t* y, const uint16_t* z, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t a = uint32_t{y[i]} << 16, b = uint32_t{z[i]} << 16;
-    float fa, fb;
-    std::memcpy(&fa, &a, 4), std::memcpy(&fb, &b, 4);
-    const float sum = std::max(fa + fb, 0.0f);
-    uint32_t u;
-    std::memcpy(&u, &sum, 4);
-    y[i] = sum != sum ? uint16_t{0x7FC0} : static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-  }
+// Summed in float and rounded once (c10::BFloat16's own conversions), as at::add then at::relu compute it.
+ADAFOCUS_CLONES void bf16(c10::BFloat16* y, const c10::BFloat16* z, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    y[i] = c10::BFloat16(std::max(static_cast<float>(y[i]) + static_cast<float>(z[i]), 0.0f));
 }
 
 }  // namespace add_relu
@@ -407,8 +399,7 @@ torch::Tensor add_relu_(torch::Tensor y, const torch::Tensor& z) {
     if (y.scalar_type() == torch::kFloat)
       add_relu::floats(y.data_ptr<float>() + first, z.data_ptr<float>() + first, last - first);
     else
-      add_relu::bf16(reinterpret_cast<uint16_t*>(y.data_ptr()) + first,
-                     reinterpret_cast<const uint16_t*>(z.data_ptr()) + first, last - first);
+      add_relu::bf16(y.data_ptr<c10::BFloat16>() + first, z.data_ptr<c10::BFloat16>() + first, last - first);
   });
   return y;
 }

@@ -79,12 +79,11 @@ bool sparse_conv_direct_available();
 /// and one matrix product (sgemm: oneDNN's where it runs AVX-512, else BLAS's) with the rows and columns of `arranged`
 /// (arrange_for_sparse_conv) it needs, over an im2col or, for stride 1 on few channels, over shifted windows of a
 /// padded copy; or, for a k > 1 convolution of a sample that reads at most 64 channels on a CPU with AVX2, straight
-/// from planar copies of its channels by our own kernel (Auto: by those sizes, per sample) - so that its cost is its own channels' (AdaFuse's gated blocks,
-/// where each frame keeps other channels). bias (Co,), then residual (N, Co, Ho, Wo) channels-last if defined (a
-/// basic block's shortcut), then ReLU if asked -> (N, Co, Ho, Wo) channels-last, uncomputed outputs zero (before the
-/// residual). Samples run in parallel (each product on one thread: OpenBLAS and oneDNN use OpenMP,
-/// scripts/install-deps.sh).
-/// CPU, no gradient.
+/// from planar copies of its channels by our own kernel (Auto: by those sizes, per sample) - so that its cost is its
+/// own channels' (AdaFuse's gated blocks, where each frame keeps other channels). bias (Co,), then residual (N, Co,
+/// Ho, Wo) channels-last if defined (a basic block's shortcut), then ReLU if asked -> (N, Co, Ho, Wo) channels-last,
+/// uncomputed outputs zero (before the residual). Samples run in parallel (each product on one thread: OpenBLAS and
+/// oneDNN use OpenMP, scripts/install-deps.sh). CPU, no gradient.
 torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arranged, const torch::Tensor& bias,
                             int64_t kernel, int64_t stride, int64_t padding, bool relu,
                             const std::vector<SparseConvSample>& samples, const torch::Tensor& residual = {},

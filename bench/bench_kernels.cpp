@@ -160,7 +160,8 @@ int main(int argc, char** argv) {
   }
 
   // AdaFocusV2's policy GRU (2048 units) over 16 frames of 1 and 8 videos, and one step's hidden product (2048 ->
-  // 6144) at 1, 8, 16, 18 and 32 rows: torch::linear / the GRU's own forward against small_batch_linear / gru_forward.
+  // 6144) at 1, 8, 16, 18 and 32 rows: torch::linear / the GRU's own forward against small_batch_linear / gru_forward;
+  // under bf16 autocast (where the CPU has it natively) the GRU's own forward against gru_forward (one video: in float).
   fmt::print("\nLinear 2048 -> 6144 (median of 7, ms)\n{:<8}{:>14}{:>20}\n", "rows", "torch::linear",
              "small_batch_linear");
   const auto w = torch::randn({6144, 2048}), b = torch::randn({6144});
@@ -170,17 +171,23 @@ int main(int argc, char** argv) {
                median_ms([&] { nn::small_batch_linear(x, w, b); }));
   }
   torch::nn::GRU gru(torch::nn::GRUOptions(2048, 2048).batch_first(true));
-  fmt::print("GRU 2048 units, 16 steps (median of 7, ms)\n{:<8}{:>14}{:>20}\n", "videos", "GRU forward", "gru_forward");
+  const bool bf16 = infer::cpu_has_bf16();
+  fmt::print("GRU 2048 units, 16 steps (median of 7, ms)\n{:<8}{:>14}{:>20}{:>20}{:>20}\n", "videos", "GRU forward",
+             "gru_forward", bf16 ? "GRU forward bf16" : "", bf16 ? "gru_forward bf16" : "");
   for (const int64_t videos : {1, 8}) {
     const auto x = torch::randn({videos, 16, 2048});
-    fmt::print("{:<8}{:>14.1f}{:>20.1f}\n", videos, median_ms([&] { gru->forward(x); }),
+    fmt::print("{:<8}{:>14.1f}{:>20.1f}", videos, median_ms([&] { gru->forward(x); }),
                median_ms([&] { nn::gru_forward(*gru, x, {}); }));
+    if (bf16) {
+      infer::PrecisionGuard guard(infer::Precision::Bf16);
+      fmt::print("{:>20.1f}{:>20.1f}", median_ms([&] { gru->forward(x); }), median_ms([&] { nn::gru_forward(*gru, x, {}); }));
+    }
+    fmt::print("\n");
   }
 
   // The glance: MobileNetV2 at 224 px, BN folded, on 1, 16 and 18 frames (one video of V2 / V3's ActivityNet
   // presets), its folded LibTorch layers (ChainOffGuard) against the oneDNN chain (nn/fused_conv.h).
   // In bf16 (autocast) too where the CPU has it natively.
-  const bool bf16 = infer::cpu_has_bf16();
   fmt::print("\nMobileNetV2 feature map at 224 px (median of 7, ms)\n{:<8}{:>16}{:>12}{:>22}{:>16}\n", "frames",
              "LibTorch layers", "ConvChain", bf16 ? "LibTorch layers bf16" : "", bf16 ? "ConvChain bf16" : "");
   auto glance = nn::make_backbone(nn::BackboneOptions("mobilenet_v2"));

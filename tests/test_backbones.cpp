@@ -525,9 +525,26 @@ TEST(Backbones, GruInferenceIsTheGrusForward) {
   {
     infer::PrecisionGuard bf16(infer::Precision::Bf16);
     torch::nn::GRU one(torch::nn::GRUOptions(4, 4));
-    EXPECT_FALSE(nn::use_gru_inference(*one, torch::randn({3, 2, 4})));
+    EXPECT_FALSE(nn::use_gru_inference(*one, torch::randn({3, 2, 4})));  // two sequences: autocast's GRU
     EXPECT_NO_THROW(nn::gru_forward(*one, torch::randn({3, 2, 4}), {}));
   }
+  // Under bf16 autocast, one sequence in float here: against the float GRU on the same input (bf16 or float), the
+  // outputs in the input's type.
+  for (const bool batch_first : {true, false})
+    for (const auto type : {torch::kBFloat16, torch::kFloat}) {
+      torch::nn::GRU gru(torch::nn::GRUOptions(12, 19).batch_first(batch_first));
+      const auto x = torch::randn(batch_first ? std::vector<int64_t>{1, 6, 12} : std::vector<int64_t>{6, 1, 12}).to(type);
+      const auto h0 = torch::randn({1, 1, 19});
+      auto [out, last] = gru->forward(x.to(torch::kFloat), h0);
+      infer::PrecisionGuard bf16(infer::Precision::Bf16);
+      ASSERT_TRUE(nn::use_gru_inference(*gru, x));
+      const auto [ours, ours_last] = nn::gru_forward(*gru, x, h0);
+      EXPECT_EQ(ours.scalar_type(), type);
+      EXPECT_EQ(ours_last.scalar_type(), type);
+      const double tolerance = type == torch::kFloat ? 1e-5 : 4e-3;  // (bf16's rounding of the outputs)
+      EXPECT_TRUE(AllCloseRelative(ours, out, tolerance)) << batch_first << type;
+      EXPECT_TRUE(AllCloseRelative(ours_last, last, tolerance)) << batch_first << type;
+    }
   torch::AutoGradMode gradient(true);
   torch::nn::GRU trained(torch::nn::GRUOptions(4, 4));
   EXPECT_FALSE(nn::use_gru_inference(*trained, torch::randn({3, 2, 4})));  // its weights ask for a gradient

@@ -31,6 +31,24 @@ TEST(PatchCrop, IntegralCornersEqualSlicing) {
   EXPECT_NEAR(boxes[1][2].item<double>(), p, 1e-5);
 }
 
+TEST(PatchCrop, WithoutGradientTheSeparableCropSamplesAsGridSample) {
+  // Inference takes crop_bilinear; with a gradient asked, affine_grid + grid_sample. Fractional corners, the corner
+  // at either end of the range (the patch touching the frame's edges), channels-last frames.
+  torch::manual_seed(1);
+  const auto images = torch::randn({5, 3, 20, 28});
+  auto actions = torch::rand({5, 2});
+  actions[0][0] = 0.0, actions[0][1] = 1.0, actions[1][0] = 1.0, actions[1][1] = 0.0;
+  for (const int64_t p : {8, 20}) {
+    const auto expected = nn::crop_patches(images, actions.clone().requires_grad_(), p);
+    ASSERT_TRUE(expected.requires_grad());  // (grid_sample's)
+    for (const auto layout : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+      torch::NoGradGuard no_grad;
+      const auto ours = nn::crop_patches(images.contiguous(layout), actions, p);
+      EXPECT_LT((ours - expected).abs().max().item<double>(), 1e-5) << p;
+    }
+  }
+}
+
 TEST(PatchCrop, GradientMatchesFiniteDifferences) {
   torch::manual_seed(1);
   const auto opts = torch::TensorOptions().dtype(torch::kDouble);

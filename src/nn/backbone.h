@@ -96,7 +96,7 @@ struct FoldedConv {
     std::once_flag once;
     c10::IValue packed;
   };
-  std::shared_ptr<Bf16> bf16;
+  std::shared_ptr<Bf16> bf16 = {};
 };
 /// conv's weight scaled and bn's shift as a bias, in channels-last: conv then bn in eval mode as one convolution;
 /// with `relu`, the ReLU after them inside it (conv_bn(..., relu = true) only).

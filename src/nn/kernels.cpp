@@ -740,10 +740,35 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
   std::vector<int64_t> column(static_cast<size_t>(w));  // the direct kernel: where input column x goes in a plane row
   for (int64_t x0 = 0; x0 < w; ++x0)
     column[static_cast<size_t>(x0)] = (x0 + padding) % stride * geometry.plane + (x0 + padding) / stride;
-  at::parallel_for(0, n, 1, [&](int64_t first, int64_t last) {
+  // Choice: samples dealt to the threads by the size of their products, each, largest first, to the least loaded one -
+  // not in runs of consecutive samples, as each frame's gates give it a size of its own. dealt: thread t's samples
+  // at [start[t], start[t + 1]).
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
+  std::vector<int64_t> order(static_cast<size_t>(n)), cost(static_cast<size_t>(n));
+  for (int64_t f = 0; f < n; ++f) {
+    const SparseConvSample& s = samples[static_cast<size_t>(f)];
+    cost[static_cast<size_t>(f)] = (s.all_inputs ? ci : static_cast<int64_t>(s.in_channel.size())) *
+                                   (s.all_outputs ? co : static_cast<int64_t>(s.out.size()));
+  }
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
+  std::vector<std::vector<int64_t>> to_thread(static_cast<size_t>(threads));
+  std::vector<int64_t> load(static_cast<size_t>(threads));
+  for (const int64_t f : order) {
+    const auto least = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    to_thread[least].push_back(f);
+    load[least] += cost[static_cast<size_t>(f)] + 1;
+  }
+  std::vector<int64_t> dealt, start{0};
+  for (const auto& mine : to_thread) {
+    dealt.insert(dealt.end(), mine.begin(), mine.end());
+    start.push_back(static_cast<int64_t>(dealt.size()));
+  }
+  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
     sparse_conv::Scratch scratch;  // reused across this thread's samples
     sparse_conv::Sample one;
-    for (int64_t f = first; f < last; ++f) {
+    for (int64_t i = start[static_cast<size_t>(first)]; i < start[static_cast<size_t>(last)]; ++i) {
+      const int64_t f = dealt[static_cast<size_t>(i)];
       const SparseConvSample& s = samples[static_cast<size_t>(f)];
       one.whole = s.all_inputs ? xp + f * hw * ci : nullptr;
       one.all_outputs = s.all_outputs;
@@ -918,8 +943,14 @@ torch::Tensor sequential_forward(torch::nn::SequentialImpl& seq, torch::Tensor x
 
 bool use_gru_inference(const torch::nn::GRUImpl& gru, const torch::Tensor& x) {
   const auto& o = gru.options;
-  if (o.num_layers() != 1 || o.bidirectional() || x.dim() != 3 || !x.is_cpu() || x.scalar_type() != torch::kFloat ||
-      x.size(2) != o.input_size() || at::autocast::is_cpu_enabled())  // (autocast: the GRU's own, as autocast says)
+  if (o.num_layers() != 1 || o.bidirectional() || x.dim() != 3 || !x.is_cpu() || x.size(2) != o.input_size())
+    return false;
+  // Choice: under bf16 autocast, a single sequence (a policy at batch 1) in float here; autocast's own GRU (bf16 on
+  // float weights it converts on every call) took longer on it (bench_kernels), and less than this on batches.
+  const bool autocast = at::autocast::is_cpu_enabled();
+  if (autocast ? (at::autocast::get_autocast_cpu_dtype() != torch::kBFloat16 || x.size(o.batch_first() ? 0 : 1) != 1 ||
+                  (x.scalar_type() != torch::kFloat && x.scalar_type() != torch::kBFloat16))
+               : x.scalar_type() != torch::kFloat)
     return false;
   const auto params = gru.named_parameters();
   return small_linear::no_gradient({&x, &params["weight_ih_l0"], &params["weight_hh_l0"]});
@@ -932,15 +963,21 @@ std::tuple<torch::Tensor, torch::Tensor> gru_forward(torch::nn::GRUImpl& gru, co
   const bool bias = gru.options.bias(), batch_first = gru.options.batch_first();
   const int64_t hidden = gru.options.hidden_size();
   const int64_t batch = x.size(batch_first ? 0 : 1), steps = x.size(batch_first ? 1 : 0);
+  // In float, autocast off (small_batch_linear would leave the products to its at::linear), the outputs in the
+  // input's type (bf16 under autocast, as its GRU gives them).
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  const auto in_type = x.scalar_type();
+  const auto xf = x.to(torch::kFloat);
   // The input's products for every step at once: (B, T, 3H) or (T, B, 3H), gates in PyTorch's order r, z, n.
-  const auto gi = torch::linear(x, params["weight_ih_l0"], bias ? params["bias_ih_l0"] : torch::Tensor()).contiguous();
+  const auto gi = small_batch_linear(xf.reshape({-1, x.size(2)}), params["weight_ih_l0"],
+                                     bias ? params["bias_ih_l0"] : torch::Tensor());
   const auto w_hh = params["weight_hh_l0"].contiguous();
   const auto b_hh = bias ? params["bias_hh_l0"].contiguous() : torch::Tensor();
-  auto h = h0.defined() ? h0.reshape({batch, hidden}).clone(torch::MemoryFormat::Contiguous)
-                        : torch::zeros({batch, hidden}, x.options());  // (B, H), updated step by step
+  auto h = h0.defined() ? h0.reshape({batch, hidden}).to(torch::kFloat).clone(torch::MemoryFormat::Contiguous)
+                        : torch::zeros({batch, hidden}, xf.options());  // (B, H), updated step by step
   auto out = torch::empty(batch_first ? std::vector<int64_t>{batch, steps, hidden}
                                       : std::vector<int64_t>{steps, batch, hidden},
-                          x.options());
+                          xf.options());
   const float* in = gi.data_ptr<float>();
   float* o = out.data_ptr<float>();
   for (int64_t t = 0; t < steps; ++t) {
@@ -961,7 +998,7 @@ std::tuple<torch::Tensor, torch::Tensor> gru_forward(torch::nn::GRUImpl& gru, co
       }
     });
   }
-  return {out, h.unsqueeze(0)};
+  return {out.to(in_type), h.unsqueeze(0).to(in_type)};
 }
 
 }  // namespace adafocus::nn

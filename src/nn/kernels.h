@@ -105,12 +105,13 @@ torch::Tensor small_batch_linear(const torch::Tensor& x, const torch::Tensor& we
 torch::Tensor sequential_forward(torch::nn::SequentialImpl& seq, torch::Tensor x);
 
 /// Whether gru_forward takes the streaming path: no gradient asked (no grad mode, or nothing requires one), one
-/// layer, one direction, CPU float, no bf16 autocast.
+/// layer, one direction, CPU float; under bf16 autocast, a single sequence of float or bf16.
 bool use_gru_inference(const torch::nn::GRUImpl& gru, const torch::Tensor& x);
 
 /// gru.forward(x, h0) (h0 (layers, B, H), undefined: zeros) -> (output, last state). Where use_gru_inference holds,
-/// computed here: the input products of all steps in one torch::linear, each step's hidden product through
-/// small_batch_linear (a policy GRU of 2048 units reads 50 MB of weights a step) - the same values to float rounding.
+/// computed here: the input products of all steps in one small_batch_linear, each step's hidden product through
+/// small_batch_linear (a policy GRU of 2048 units reads 50 MB of weights a step) - the same values to float rounding;
+/// in float under bf16 autocast too, the outputs in the input's type.
 std::tuple<torch::Tensor, torch::Tensor> gru_forward(torch::nn::GRUImpl& gru, const torch::Tensor& x,
                                                      const torch::Tensor& h0);
 

@@ -14,7 +14,8 @@ const std::unordered_map<std::string, OpKind>& counted_ops() {
   static const std::unordered_map<std::string, OpKind> ops{
       {"aten::conv1d", OpKind::Conv},          {"aten::conv2d", OpKind::Conv},
       {"aten::conv3d", OpKind::Conv},          {"aten::convolution", OpKind::Conv},
-      {"aten::_convolution", OpKind::Conv},    {"aten::conv_transpose1d", OpKind::ConvTranspose},
+      {"aten::_convolution", OpKind::Conv},    {"aten::mkldnn_convolution", OpKind::Conv},
+      {"aten::conv_transpose1d", OpKind::ConvTranspose},
       {"aten::conv_transpose2d", OpKind::ConvTranspose}, {"aten::conv_transpose3d", OpKind::ConvTranspose},
       {"aten::linear", OpKind::Linear},        {"aten::matmul", OpKind::MatMul},
       {"aten::mm", OpKind::MatMul},            {"aten::bmm", OpKind::MatMul},

@@ -161,7 +161,7 @@ int main(int argc, char** argv) {
 
   // AdaFocusV2's policy GRU (2048 units) over 16 frames of 1 and 8 videos, and one step's hidden product (2048 ->
   // 6144) at 1, 8, 16, 18 and 32 rows: torch::linear / the GRU's own forward against small_batch_linear / gru_forward;
-  // under bf16 autocast (where the CPU has it natively) the GRU's own forward against gru_forward (one video: in float).
+  // under bf16 autocast (where the CPU has it natively) the GRU's own forward against gru_forward (one video: float).
   fmt::print("\nLinear 2048 -> 6144 (median of 7, ms)\n{:<8}{:>14}{:>20}\n", "rows", "torch::linear",
              "small_batch_linear");
   const auto w = torch::randn({6144, 2048}), b = torch::randn({6144});
@@ -180,7 +180,8 @@ int main(int argc, char** argv) {
                median_ms([&] { nn::gru_forward(*gru, x, {}); }));
     if (bf16) {
       infer::PrecisionGuard guard(infer::Precision::Bf16);
-      fmt::print("{:>20.1f}{:>20.1f}", median_ms([&] { gru->forward(x); }), median_ms([&] { nn::gru_forward(*gru, x, {}); }));
+      fmt::print("{:>20.1f}{:>20.1f}", median_ms([&] { gru->forward(x); }),
+                 median_ms([&] { nn::gru_forward(*gru, x, {}); }));
     }
     fmt::print("\n");
   }

@@ -533,7 +533,8 @@ TEST(Backbones, GruInferenceIsTheGrusForward) {
   for (const bool batch_first : {true, false})
     for (const auto type : {torch::kBFloat16, torch::kFloat}) {
       torch::nn::GRU gru(torch::nn::GRUOptions(12, 19).batch_first(batch_first));
-      const auto x = torch::randn(batch_first ? std::vector<int64_t>{1, 6, 12} : std::vector<int64_t>{6, 1, 12}).to(type);
+      const auto x =
+          torch::randn(batch_first ? std::vector<int64_t>{1, 6, 12} : std::vector<int64_t>{6, 1, 12}).to(type);
       const auto h0 = torch::randn({1, 1, 19});
       auto [out, last] = gru->forward(x.to(torch::kFloat), h0);
       infer::PrecisionGuard bf16(infer::Precision::Bf16);

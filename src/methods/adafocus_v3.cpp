@@ -86,8 +86,8 @@ torch::Tensor CubePolicyImpl::forward(const torch::Tensor& maps) {
     x = torch::linear(maps.permute({0, 1, 3, 4, 2}), first.weight.flatten(1)).permute({0, 4, 1, 2, 3});
     for (auto layer = std::next(encoder->begin()); layer != encoder->end(); ++layer) {
       // Choice: the 3x3x3 convolutions straight through oneDNN (at::mkldnn_convolution) on CPU floats: at batch 1
-      // LibTorch's conv3d ran them without it, at 2.7x the time (in PyTorch, the same LibTorch, at the ActivityNet
-      // preset's size: 6.2 against 2.3 ms each); at batch 8 both took the same.
+      // LibTorch's conv3d ran them without oneDNN, at about 2.7x the time (PyTorch with the same LibTorch, at the
+      // ActivityNet preset's size); at batch 8 both run oneDNN's.
       const auto* conv = layer->ptr()->as<torch::nn::Conv3d>();
       const auto* padding = conv ? c10::get_if<torch::ExpandingArray<3>>(&conv->options.padding()) : nullptr;
       if (padding && x.is_cpu() && x.scalar_type() == torch::kFloat && at::hasMKLDNN())

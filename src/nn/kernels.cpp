@@ -945,8 +945,9 @@ bool use_gru_inference(const torch::nn::GRUImpl& gru, const torch::Tensor& x) {
   const auto& o = gru.options;
   if (o.num_layers() != 1 || o.bidirectional() || x.dim() != 3 || !x.is_cpu() || x.size(2) != o.input_size())
     return false;
-  // Choice: under bf16 autocast, a single sequence (a policy at batch 1) in float here; autocast's own GRU (bf16 on
-  // float weights it converts on every call) took longer on it (bench_kernels), and less than this on batches.
+  // Choice: under bf16 autocast, a single sequence (a policy at batch 1) in float here, where autocast's own GRU (bf16
+  // on float weights it converts on every call) took as long or longer (bench_kernels, V2's profile); on batches
+  // autocast's, which took half as long as this.
   const bool autocast = at::autocast::is_cpu_enabled();
   if (autocast ? (at::autocast::get_autocast_cpu_dtype() != torch::kBFloat16 || x.size(o.batch_first() ? 0 : 1) != 1 ||
                   (x.scalar_type() != torch::kFloat && x.scalar_type() != torch::kBFloat16))

@@ -16,8 +16,9 @@ torch::Tensor crop_patches(const torch::Tensor& images, const torch::Tensor& act
   const auto x1 = a.select(1, 1) * static_cast<double>(w - patch);
   if (images.device().is_cpu() && images.scalar_type() == torch::kFloat &&
       !(torch::GradMode::is_enabled() && (images.requires_grad() || actions.requires_grad())))
-    // Without a gradient, the same bilinear samples at (y1 + i, x1 + j) as one separable crop: affine_grid and
-    // grid_sample took ~25 ms for AdaFocusV2's 128 patches at batch 8 (bench --profile), this ~1.
+    // Without a gradient, the same bilinear samples at (y1 + i, x1 + j) by one separable crop, which blends each
+    // pair of rows once, where affine_grid builds a grid and grid_sample reads it per pixel (about a fifth of V2's
+    // LibTorch time outside its convolutions at batch 8).
     return crop_bilinear(images, torch::arange(n), torch::stack({y1, x1}, 1), patch);  // (N, C, P, P)
   const auto zero = torch::zeros({n}, a.options());
   const auto row0 = torch::stack({zero + static_cast<double>(patch) / w, zero, -1.0 + (2.0 * x1 + patch) / w}, 1);

@@ -34,8 +34,7 @@ torch::Tensor sample_cubes(const torch::Tensor& clips, const torch::Tensor& corn
   const int64_t b = clips.size(0), frames = clips.size(1), height = clips.size(3), width = clips.size(4),
                 k = corners.size(1);
   const auto c = corners.to(clips.dtype());
-  if (clips.device().is_cpu() && clips.scalar_type() == torch::kFloat &&
-      !(torch::GradMode::is_enabled() && (corners.requires_grad() || clips.requires_grad()))) {
+  if (use_crop_bilinear(clips, corners)) {
     // Whole frames in time (fixed placements, enlarged cubes) need no trilinear sampling: bilinear crops of the
     // frames they cover give the same values (the time weight is 1), 16x faster than the 3-d grid_sample.
     const auto t = c.select(2, 2);

@@ -191,6 +191,11 @@ torch::Tensor channels_last_batch_norm(torch::nn::BatchNorm2dImpl& bn, const tor
                                                      cl_batch_norm::to_tensor(invstd, opts));
 }
 
+bool use_crop_bilinear(const torch::Tensor& frames, const torch::Tensor& corners) {
+  return frames.device().is_cpu() && frames.scalar_type() == torch::kFloat &&
+         !(torch::GradMode::is_enabled() && (frames.requires_grad() || corners.requires_grad()));
+}
+
 torch::Tensor crop_bilinear(const torch::Tensor& frames, const torch::Tensor& index, const torch::Tensor& corners,
                             int64_t side) {
   TORCH_CHECK(frames.dim() == 4 && frames.scalar_type() == torch::kFloat && frames.device().is_cpu(),
@@ -724,11 +729,14 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
     for (int64_t o : s.out)
       TORCH_CHECK(s.all_outputs || (o >= 0 && o < co), "sparse_conv2d: output ", o, " outside ", co);
   }
-  int64_t macs = 0;  // for the FLOPs counter: each sample's own product
-  for (const SparseConvSample& s : samples)
-    macs += hwo * taps * (s.all_inputs ? ci : static_cast<int64_t>(s.in_channel.size())) *
-            (s.all_outputs ? co : static_cast<int64_t>(s.out.size()));
-  count_kernel("sparse_conv2d", {n, co, ho, wo}, macs);
+  // Each sample's channels read times channels computed: its product's size (per output pixel and tap).
+  std::vector<int64_t> cost(static_cast<size_t>(n));
+  for (int64_t f = 0; f < n; ++f) {
+    const SparseConvSample& s = samples[static_cast<size_t>(f)];
+    cost[static_cast<size_t>(f)] = (s.all_inputs ? ci : static_cast<int64_t>(s.in_channel.size())) *
+                                   (s.all_outputs ? co : static_cast<int64_t>(s.out.size()));
+  }
+  count_kernel("sparse_conv2d", {n, co, ho, wo}, hwo * taps * std::accumulate(cost.begin(), cost.end(), int64_t{0}));
   auto y = torch::empty({n, co, ho, wo}, x.options().memory_format(torch::MemoryFormat::ChannelsLast));
   const float *xp = x.data_ptr<float>(), *wp = arranged.data_ptr<float>(), *bp = bias.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -744,12 +752,7 @@ torch::Tensor sparse_conv2d(const torch::Tensor& x, const torch::Tensor& arrange
   // not in runs of consecutive samples, as each frame's gates give it a size of its own. dealt: thread t's samples
   // at [start[t], start[t + 1]).
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
-  std::vector<int64_t> order(static_cast<size_t>(n)), cost(static_cast<size_t>(n));
-  for (int64_t f = 0; f < n; ++f) {
-    const SparseConvSample& s = samples[static_cast<size_t>(f)];
-    cost[static_cast<size_t>(f)] = (s.all_inputs ? ci : static_cast<int64_t>(s.in_channel.size())) *
-                                   (s.all_outputs ? co : static_cast<int64_t>(s.out.size()));
-  }
+  std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
   std::vector<std::vector<int64_t>> to_thread(static_cast<size_t>(threads));

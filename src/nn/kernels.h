@@ -27,6 +27,10 @@ bool use_channels_last_batch_norm(const torch::nn::BatchNorm2dImpl& bn, const to
 /// as described above. Call only where use_channels_last_batch_norm holds.
 torch::Tensor channels_last_batch_norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);
 
+/// Whether crop_bilinear may stand in for grid_sample's crops of `frames` at positions computed from `corners`: CPU
+/// floats, no gradient asked of either.
+bool use_crop_bilinear(const torch::Tensor& frames, const torch::Tensor& corners);
+
 /// Bilinear crops without gradient: crop n (side x side) of frame index[n] of frames (F, C, H, W), its top-left sample
 /// at pixel (corners[n][0], corners[n][1]) (y, x; pixel centres at whole numbers), zeros outside the frame -> (N, C,
 /// side, side). The values of grid_sample's bilinear, zero-padded sampling at those points, computed separably: for

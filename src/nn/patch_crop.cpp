@@ -14,8 +14,7 @@ torch::Tensor crop_patches(const torch::Tensor& images, const torch::Tensor& act
   const auto a = actions.to(images.dtype());
   const auto y1 = a.select(1, 0) * static_cast<double>(h - patch);  // (N,)
   const auto x1 = a.select(1, 1) * static_cast<double>(w - patch);
-  if (images.device().is_cpu() && images.scalar_type() == torch::kFloat &&
-      !(torch::GradMode::is_enabled() && (images.requires_grad() || actions.requires_grad())))
+  if (use_crop_bilinear(images, actions))
     // Without a gradient, the same bilinear samples at (y1 + i, x1 + j) by one separable crop, which blends each
     // pair of rows once, where affine_grid builds a grid and grid_sample reads it per pixel (about a fifth of V2's
     // LibTorch time outside its convolutions at batch 8).

@@ -5,7 +5,8 @@
 // frame-by-frame gated convolution (sparse_conv2d: BLAS products and the direct kernel), the temporal shift without
 // gradient (shift_copy), few-row linear layers (small_batch_linear) with the GRU built on them (gru_forward) at
 // AdaFocusV2's policy size, a residual block's end relu(y + z) in one pass (add_relu_), and MobileNetV2 through
-// oneDNN's fused convolutions (ConvChain), in fp32 and bf16.
+// oneDNN's fused convolutions (ConvChain), in fp32 and bf16, and ResNet-50 on weights packed once per layout against
+// LibTorch's prepacked convolutions.
 //
 //   cmake -S . -B build -DADAFOCUS_BENCH=ON && cmake --build build --target bench_kernels
 //   build/bench/bench_kernels [threads=2]
@@ -210,5 +211,29 @@ int main(int argc, char** argv) {
     if (bf16) fmt::print("{:>22.1f}{:>16.1f}", ms[2], ms[3]);
     fmt::print("\n");
   }
-}
 
+  // ResNet-50, BN folded, on V2's and V3's 128 px patches and 224 px frames: LibTorch's prepacked convolutions
+  // (ChainOffGuard; in bf16 autocast's) against ours, whose weights are packed once per layout oneDNN asks for
+  // (nn::FoldedConv).
+  fmt::print("\nResNet-50 feature map (median of 7, ms)\n{:<14}{:>18}{:>8}{:>18}{:>10}\n", "images x px",
+             "LibTorch prepacked", "ours", bf16 ? "autocast bf16" : "", bf16 ? "ours bf16" : "");
+  auto resnet = nn::make_backbone(nn::BackboneOptions("resnet50"));
+  resnet->eval();
+  resnet->fold_batchnorm();
+  for (const auto& [images, side] : {std::pair<int64_t, int64_t>{1, 128}, {16, 128}, {1, 224}, {16, 224}}) {
+    const auto x = torch::randn({images, 3, side, side});
+    std::vector<double> ms;
+    for (const auto precision : {infer::Precision::Fp32, infer::Precision::Bf16}) {
+      if (precision == infer::Precision::Bf16 && !bf16) break;
+      infer::PrecisionGuard guard(precision);
+      ms.push_back(median_ms([&] {
+        nn::ChainOffGuard off;
+        resnet->feature_map(x);
+      }));
+      ms.push_back(median_ms([&] { resnet->feature_map(x); }));
+    }
+    fmt::print("{:<14}{:>18.1f}{:>8.1f}", fmt::format("{} x {}", images, side), ms[0], ms[1]);
+    if (bf16) fmt::print("{:>18.1f}{:>10.1f}", ms[2], ms[3]);
+    fmt::print("\n");
+  }
+}

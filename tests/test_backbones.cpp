@@ -240,39 +240,58 @@ TEST(Backbones, FoldedBackbonesMatchTorchvision) {
   }
 }
 
-TEST(Backbones, FoldedConvolutionRunsOnPrepackedWeights) {
-  // On CPU, fold() reorders the weights for oneDNN once; conv_bn on them is the convolution and the BatchNorm.
+TEST(Backbones, FoldedConvolutionRunsOnPackedWeights) {
+  // On CPU, conv_bn on a folded convolution (oneDNN's, its weights packed once per layout asked for) is the
+  // convolution and the BatchNorm: ResNet's 3x3 (stride 1 and 2), 1x1 and strided 1x1 shortcut, and a grouped 3x3, at
+  // two input sizes each (oneDNN's kernels ask for other weight layouts at other sizes), alternating between them.
   torch::manual_seed(9);
-  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(8, 16, 3).stride(2).padding(1).bias(false));
-  torch::nn::BatchNorm2d bn(16);
-  randomize_batchnorm(*bn);
-  bn->eval();
-  const nn::FoldedConv folded = nn::fold(*conv, *bn);
-  EXPECT_FALSE(folded.packed.isNone());
-  torch::NoGradGuard no_grad;
-  const auto x = torch::randn({2, 8, 15, 13});
-  const auto y = nn::conv_bn(*conv, *bn, folded, x);
-  EXPECT_TRUE(y.is_contiguous(torch::MemoryFormat::ChannelsLast));
-  const auto reference = bn->forward(conv->forward(x));
-  EXPECT_TRUE(AllCloseRelative(y, reference, 1e-5));
-  // Folded with its ReLU (oneDNN's post-op), which only a conv_bn asked for the ReLU may run.
-  const nn::FoldedConv with_relu = nn::fold(*conv, *bn, /*relu=*/true);
-  EXPECT_TRUE(AllCloseRelative(nn::conv_bn(*conv, *bn, with_relu, x, true), torch::relu(reference), 1e-5));
-  EXPECT_TRUE(AllCloseRelative(nn::conv_bn(*conv, *bn, folded, x, true), torch::relu(reference), 1e-5));
-  EXPECT_THROW(nn::conv_bn(*conv, *bn, with_relu, x), c10::Error);
-  // Under bf16 autocast: bf16 weights reordered once, on first use; the result is autocast's own convolution of the
-  // folded weights (bf16 products, float sums: within a few bf16 roundings) and the fp32 one to bf16's precision.
-  infer::PrecisionGuard bf16(infer::Precision::Bf16);
-  for (const bool relu : {false, true}) {
-    const nn::FoldedConv& f = relu ? with_relu : folded;
-    const auto ours = nn::conv_bn(*conv, *bn, f, x, relu);
-    EXPECT_EQ(ours.scalar_type(), torch::kBFloat16);
-    EXPECT_FALSE(f.bf16->packed.isNone());
-    auto autocast = torch::conv2d(x.contiguous(torch::MemoryFormat::ChannelsLast), f.weight, f.bias, 2, 1);
-    if (relu) autocast = torch::relu(autocast);
-    EXPECT_EQ(autocast.scalar_type(), torch::kBFloat16);
-    EXPECT_TRUE(AllCloseRelative(ours.to(torch::kFloat), autocast.to(torch::kFloat), 2e-2)) << relu;
-    EXPECT_TRUE(AllCloseRelative(ours.to(torch::kFloat), relu ? torch::relu(reference) : reference, 3e-2)) << relu;
+  struct Shape { int64_t k, stride, groups; };
+  for (const Shape& shape : {Shape{3, 1, 1}, Shape{3, 2, 1}, Shape{1, 1, 1}, Shape{1, 2, 1}, Shape{3, 1, 8}}) {
+    SCOPED_TRACE(fmt::format("k {} stride {} groups {}", shape.k, shape.stride, shape.groups));
+    torch::nn::Conv2d conv(torch::nn::Conv2dOptions(8, 16, shape.k)
+                               .stride(shape.stride)
+                               .padding((shape.k - 1) / 2)
+                               .groups(shape.groups)
+                               .bias(false));
+    torch::nn::BatchNorm2d bn(16);
+    randomize_batchnorm(*bn);
+    bn->eval();
+    const nn::FoldedConv folded = nn::fold(*conv, *bn);
+    const nn::FoldedConv with_relu = nn::fold(*conv, *bn, /*relu=*/true);
+    EXPECT_TRUE(folded.packed);
+    torch::NoGradGuard no_grad;
+    for (int round = 0; round < 2; ++round)
+      for (const auto& x : {torch::randn({2, 8, 15, 13}), torch::randn({1, 8, 4, 4})}) {
+        const auto y = nn::conv_bn(*conv, *bn, folded, x);
+        EXPECT_TRUE(y.is_contiguous(torch::MemoryFormat::ChannelsLast));
+        const auto reference = bn->forward(conv->forward(x));
+        EXPECT_TRUE(AllCloseRelative(y, reference, 1e-5));
+        // Folded with its ReLU (oneDNN's post-op), which only a conv_bn asked for the ReLU may run.
+        EXPECT_TRUE(AllCloseRelative(nn::conv_bn(*conv, *bn, with_relu, x, true), torch::relu(reference), 1e-5));
+        EXPECT_TRUE(AllCloseRelative(nn::conv_bn(*conv, *bn, folded, x, true), torch::relu(reference), 1e-5));
+        EXPECT_THROW(nn::conv_bn(*conv, *bn, with_relu, x), c10::Error);
+        {  // What the chains are timed against: LibTorch's prepacked convolution.
+          nn::ChainOffGuard off;
+          EXPECT_TRUE(AllCloseRelative(nn::conv_bn(*conv, *bn, with_relu, x, true), torch::relu(reference), 1e-5));
+        }
+        // Under bf16 autocast: bf16 weights reordered once, on first use; float or bf16 input (a ResNet's later
+        // layers read bf16). The result is autocast's own convolution of the folded weights (bf16 products, float
+        // sums: within a few bf16 roundings) and the fp32 one to bf16's precision.
+        infer::PrecisionGuard bf16(infer::Precision::Bf16);
+        for (const bool relu : {false, true}) {
+          const nn::FoldedConv& f = relu ? with_relu : folded;
+          const auto ours = nn::conv_bn(*conv, *bn, f, x, relu);
+          EXPECT_EQ(ours.scalar_type(), torch::kBFloat16);
+          EXPECT_TRUE(torch::equal(ours, nn::conv_bn(*conv, *bn, f, x.to(torch::kBFloat16), relu)));
+          auto autocast = torch::conv2d(x.contiguous(torch::MemoryFormat::ChannelsLast), f.weight, f.bias,
+                                        shape.stride, (shape.k - 1) / 2, 1, shape.groups);
+          if (relu) autocast = torch::relu(autocast);
+          EXPECT_EQ(autocast.scalar_type(), torch::kBFloat16);
+          EXPECT_TRUE(AllCloseRelative(ours.to(torch::kFloat), autocast.to(torch::kFloat), 2e-2)) << relu;
+          EXPECT_TRUE(AllCloseRelative(ours.to(torch::kFloat), relu ? torch::relu(reference) : reference, 3e-2))
+              << relu;
+        }
+      }
   }
 }
 

@@ -7,7 +7,6 @@
 #include "core/error.h"
 #include "methods/baselines.h"
 #include "nn/cube_crop.h"
-#include "nn/flop_counter.h"
 #include "nn/kernels.h"
 
 namespace adafocus::methods {
@@ -354,12 +353,11 @@ std::vector<ParamGroup> AdaFocusV3Impl::param_groups() {
 // frame is processed twice (the paper's frame removal): frame-wise cubes get distinct frames (test_corners), and a
 // longer cube leaves out the frames an earlier cube took, running on the rest as a shorter clip.
 //
-// Frame-wise cubes (length 1) run ahead of the exits, several to a call of the local network: one 128 px patch to a
-// call ran at about 2x the time per patch of 6-18 (ResNet-50, AMD Zen 5, `adafocus bench`, no early exit: 492 ms a
-// video one by one, 264 all at once). Choice: without exits (predict) every cube in one call; with exits, calls of
-// 1, 2, 4, ... cubes while the call's patches stay under kAheadPatches - a video leaving at exit k has then run at
-// most 2k - 1 cubes (one at exit 1, as before) - and none ahead while FLOPs are counted, so that the count is the
-// method's cost at each exit.
+// Frame-wise cubes (length 1): without exits (predict) every cube runs in one call of the local network; with exits,
+// one cube a step for the videos present. Choice: no cubes run ahead of the exits. Run ahead in calls of 1, 2, 4, ...
+// cubes (a video leaving at exit k had run up to 2k - 1), they paid while a ResNet-50 reordered its weights on every
+// call, which made one 128 px patch to a call twice as long per patch as 16; with the weights packed once per
+// layout (nn::FoldedConv) it is 1.25x, and the cubes run ahead cost more than they saved.
 class V3Stepper : public ExitStepper {
  public:
   V3Stepper(AdaFocusV3Impl& m, const Clips& clips, bool all_exits)
@@ -381,7 +379,7 @@ class V3Stepper : public ExitStepper {
       const auto first = corner.select(1, 2).to(torch::kLong);
       const auto frames = first.unsqueeze(1) + torch::arange(length, first.options());  // (n, L)
       if (length == 1) {
-        if (!ahead_.defined() || k_ - 1 >= ahead_from_ + ahead_.size(1)) run_ahead();
+        if (!ahead_.defined() || k_ - 1 >= ahead_from_ + ahead_.size(1)) run_ahead(all_exits_ ? m_.cubes_ : 1);
         const auto z = ahead_.select(1, k_ - 1 - ahead_from_);  // (n, H)
         local_ = local_.defined() ? torch::max(local_, z) : z;
       } else {
@@ -433,8 +431,6 @@ class V3Stepper : public ExitStepper {
   }
 
  private:
-  static constexpr int64_t kAheadPatches = 8;
-
   torch::Tensor frame_rows() const {  // (B * Tc, 3, S, S)
     return source_.reshape({-1, source_.size(2), source_.size(3), source_.size(4)});
   }
@@ -449,12 +445,10 @@ class V3Stepper : public ExitStepper {
     return m_.classifier->local(m_.cube_features(cube.reshape({m, r, 3, p, p})));
   }
 
-  // ahead_ <- the local features of the next cubes, from cube k_ on.
-  void run_ahead() {
+  // ahead_ <- the local features of the next `c` cubes, from cube k_ on.
+  void run_ahead(int64_t c) {
     const int64_t n = present_.size(0), from = k_ - 1;
-    int64_t c = all_exits_ ? m_.cubes_ : nn::counting_flops() ? 1 : chunk_;
     c = std::min(c, m_.cubes_ - from);
-    chunk_ = std::max<int64_t>(1, std::min(2 * c, (kAheadPatches + n - 1) / n));
     const auto corner = corners_.narrow(1, from, c);  // (n, c, 3)
     const auto first = corner.select(2, 2).to(torch::kLong);  // (n, c)
     const auto flat = (present_.unsqueeze(1) * source_.size(1) + first).flatten();  // (n c)
@@ -469,7 +463,7 @@ class V3Stepper : public ExitStepper {
   torch::Tensor pooled_, corners_, local_;  // (n, H) glance features max-pooled, (n, K, 3), running max (n, H)
   bool all_exits_;       // predict(): every cube in one call
   torch::Tensor ahead_;  // (n, A, H) local features of cubes ahead_from_ + 1, ... (frame-wise cubes)
-  int64_t ahead_from_ = 0, chunk_ = 1;
+  int64_t ahead_from_ = 0;
   int64_t k_ = 0;
 };
 

@@ -3,9 +3,12 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <mutex>
+#include <optional>
 #include <set>
 
 #include "core/error.h"
+#include "nn/fused_conv.h"
 #include "nn/kernels.h"
 #include "nn/mobilenet_v2.h"
 #include "nn/resnet.h"
@@ -41,7 +44,6 @@ c10::IValue prepack(const torch::Tensor& weight, const torch::Tensor& bias,
                     const torch::nn::detail::ConvNdOptions<2>& o, bool relu) {
   static const auto op = prepacked_op("mkldnn_prepacked::conv2d_prepack");
   if (!op || !weight.device().is_cpu()) return {};
-  // The input size only guides oneDNN's choice of weight layout, the same for every size here.
   const int64_t side = std::max<int64_t>(8, weight.size(2));
   torch::jit::Stack stack{weight, bias, pair_of(*o.stride()), pair_of(c10::get<torch::ExpandingArray<2>>(o.padding())),
                           pair_of(*o.dilation()), o.groups(), std::vector<int64_t>{1, o.in_channels(), side, side},
@@ -57,24 +59,38 @@ torch::Tensor run_packed(const torch::Tensor& x, const c10::IValue& packed) {
   return stack.at(0).toTensor();  // channels-last, x's type
 }
 
-// Under bf16 autocast, on CPU without gradient: what autocast's at::conv2d would compute in bf16.
-bool bf16_inference(const torch::Tensor& x) {
-  return x.device().is_cpu() && (x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kBFloat16) &&
-         !torch::GradMode::is_enabled() && at::autocast::is_cpu_enabled() &&
-         at::autocast::get_autocast_cpu_dtype() == at::kBFloat16;
-}
-
 }  // namespace
+
+// Choice: our own oneDNN primitive per input size (a ConvChain of one, channels-last), not LibTorch's prepacked
+// convolution: that one lays the weights out for a guessed input, and at the ResNets' sizes oneDNN's kernels ask for
+// another layout (ABcd16b16a against Acdb64a for every 1x1 convolution, whatever the input size given), so 40 of
+// ResNet-50's 53 convolutions reordered their weights on every call.
+struct PackedConv {
+  explicit PackedConv(const torch::nn::detail::ConvNdOptions<2>& o) : options(o) {}
+  std::optional<ConvChain> chain;  // none for convolutions it does not take (dilated, uneven padding)
+  torch::nn::detail::ConvNdOptions<2> options;
+  // LibTorch's prepacked convolution, made on first use: where the chain cannot run (ChainOffGuard: what the chains
+  // are timed against; oneDNN with only its reference kernels at a size).
+  std::once_flag once;
+  c10::IValue libtorch;
+};
 
 FoldedConv fold(const torch::nn::Conv2dImpl& conv, const torch::nn::BatchNorm2dImpl& bn, bool relu) {
   torch::NoGradGuard no_grad;
   const auto scale = bn.weight / torch::sqrt(bn.running_var + bn.options.eps());  // (Cout,)
   FoldedConv out{(conv.weight * scale.view({-1, 1, 1, 1})).contiguous(torch::MemoryFormat::ChannelsLast),
                  bn.bias - bn.running_mean * scale, relu};
-  if (out.weight.scalar_type() == torch::kFloat) {
-    out.packed = prepack(out.weight, out.bias, conv.options, relu);
-    if (!out.packed.isNone()) out.bf16 = std::make_shared<FoldedConv::Bf16>();
+  if (out.weight.scalar_type() != torch::kFloat || !out.weight.device().is_cpu()) return out;
+  auto packed = std::make_shared<PackedConv>(conv.options);
+  const auto &k = *conv.options.kernel_size(), &s = *conv.options.stride(), &d = *conv.options.dilation();
+  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&conv.options.padding());
+  const auto p = padding ? **padding : std::array<int64_t, 2>{-1, -1};
+  if (k[0] == k[1] && s[0] == s[1] && d[0] == 1 && d[1] == 1 && p[0] == (k[0] - 1) / 2 && p[1] == p[0]) {
+    ChainLayer layer{{out.weight, out.bias}, s[0], conv.options.groups()};
+    layer.relu = relu;
+    packed->chain.emplace(std::vector<ChainLayer>{layer}, /*channels_last=*/true);
   }
+  out.packed = std::move(packed);
   return out;
 }
 
@@ -88,15 +104,14 @@ torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& b
   // Channels-last from the network's input on (a no-op after the first convolution); oneDNN would otherwise convert
   // each NCHW input itself.
   const auto in = x.contiguous(torch::MemoryFormat::ChannelsLast);
-  torch::Tensor y;  // on prepacked weights, ReLU'd inside when folded with it
-  if (!folded.packed.isNone() && onednn_inference(in)) {
-    y = run_packed(in, folded.packed);
-  } else if (folded.bf16 && bf16_inference(in)) {
-    std::call_once(folded.bf16->once, [&] {
-      folded.bf16->packed =
-          prepack(folded.weight.to(torch::kBFloat16), folded.bias.to(torch::kBFloat16), conv.options, folded.relu);
-    });
-    y = run_packed(in.to(torch::kBFloat16), folded.bf16->packed);
+  torch::Tensor y;  // on packed weights, ReLU'd inside when folded with it; in bf16 under bf16 autocast
+  if (PackedConv* packed = folded.packed.get()) {
+    if (packed->chain && ConvChain::runs(in)) y = (*packed->chain)(in);
+    if (!y.defined() && onednn_inference(in)) {
+      std::call_once(packed->once,
+                     [&] { packed->libtorch = prepack(folded.weight, folded.bias, packed->options, folded.relu); });
+      if (!packed->libtorch.isNone()) y = run_packed(in, packed->libtorch);
+    }
   }
   if (y.defined()) return relu && !folded.relu ? relu_owned(y) : y;
   const auto& o = conv.options;
@@ -124,9 +139,11 @@ torch::Tensor add_relu_owned(torch::Tensor y, const torch::Tensor& z) {
 bool folding_enabled() { return folding_on; }
 
 bool onednn_inference(const torch::Tensor& x, bool bf16_autocast) {
-  return x.device().is_cpu() && x.scalar_type() == torch::kFloat && !torch::GradMode::is_enabled() &&
-         (!at::autocast::is_cpu_enabled() ||
-          (bf16_autocast && at::autocast::get_autocast_cpu_dtype() == at::kBFloat16));
+  const bool bf16 = bf16_autocast && at::autocast::is_cpu_enabled() &&
+                    at::autocast::get_autocast_cpu_dtype() == at::kBFloat16;
+  return x.device().is_cpu() && !torch::GradMode::is_enabled() &&
+         (x.scalar_type() == torch::kFloat || (bf16 && x.scalar_type() == torch::kBFloat16)) &&
+         (!at::autocast::is_cpu_enabled() || bf16);
 }
 
 UnfoldedGuard::UnfoldedGuard() : previous_(folding_on) { folding_on = false; }

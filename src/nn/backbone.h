@@ -9,7 +9,6 @@
 #include <torch/torch.h>
 
 #include <functional>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -81,22 +80,17 @@ class BackboneImpl : public torch::nn::Module {
   StateDict wrap_shifted(const StateDict& state) const;
 };
 
+struct PackedConv;
 /// A convolution followed by BatchNorm (and a ReLU when `relu`), folded into one convolution (weight and bias);
 /// empty until folded.
 struct FoldedConv {
   torch::Tensor weight, bias;
   bool relu = false;
-  /// On CPU: the weights reordered once for oneDNN (LibTorch's mkldnn_prepacked ConvOpContext), the ReLU as its
-  /// post-op; at::conv2d reorders them on every call, which costs a ResNet-50 on one 128 px image about a quarter of
-  /// its time.
-  c10::IValue packed = {};
-  /// The same in bf16, made on the first call under bf16 autocast (fp32 users do not hold a bf16 copy): autocast's
-  /// at::conv2d converts and reorders the fp32 weights on every call.
-  struct Bf16 {
-    std::once_flag once;
-    c10::IValue packed;
-  };
-  std::shared_ptr<Bf16> bf16 = {};
+  /// On CPU (float): oneDNN's convolution with the ReLU as its post-op, the weights reordered once for each layout
+  /// its kernels ask for, in fp32 and - on first use under bf16 autocast - in bf16 (fp32 users hold no bf16 copy).
+  /// at::conv2d reorders them on every call, which cost a ResNet-50 on one 128 px image about a quarter of its time,
+  /// and autocast's converts them too.
+  std::shared_ptr<PackedConv> packed = {};
 };
 /// conv's weight scaled and bn's shift as a bias, in channels-last: conv then bn in eval mode as one convolution;
 /// with `relu`, the ReLU after them inside it (conv_bn(..., relu = true) only).
@@ -123,8 +117,9 @@ void set_batch_norm_sync(BatchNormSync sync);
 torch::Tensor batch_norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);
 /// Whether folded convolutions run folded on this thread (no UnfoldedGuard alive).
 bool folding_enabled();
-/// Whether x may take our own oneDNN paths (prepacked weights, nn::ConvChain): a float CPU tensor, no gradient
-/// recorded, no autocast - or, with `bf16_autocast` (a path computing in bf16 itself), none other than bf16.
+/// Whether x may take our own oneDNN paths (packed weights, nn::ConvChain): a float CPU tensor, no gradient recorded,
+/// no autocast - or, with `bf16_autocast` (a path computing in bf16 itself), none other than bf16, and then a bf16
+/// tensor too.
 bool onednn_inference(const torch::Tensor& x, bool bf16_autocast = false);
 /// While alive, folded convolutions run as conv + BN on this thread: the FLOPs counter counts what the papers count.
 class UnfoldedGuard {

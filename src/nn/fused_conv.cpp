@@ -36,16 +36,23 @@ thread_local bool chains_on = true;
 // layers).
 Tag block_tag() { return onednn_avx512() ? Tag::nChw16c : Tag::nChw8c; }
 
-memory::desc blocked(const memory::dims& dims, Type type) { return {dims, type, block_tag()}; }
+FoldedConv float_weights(const FoldedConv& c) {
+  return {c.weight.to(torch::kFloat), c.bias.to(torch::kFloat).contiguous()};
+}
 
-FoldedConv contiguous_float(const FoldedConv& c) {
-  return {c.weight.to(torch::kFloat).contiguous(), c.bias.to(torch::kFloat).contiguous()};
+// A float weight (Cout, Cin / g, k, k) as it lies in memory (plain or channels-last), in oneDNN's (g, Cout / g,
+// Cin / g, k, k) when grouped.
+memory::desc plain_weights(const torch::Tensor& w, int64_t g) {
+  const auto d = w.sizes().vec(), s = w.strides().vec();
+  if (g == 1) return {d, Type::f32, s};
+  return {{g, d[0] / g, d[1], d[2], d[3]}, Type::f32, {d[0] / g * s[0], s[0], s[1], s[2], s[3]}};
 }
 
 }  // namespace
 
 struct ConvChain::Impl {
-  std::vector<ChainLayer> layers;  // weights contiguous float (NCHW)
+  std::vector<ChainLayer> layers;  // weights float
+  bool channels_last = false;
 
   // One layer at one input size: its primitive with weights and biases bound, its output's layout.
   struct Step {
@@ -60,18 +67,19 @@ struct ConvChain::Impl {
   std::map<std::vector<int64_t>, std::shared_ptr<const Plan>> plans;  // by input (N, H, W, bf16)
   std::vector<std::pair<const void*, memory>> packed;  // each weight in the layout a primitive asked for, shared
 
-  memory pack(const torch::Tensor& w, const memory::desc& plain, const memory::desc& wanted) {
+  memory pack(const torch::Tensor& w, int64_t groups, const memory::desc& wanted) {
     for (const auto& [from, m] : packed)
       if (from == w.data_ptr() && m.get_desc() == wanted) return m;
-    memory from(plain, cpu(), w.data_ptr()), to(wanted, cpu());
+    memory from(plain_weights(w, groups), cpu(), w.data_ptr()), to(wanted, cpu());
     dnnl::reorder(from, to).execute(this_thread_stream(), from, to);
     this_thread_stream().wait();
     packed.emplace_back(w.data_ptr(), to);
     return to;
   }
 
-  // type: of the maps and weights (f32, or bf16 under autocast); biases and accumulation stay f32.
-  std::optional<Step> step(const memory::desc& src, const ChainLayer& l, Type type) {
+  // type: of the maps and weights (f32, or bf16 under autocast); biases and accumulation stay f32. dst: the output's
+  // layout (Tag::any: oneDNN's choice).
+  std::optional<Step> step(const memory::desc& src, const ChainLayer& l, Type type, Tag dst) {
     const auto& w = l.conv.weight;
     const int64_t cout = w.size(0), k = w.size(2), pad = (k - 1) / 2, s = l.stride, g = l.groups;
     const memory::dims in = src.dims();
@@ -88,17 +96,18 @@ struct ConvChain::Impl {
       out[3] = (out[3] - 1) / l.depthwise_stride + 1;
     }
     Step st;
-    st.dst = blocked(out, type);
+    st.dst = memory::desc(out, type, dst);
     if (l.residual >= 1) {
       st.residual_arg = DNNL_ARG_ATTR_MULTIPLE_POST_OP(ops.len()) | DNNL_ARG_SRC_1;
       ops.append_binary(dnnl::algorithm::binary_add, st.dst);
     }
+    if (l.relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
     dnnl::primitive_attr attr;
     attr.set_post_ops(ops);
     const memory::desc bias_desc({cout}, Type::f32, Tag::a);
     const dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
                                             src, memory::desc(weight_dims, type, Tag::any), bias_desc,
-                                            blocked(conv_out, type), {s, s}, {pad, pad}, {pad, pad});
+                                            memory::desc(conv_out, type, dst), {s, s}, {pad, pad}, {pad, pad});
     dnnl::convolution_forward::primitive_desc pd;
     try {
       pd = dnnl::convolution_forward::primitive_desc(d, attr, cpu());
@@ -110,25 +119,28 @@ struct ConvChain::Impl {
     if (impl.rfind("ref", 0) == 0 && impl.rfind("ref_fused", 0) != 0) return std::nullopt;
     st.primitive = dnnl::convolution_forward(pd);
     st.src = pd.src_desc();
-    st.bound[DNNL_ARG_WEIGHTS] =
-        pack(w, memory::desc(weight_dims, Type::f32, g == 1 ? Tag::oihw : Tag::goihw), pd.weights_desc());
+    st.dst = pd.dst_desc();
+    st.bound[DNNL_ARG_WEIGHTS] = pack(w, g, pd.weights_desc());
     st.bound[DNNL_ARG_BIAS] = memory(bias_desc, cpu(), l.conv.bias.data_ptr());
     if (l.depthwise) {
       const int dw = DNNL_ARG_ATTR_POST_OP_DW;
-      st.bound[dw | DNNL_ARG_WEIGHTS] = pack(l.depthwise->weight, memory::desc({cout, 1, 1, 3, 3}, Type::f32, Tag::goihw),
-                                             pd.query_md(dnnl::query::exec_arg_md, dw | DNNL_ARG_WEIGHTS));
+      st.bound[dw | DNNL_ARG_WEIGHTS] =
+          pack(l.depthwise->weight, cout, pd.query_md(dnnl::query::exec_arg_md, dw | DNNL_ARG_WEIGHTS));
       st.bound[dw | DNNL_ARG_BIAS] = memory(bias_desc, cpu(), l.depthwise->bias.data_ptr());
     }
     return st;
   }
 
-  // f32: the first layer reads the network's input as LibTorch holds it (NCHW); bf16: a copy of it in the layout
-  // oneDNN picks (with 3 channels, blocked bf16 has only the reference implementation).
+  // The first layer reads the input as LibTorch holds it (NCHW; nhwc when channels_last), except in bf16 when
+  // blocked (with 3 channels, blocked bf16 has only the reference implementation): a copy in the layout oneDNN
+  // picks. Channels-last falls back to oneDNN's layouts where nhwc has only the reference implementation.
   Plan build(const memory::dims& input, Type type) {
     Plan plan;
-    memory::desc src(input, type, type == Type::f32 ? Tag::nchw : Tag::any);
+    memory::desc src(input, type, channels_last ? Tag::nhwc : type == Type::f32 ? Tag::nchw : Tag::any);
     for (const ChainLayer& l : layers) {
-      auto st = step(src, l, type);
+      auto st = step(src, l, type, channels_last ? Tag::nhwc : block_tag());
+      if (!st && channels_last && l.residual < 1)
+        st = step(plan.empty() ? memory::desc(input, type, Tag::any) : src, l, type, Tag::any);
       if (!st) return {};
       src = st->dst;
       plan.push_back(*st);
@@ -137,17 +149,19 @@ struct ConvChain::Impl {
   }
 };
 
-ConvChain::ConvChain(const std::vector<ChainLayer>& layers) : impl_(std::make_shared<Impl>()) {
+ConvChain::ConvChain(const std::vector<ChainLayer>& layers, bool channels_last) : impl_(std::make_shared<Impl>()) {
+  impl_->channels_last = channels_last;
   for (size_t i = 0; i < layers.size(); ++i) {
     ChainLayer l = layers[i];
     TORCH_CHECK(l.conv.weight.defined() && l.conv.weight.dim() == 4, "ConvChain: layer ", i, " is no 2-d convolution");
     TORCH_CHECK(l.residual < static_cast<int64_t>(i) && l.residual != 0, "ConvChain: layer ", i, " adds layer ",
                 l.residual, "'s input");
-    l.conv = contiguous_float(l.conv);
+    l.conv = float_weights(l.conv);
     if (l.depthwise) {
+      TORCH_CHECK(!channels_last, "ConvChain: layer ", i, ": no depthwise post-op in channels-last");
       TORCH_CHECK(l.depthwise->weight.size(0) == l.conv.weight.size(0) && l.depthwise->weight.size(2) == 3,
                   "ConvChain: layer ", i, "'s depthwise convolution is not 3x3 over its channels");
-      l.depthwise = contiguous_float(*l.depthwise);
+      l.depthwise = float_weights(*l.depthwise);
     }
     impl_->layers.push_back(l);
   }
@@ -164,7 +178,7 @@ torch::Tensor ConvChain::operator()(const torch::Tensor& x) const {
   Impl& m = *impl_;
   TORCH_CHECK(runs(x) && x.size(1) == m.layers[0].conv.weight.size(1) * m.layers[0].groups, "ConvChain: input ",
               x.sizes(), " for weights ", m.layers[0].conv.weight.sizes());
-  const auto in = x.contiguous();  // (N, Cin, H, W)
+  const auto in = m.channels_last ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x.contiguous();  // (N, Cin, H, W)
   // Under bf16 autocast the chain computes in bf16 and returns bf16, as autocast's convolutions would.
   const bool bf16 = at::autocast::is_cpu_enabled();
   const Type type = bf16 ? Type::bf16 : Type::f32;
@@ -183,27 +197,32 @@ torch::Tensor ConvChain::operator()(const torch::Tensor& x) const {
     buffers.push_back(torch::empty({static_cast<int64_t>(d.get_size())}, in.options().dtype(torch::kByte)));
     return memory(d, cpu(), buffers.back().data_ptr());
   };
-  memory plain({in.sizes().vec(), Type::f32, Tag::nchw}, cpu(), in.data_ptr());
-  std::vector<memory> inputs{plain};
-  if (bf16) {
+  // The input as it is, or converted into the layout and type the first layer reads.
+  memory given({in.sizes().vec(), in.scalar_type() == torch::kBFloat16 ? Type::bf16 : Type::f32,
+                m.channels_last ? Tag::nhwc : Tag::nchw},
+               cpu(), in.data_ptr());
+  std::vector<memory> inputs{given};
+  if (given.get_desc() != plan->front().src) {
     inputs[0] = buffer(plan->front().src);
-    dnnl::reorder(plain, inputs[0]).execute(this_thread_stream(), plain, inputs[0]);
-  }
-  for (size_t i = 0; i < plan->size(); ++i) {
-    const Impl::Step& st = (*plan)[i];
-    inputs.push_back(buffer(st.dst));
-    auto args = st.bound;
-    args[DNNL_ARG_SRC] = inputs[i];
-    args[DNNL_ARG_DST] = inputs[i + 1];
-    if (st.residual_arg) args[st.residual_arg] = inputs[static_cast<size_t>(m.layers[i].residual)];
-    st.primitive.execute(this_thread_stream(), args);
+    dnnl::reorder(given, inputs[0]).execute(this_thread_stream(), given, inputs[0]);
   }
   const memory::dims dims = plan->back().dst.dims();
   auto out = torch::empty(dims, in.options()
                                      .dtype(bf16 ? torch::kBFloat16 : torch::kFloat)
                                      .memory_format(torch::MemoryFormat::ChannelsLast));  // (N, Cout, H', W')
   memory to({dims, type, Tag::nhwc}, cpu(), out.data_ptr());
-  dnnl::reorder(inputs.back(), to).execute(this_thread_stream(), inputs.back(), to);
+  for (size_t i = 0; i < plan->size(); ++i) {
+    const Impl::Step& st = (*plan)[i];
+    const bool last = i + 1 == plan->size();
+    inputs.push_back(last && st.dst == to.get_desc() ? to : buffer(st.dst));  // the last in place where it can
+    auto args = st.bound;
+    args[DNNL_ARG_SRC] = inputs[i];
+    args[DNNL_ARG_DST] = inputs[i + 1];
+    if (st.residual_arg) args[st.residual_arg] = inputs[static_cast<size_t>(m.layers[i].residual)];
+    st.primitive.execute(this_thread_stream(), args);
+  }
+  if (inputs.back().get_data_handle() != to.get_data_handle())
+    dnnl::reorder(inputs.back(), to).execute(this_thread_stream(), inputs.back(), to);
   this_thread_stream().wait();
   return out;
 }

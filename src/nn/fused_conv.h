@@ -3,7 +3,8 @@
 // ReLU6 (oneDNN's depthwise post-op: the 1x1 expansion's output is made and consumed in cache-sized tiles, never
 // written out whole) and a residual addition. MobileNetV2's inverted residual block becomes two convolutions;
 // LibTorch's at::conv2d has none of these fusions, and the block's expanded maps, written and read three times
-// there, left the glance bound by memory traffic (docs/performance.md).
+// there, left the glance bound by memory traffic (docs/performance.md). Every other folded convolution (the ResNets')
+// runs as a chain of one in channels-last (nn::FoldedConv).
 #pragma once
 
 #include <torch/torch.h>
@@ -21,7 +22,7 @@ bool onednn_avx512();
 
 /// A folded convolution (weight (Cout, Cin / groups, k, k), padding (k - 1) / 2), ReLU6 when `relu6`; with a
 /// `depthwise` ((Cout, 1, 3, 3), padding 1) that convolution and a ReLU6 on its output; `residual` >= 1: the input of
-/// layer `residual` of the chain added to the output.
+/// layer `residual` of the chain added to the output; ReLU when `relu` (after the rest).
 struct ChainLayer {
   FoldedConv conv;
   int64_t stride = 1, groups = 1;
@@ -29,20 +30,25 @@ struct ChainLayer {
   std::optional<FoldedConv> depthwise = std::nullopt;
   int64_t depthwise_stride = 1;
   int64_t residual = -1;
+  bool relu = false;
 };
 
 class ConvChain {
  public:
-  explicit ConvChain(const std::vector<ChainLayer>& layers);
-  /// Whether x can take this path: a float CPU tensor, no gradient recorded, no autocast other than bf16, folding on
-  /// (the FLOPs counter's UnfoldedGuard off), no ChainOffGuard alive. Otherwise the caller runs its LibTorch layers.
+  /// `channels_last`: the maps are channels-last (nhwc) from the input to the output, which each layer writes in
+  /// place - a ResNet's folded convolution as a chain of one, between LibTorch tensors in channels-last. No depthwise
+  /// post-op there (in nhwc, oneDNN 2.6's gives wrong values). Otherwise between the layers the maps stay in oneDNN's
+  /// blocked layout (nChw16c with AVX-512, else nChw8c).
+  explicit ConvChain(const std::vector<ChainLayer>& layers, bool channels_last = false);
+  /// Whether x can take this path: a float CPU tensor (or bf16 under bf16 autocast), no gradient recorded, no
+  /// autocast other than bf16, folding on (the FLOPs counter's UnfoldedGuard off), no ChainOffGuard alive. Otherwise
+  /// the caller runs its LibTorch layers.
   static bool runs(const torch::Tensor& x);
-  /// x: (N, Cin, H, W) float -> the last layer's output (N, Cout, H', W'), channels-last; under bf16 autocast computed
-  /// and returned in bf16 (weights converted once), as autocast's convolutions would. Between the layers the maps
-  /// stay in oneDNN's blocked layout (nChw16c with AVX-512, else nChw8c), where its fused depthwise kernel is right (in
-  /// nhwc, oneDNN 2.6's gives wrong values). Undefined where oneDNN has only its reference implementation for a layer
-  /// at these sizes (orders of magnitude slower than LibTorch's path, which the caller then takes): bf16 on a CPU
-  /// without AVX-512, for one.
+  /// x: (N, Cin, H, W) -> the last layer's output (N, Cout, H', W'), channels-last; under bf16 autocast computed and
+  /// returned in bf16 (weights converted once), as autocast's convolutions would. Each weight is reordered once per
+  /// layout a primitive asks for, primitives are made once per input size. Undefined where oneDNN has only its
+  /// reference implementation for a layer at these sizes (orders of magnitude slower than LibTorch's path, which the
+  /// caller then takes): bf16 on a CPU without AVX-512, for one.
   torch::Tensor operator()(const torch::Tensor& x) const;
 
  private:

@@ -230,7 +230,7 @@ TEST(Backbones, ConvChainIsItsConvolutionsReLU6DepthwiseAndResidual) {
 }
 
 TEST(Backbones, FoldedBackbonesMatchTorchvision) {
-  // The inference path (BN folded; MobileNetV2 as one oneDNN chain, ResNet-50 on prepacked weights) against
+  // The inference path (BN folded; MobileNetV2 as one oneDNN chain, ResNet-50 on weights packed for oneDNN) against
   // torchvision's eval-mode networks.
   for (const std::string arch : {"mobilenet_v2", "resnet50"}) {
     nn::Backbone model = load(arch + ".pth", nn::BackboneOptions(arch));

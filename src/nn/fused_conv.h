@@ -56,7 +56,8 @@ class ConvChain {
   std::shared_ptr<Impl> impl_;
 };
 
-/// While alive, no ConvChain runs on this thread: the folded LibTorch layers do (to time one against the other).
+/// While alive, no ConvChain runs on this thread: the folded LibTorch layers do, each folded convolution on LibTorch's
+/// prepacked weights (fp32; autocast's conv2d in bf16) - to time one against the other.
 class ChainOffGuard {
  public:
   ChainOffGuard();

@@ -39,6 +39,22 @@ double median_ms(F f) {
   return ms[3];
 }
 
+// net's feature map of x through its folded LibTorch layers (ChainOffGuard), then through its oneDNN chains; in
+// fp32, and with `bf16` under bf16 autocast too -> median ms {layers, chains[, layers bf16, chains bf16]}.
+std::vector<double> layers_against_chains(nn::BackboneImpl& net, const torch::Tensor& x, bool bf16) {
+  std::vector<double> ms;
+  for (const auto precision : {infer::Precision::Fp32, infer::Precision::Bf16}) {
+    if (precision == infer::Precision::Bf16 && !bf16) break;
+    infer::PrecisionGuard guard(precision);
+    ms.push_back(median_ms([&] {
+      nn::ChainOffGuard off;
+      net.feature_map(x);
+    }));
+    ms.push_back(median_ms([&] { net.feature_map(x); }));
+  }
+  return ms;
+}
+
 int main(int argc, char** argv) {
   keep_freed_memory();  // as the adafocus binary: large buffers stay in the heap
   at::set_num_threads(argc > 1 ? std::atoi(argv[1]) : 2);
@@ -196,17 +212,7 @@ int main(int argc, char** argv) {
   glance->eval();
   glance->fold_batchnorm();
   for (const int64_t frames : {1, 16, 18}) {
-    const auto x = torch::randn({frames, 3, 224, 224});
-    std::vector<double> ms;
-    for (const auto precision : {infer::Precision::Fp32, infer::Precision::Bf16}) {
-      if (precision == infer::Precision::Bf16 && !bf16) break;
-      infer::PrecisionGuard guard(precision);
-      ms.push_back(median_ms([&] {
-        nn::ChainOffGuard off;
-        glance->feature_map(x);
-      }));
-      ms.push_back(median_ms([&] { glance->feature_map(x); }));
-    }
+    const auto ms = layers_against_chains(*glance, torch::randn({frames, 3, 224, 224}), bf16);
     fmt::print("{:<8}{:>16.1f}{:>12.1f}", frames, ms[0], ms[1]);
     if (bf16) fmt::print("{:>22.1f}{:>16.1f}", ms[2], ms[3]);
     fmt::print("\n");
@@ -221,17 +227,7 @@ int main(int argc, char** argv) {
   resnet->eval();
   resnet->fold_batchnorm();
   for (const auto& [images, side] : {std::pair<int64_t, int64_t>{1, 128}, {16, 128}, {1, 224}, {16, 224}}) {
-    const auto x = torch::randn({images, 3, side, side});
-    std::vector<double> ms;
-    for (const auto precision : {infer::Precision::Fp32, infer::Precision::Bf16}) {
-      if (precision == infer::Precision::Bf16 && !bf16) break;
-      infer::PrecisionGuard guard(precision);
-      ms.push_back(median_ms([&] {
-        nn::ChainOffGuard off;
-        resnet->feature_map(x);
-      }));
-      ms.push_back(median_ms([&] { resnet->feature_map(x); }));
-    }
+    const auto ms = layers_against_chains(*resnet, torch::randn({images, 3, side, side}), bf16);
     fmt::print("{:<14}{:>18.1f}{:>8.1f}", fmt::format("{} x {}", images, side), ms[0], ms[1]);
     if (bf16) fmt::print("{:>18.1f}{:>10.1f}", ms[2], ms[3]);
     fmt::print("\n");
